@@ -1,0 +1,1 @@
+"""Diffusers pipelines for SDT models, installed as ``sdt_gen.pipelines``."""

@@ -1,0 +1,39 @@
+"""The vocabulary of SDT models: spatial decay, attention, embeddings. Depends on torch only."""
+
+from .attention import ATTENTION_BACKENDS, SpatialDecayAttention, resolve_backend, spatial_decay_attention
+from .embeddings import LabelEmbedding, PatchEmbed, sincos_1d, sincos_2d
+from .spatial_decay import (
+    DECAY_INITS,
+    DECAY_LAYOUTS,
+    DECAY_MODES,
+    ContextAwareGate,
+    check_choice,
+    decay_bias,
+    decay_map,
+    fixed_rates,
+    grid_coordinates,
+    manhattan_distance,
+    rmt_gammas,
+)
+
+__all__ = [
+    "ATTENTION_BACKENDS",
+    "DECAY_INITS",
+    "DECAY_LAYOUTS",
+    "DECAY_MODES",
+    "ContextAwareGate",
+    "LabelEmbedding",
+    "PatchEmbed",
+    "SpatialDecayAttention",
+    "check_choice",
+    "decay_bias",
+    "decay_map",
+    "fixed_rates",
+    "grid_coordinates",
+    "manhattan_distance",
+    "resolve_backend",
+    "rmt_gammas",
+    "sincos_1d",
+    "sincos_2d",
+    "spatial_decay_attention",
+]

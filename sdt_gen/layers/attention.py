@@ -1,0 +1,202 @@
+"""The spatial-decay attention op (backends ``sdpa`` / ``flex`` / ``auto``) and its module."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .spatial_decay import (
+    DECAY_INITS,
+    DECAY_LAYOUTS,
+    DECAY_MODES,
+    ContextAwareGate,
+    check_choice,
+    decay_bias,
+    fixed_rates,
+    grid_coordinates,
+    manhattan_distance,
+    rmt_gammas,
+)
+
+ATTENTION_BACKENDS = ("sdpa", "flex", "auto")
+
+_compiled_flex_attention = None
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """``auto`` -> ``flex`` on CUDA, ``sdpa`` elsewhere; other names are checked and returned."""
+    check_choice("attention_backend", backend, ATTENTION_BACKENDS)
+    if backend == "auto":
+        return "flex" if device.type == "cuda" else "sdpa"
+    return backend
+
+
+class _NoBackward(torch.autograd.Function):
+    """Identity whose backward explains that CPU FlexAttention cannot be differentiated."""
+
+    @staticmethod
+    def forward(ctx, out: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
+        return out.clone()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        raise NotImplementedError(
+            "attention_backend='flex' has no backward pass on CPU in this torch version; "
+            "use attention_backend='sdpa' (or 'auto') to train on CPU"
+        )
+
+
+def _flex_attention(q, k, v, score_mod):
+    from torch.nn.attention.flex_attention import flex_attention
+
+    if q.device.type != "cuda":
+        return flex_attention(q, k, v, score_mod=score_mod)
+    # The fused kernel only exists compiled; compile once and reuse across calls.
+    global _compiled_flex_attention
+    if _compiled_flex_attention is None:
+        _compiled_flex_attention = torch.compile(flex_attention, dynamic=False)
+    return _compiled_flex_attention(q, k, v, score_mod=score_mod)
+
+
+def _attend(q, k, v, rates, grid_size: tuple[int, int], backend: str) -> torch.Tensor:
+    """Decayed attention over one grid: q, k, v ``(B, H, N, D)``, rates ``(B | 1, H, N | 1)``."""
+    if backend == "sdpa":
+        bias = decay_bias(rates, manhattan_distance(*grid_size, q.device))  # (B, H, N, N)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype))
+
+    batch, heads, tokens, _ = q.shape
+    rows, cols = grid_coordinates(*grid_size, q.device)
+    rates = rates.float().expand(batch, heads, tokens).contiguous()  # the only O(N) extra tensor
+    # CPU FlexAttention refuses inputs that require grad: run it detached, fail at backward instead.
+    differentiable = q.device.type == "cuda" or not any(t.requires_grad for t in (q, k, v, rates))
+    inputs = (q, k, v, rates) if differentiable else tuple(t.detach() for t in (q, k, v, rates))
+    flex_rates = inputs[3]
+
+    def score_mod(score, b, h, q_idx, kv_idx):
+        dist = (rows[q_idx] - rows[kv_idx]).abs() + (cols[q_idx] - cols[kv_idx]).abs()
+        return score + (flex_rates[b, h, q_idx] + flex_rates[b, h, kv_idx]) * dist
+
+    out = _flex_attention(*inputs[:3], score_mod)
+    if differentiable or not torch.is_grad_enabled():
+        return out
+    return _NoBackward.apply(out, q, k, v, rates)
+
+
+def spatial_decay_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    rates: torch.Tensor | None,
+    grid_size: tuple[int, int],
+    layout: str = "full",
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Attention with the spatial decay bias ``softmax(q k^T / sqrt(D) + B) v``.
+
+    Args:
+        q, k, v: ``(B, H, N, D)`` with ``N = h * w`` tokens in raster order.
+        rates: per-token log-decay rates ``(B | 1, H, N | 1)`` (see ``spatial_decay``), or
+            ``None`` for plain attention (decay mode ``none``: fused SDPA, no mask at all).
+        grid_size: ``(h, w)``.
+        layout: ``"full"`` (bias over all tokens) or ``"decomposed"`` (RMT's axial form: attend
+            within rows with ``|c_n - c_m|``, then within columns with ``|r_n - r_m|`` on that output).
+        backend: ``"sdpa"`` (dense bias, every device, reference), ``"flex"`` (bias computed inside a
+            FlexAttention ``score_mod``, O(N) memory) or ``"auto"`` (flex on CUDA, sdpa elsewhere).
+
+    Returns:
+        ``(B, H, N, D)``.
+    """
+    check_choice("decay_layout", layout, DECAY_LAYOUTS)
+    backend = resolve_backend(backend, q.device)
+    if rates is None:
+        return F.scaled_dot_product_attention(q, k, v)
+    height, width = grid_size
+    if layout == "full":
+        return _attend(q, k, v, rates, grid_size, backend)
+
+    batch, heads, tokens, dim = q.shape
+    rates = rates.expand(batch, heads, tokens).reshape(batch, heads, height, width)
+
+    def rows_first(t):  # (B, H, h, w, ...) -> (B*h, H, w, ...)
+        return t.transpose(1, 2).flatten(0, 1)
+
+    def cols_first(t):  # (B, H, h, w, ...) -> (B*w, H, h, ...)
+        return t.permute(0, 3, 1, 2, *range(4, t.dim())).flatten(0, 1)
+
+    q, k, v = (t.reshape(batch, heads, height, width, dim) for t in (q, k, v))
+    out = _attend(rows_first(q), rows_first(k), rows_first(v), rows_first(rates), (1, width), backend)  # (B*h, H, w, D)
+    out = out.reshape(batch, height, heads, width, dim).transpose(1, 2)  # (B, H, h, w, D)
+    out = _attend(cols_first(q), cols_first(k), cols_first(out), cols_first(rates), (height, 1), backend)  # (B*w, H, h, D)
+    out = out.reshape(batch, width, heads, height, dim).permute(0, 2, 3, 1, 4)  # (B, H, h, w, D)
+    return out.reshape(batch, heads, tokens, dim)
+
+
+class SpatialDecayAttention(nn.Module):
+    """Multi-head self-attention on a token grid with SDT's spatial decay.
+
+    Args:
+        dim: token width ``C`` (divisible by ``num_heads``).
+        num_heads: number of heads ``H``.
+        qkv_bias: bias on the fused q/k/v projection.
+        decay_mode: ``"none"`` (plain attention), ``"fixed"`` (RMT) or ``"cag"`` (SDT).
+        decay_layout: ``"full"`` or ``"decomposed"``.
+        decay_init: ``"rmt"`` or ``"zero"`` (``cag`` mode only; see ``ContextAwareGate``).
+        attention_backend: ``"sdpa"``, ``"flex"`` or ``"auto"``.
+        initial_value: RMT's ``a`` of the per-head gammas.
+        heads_range: RMT's ``b`` of the per-head gammas.
+        lepe_kernel_size: if > 0, adds RMT's LePE, a depthwise conv of this size on ``v``.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        qkv_bias: bool = True,
+        decay_mode: str = "cag",
+        decay_layout: str = "full",
+        decay_init: str = "rmt",
+        attention_backend: str = "auto",
+        initial_value: float = 2.0,
+        heads_range: float = 6.0,
+        lepe_kernel_size: int = 0,
+    ):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.decay_mode = check_choice("decay_mode", decay_mode, DECAY_MODES)
+        self.decay_layout = check_choice("decay_layout", decay_layout, DECAY_LAYOUTS)
+        self.attention_backend = check_choice("attention_backend", attention_backend, ATTENTION_BACKENDS)
+        check_choice("decay_init", decay_init, DECAY_INITS)
+
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        gammas = rmt_gammas(num_heads, initial_value, heads_range)
+        self.gate = ContextAwareGate(dim, num_heads, decay_init, gammas) if decay_mode == "cag" else None
+        self.register_buffer("gammas", gammas, persistent=False)
+        self.lepe = (
+            nn.Conv2d(dim, dim, lepe_kernel_size, padding=lepe_kernel_size // 2, groups=dim)
+            if lepe_kernel_size
+            else None
+        )
+
+    def decay_rates(self, x: torch.Tensor) -> torch.Tensor | None:
+        """Per-token log-decay rates for tokens ``x`` ``(B, N, C)``: ``(B | 1, H, N | 1)`` or None."""
+        if self.decay_mode == "none":
+            return None
+        if self.decay_mode == "fixed":
+            return fixed_rates(self.gammas)
+        return self.gate(x)
+
+    def forward(self, x: torch.Tensor, grid_size: tuple[int, int]) -> torch.Tensor:
+        batch, tokens, channels = x.shape
+        q, k, v = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)  # (B, H, N, D)
+        out = spatial_decay_attention(
+            q, k, v, self.decay_rates(x), grid_size, self.decay_layout, self.attention_backend
+        )  # (B, H, N, D)
+        out = out.transpose(1, 2).reshape(batch, tokens, channels)  # (B, N, C)
+        if self.lepe is not None:
+            v_img = v.transpose(1, 2).reshape(batch, *grid_size, channels).permute(0, 3, 1, 2)  # (B, C, h, w)
+            out = out + self.lepe(v_img).flatten(2).transpose(1, 2)
+        return self.proj(out)

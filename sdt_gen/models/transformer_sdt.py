@@ -1,0 +1,371 @@
+"""SDTTransformer2DModel: DiT's class-conditional denoiser with spatial-decay attention.
+
+DiT (Peebles & Xie 2023) unchanged except for the attention, which carries SDT's learned,
+data-dependent spatial decay (SDT_METHOD section 5). A diffusers model: ``save_pretrained`` /
+``from_pretrained``, ``enable_gradient_checkpointing()``, ``return_dict``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.embeddings import TimestepEmbedding, Timesteps
+from diffusers.models.modeling_utils import ModelMixin
+from diffusers.utils import BaseOutput
+from torch import nn
+
+from ..layers import LabelEmbedding, PatchEmbed, SpatialDecayAttention, decay_map, fixed_rates, sincos_2d
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+
+
+#################################################################################
+#                                 Core SDT Model                                #
+#################################################################################
+
+class SDTBlock(nn.Module):
+    """A DiT block with adaLN-Zero conditioning and spatial-decay attention.
+
+    Args:
+        hidden_size: token width.
+        num_heads: attention heads.
+        mlp_ratio: MLP hidden width over token width.
+        norm_eps: epsilon of the attention-branch LayerNorm.
+        mlp_norm_eps: epsilon of the MLP-branch LayerNorm (diffusers' DiT uses 1e-5 there).
+        **attention_kwargs: decay settings passed to ``SpatialDecayAttention``.
+    """
+
+    def __init__(
+        self,
+        hidden_size: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        norm_eps: float = 1e-6,
+        mlp_norm_eps: float = 1e-6,
+        **attention_kwargs,
+    ):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=norm_eps)
+        self.attn = SpatialDecayAttention(hidden_size, num_heads, qkv_bias=True, **attention_kwargs)
+        self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=mlp_norm_eps)
+        mlp_hidden = int(hidden_size * mlp_ratio)
+        self.mlp = nn.Sequential(
+            nn.Linear(hidden_size, mlp_hidden), nn.GELU(approximate="tanh"), nn.Linear(mlp_hidden, hidden_size)
+        )
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size))
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor, grid_size: tuple[int, int]) -> torch.Tensor:
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=1)
+        x = x + gate_msa.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_msa, scale_msa), grid_size)  # (B, N, D)
+        x = x + gate_mlp.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))  # (B, N, D)
+        return x
+
+
+class FinalLayer(nn.Module):
+    """adaLN-modulated LayerNorm and a linear map from tokens to patches."""
+
+    def __init__(self, hidden_size: int, patch_size: int, out_channels: int):
+        super().__init__()
+        self.norm_final = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.linear = nn.Linear(hidden_size, patch_size * patch_size * out_channels)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 2 * hidden_size))
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)
+        return self.linear(modulate(self.norm_final(x), shift, scale))  # (B, N, p*p*C_out)
+
+
+@dataclass
+class SDTTransformer2DModelOutput(BaseOutput):
+    """Output of ``SDTTransformer2DModel``.
+
+    Args:
+        sample: ``(B, out_channels, H, W)``: predicted noise, followed by the variance
+            interpolation channels when ``learn_sigma``.
+    """
+
+    sample: torch.Tensor
+
+
+class SDTTransformer2DModel(ModelMixin, ConfigMixin):
+    """A class-conditional DiT whose attention carries SDT's spatial decay.
+
+    Config keys:
+        sample_size: input height and width in pixels or latent cells, an int or ``(h, w)``.
+        patch_size: patch side ``p``; ``sample_size`` must be divisible by it.
+        in_channels: input channels ``C`` (4 for SD-VAE latents, 3 for pixels).
+        hidden_size, depth, num_heads, mlp_ratio: transformer shape (see ``SDT_PRESETS``).
+        num_classes: number of real classes; index ``num_classes`` is the null class used by
+            classifier-free guidance.
+        class_dropout_prob: probability of replacing a label with the null class in training.
+        learn_sigma: predict the variance too (``out_channels = 2 * in_channels``).
+        decay_mode: ``"none"`` (DiT), ``"fixed"`` (RMT) or ``"cag"`` (SDT).
+        decay_layout: ``"full"`` or ``"decomposed"``.
+        decay_init: ``"rmt"`` (start as RMT's decay) or ``"zero"`` (start as plain attention).
+        attention_backend: ``"sdpa"``, ``"flex"`` or ``"auto"``.
+        initial_value, heads_range: RMT's ``a`` and ``b`` of the per-head gammas.
+        timestep_freq_shift: frequency shift of the sinusoidal timestep features (DiT: 0;
+            diffusers' DiT conversion: 1).
+        mlp_norm_eps: epsilon of the MLP-branch LayerNorm (DiT: 1e-6; diffusers' DiT: 1e-5).
+    """
+
+    _supports_gradient_checkpointing = True
+    _no_split_modules = ["SDTBlock"]
+
+    @register_to_config
+    def __init__(
+        self,
+        sample_size: int | tuple[int, int] | list[int] = 32,
+        patch_size: int = 2,
+        in_channels: int = 4,
+        hidden_size: int = 1152,
+        depth: int = 28,
+        num_heads: int = 16,
+        mlp_ratio: float = 4.0,
+        num_classes: int = 1000,
+        class_dropout_prob: float = 0.1,
+        learn_sigma: bool = True,
+        decay_mode: str = "cag",
+        decay_layout: str = "full",
+        decay_init: str = "rmt",
+        attention_backend: str = "auto",
+        initial_value: float = 2.0,
+        heads_range: float = 6.0,
+        timestep_freq_shift: float = 0.0,
+        mlp_norm_eps: float = 1e-6,
+    ):
+        super().__init__()
+        if isinstance(sample_size, int):
+            height, width = sample_size, sample_size
+        else:
+            height, width = sample_size
+            self.register_to_config(sample_size=[height, width])  # JSON keeps lists, so save/load round-trips
+        if height % patch_size or width % patch_size:
+            raise ValueError(f"sample_size {height}x{width} is not divisible by patch_size {patch_size}")
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be a positive class count, got {num_classes}")
+        self.sample_hw = (height, width)
+        self.grid_size = (height // patch_size, width // patch_size)
+        self.out_channels = 2 * in_channels if learn_sigma else in_channels
+        self.gradient_checkpointing = False
+
+        self.x_embedder = PatchEmbed(patch_size, in_channels, hidden_size)
+        self.time_proj = Timesteps(256, flip_sin_to_cos=True, downscale_freq_shift=timestep_freq_shift)
+        self.t_embedder = TimestepEmbedding(256, hidden_size)
+        self.y_embedder = LabelEmbedding(num_classes, hidden_size, class_dropout_prob)
+        self.register_buffer("pos_embed", sincos_2d(hidden_size, *self.grid_size).unsqueeze(0), persistent=False)
+
+        attention_kwargs = dict(
+            decay_mode=decay_mode,
+            decay_layout=decay_layout,
+            decay_init=decay_init,
+            attention_backend=attention_backend,
+            initial_value=initial_value,
+            heads_range=heads_range,
+        )
+        self.blocks = nn.ModuleList(
+            SDTBlock(hidden_size, num_heads, mlp_ratio, mlp_norm_eps=mlp_norm_eps, **attention_kwargs)
+            for _ in range(depth)
+        )
+        self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels)
+        self.initialize_weights()
+
+    def initialize_weights(self) -> None:
+        """DiT's initialisation: xavier linears, zero adaLN-Zero modulations and output layer."""
+
+        def _basic_init(module):
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+
+        self.apply(_basic_init)
+
+        # Patch embedding like a linear layer, not a conv.
+        w = self.x_embedder.proj.weight.data
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        nn.init.zeros_(self.x_embedder.proj.bias)
+
+        nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
+        nn.init.normal_(self.t_embedder.linear_1.weight, std=0.02)
+        nn.init.normal_(self.t_embedder.linear_2.weight, std=0.02)
+
+        # adaLN-Zero: every block starts as the identity.
+        for block in self.blocks:
+            nn.init.zeros_(block.adaLN_modulation[-1].weight)
+            nn.init.zeros_(block.adaLN_modulation[-1].bias)
+            if block.attn.gate is not None:
+                block.attn.gate.reset_parameters()  # the xavier pass above must not touch the gate
+        nn.init.zeros_(self.final_layer.adaLN_modulation[-1].weight)
+        nn.init.zeros_(self.final_layer.adaLN_modulation[-1].bias)
+        nn.init.zeros_(self.final_layer.linear.weight)
+        nn.init.zeros_(self.final_layer.linear.bias)
+
+    # ------------------------------------------------------------------ inputs
+
+    def _check_inputs(self, sample: torch.Tensor, class_labels: torch.Tensor) -> None:
+        cfg = self.config
+        if sample.dim() != 4 or sample.shape[1] != cfg.in_channels:
+            raise ValueError(f"sample must be (B, {cfg.in_channels}, H, W), got shape {tuple(sample.shape)}")
+        if tuple(sample.shape[-2:]) != self.sample_hw:
+            raise ValueError(
+                f"sample spatial size {tuple(sample.shape[-2:])} does not match the model's sample_size "
+                f"{self.sample_hw} (patch_size {cfg.patch_size})"
+            )
+        if class_labels.shape != (sample.shape[0],):
+            raise ValueError(f"class_labels must have shape ({sample.shape[0]},), got {tuple(class_labels.shape)}")
+        if class_labels.dtype.is_floating_point:
+            raise ValueError(f"class_labels must be integers, got dtype {class_labels.dtype}")
+        bad = (class_labels < 0) | (class_labels > cfg.num_classes)
+        if bad.any():
+            raise ValueError(
+                f"class label {class_labels[bad][0].item()} is out of range: expected 0..{cfg.num_classes - 1} "
+                f"or {cfg.num_classes} for the null (unconditional) class"
+            )
+
+    def conditioning(self, timestep: torch.Tensor, class_labels: torch.Tensor) -> torch.Tensor:
+        """The adaLN conditioning vector ``t_emb + y_emb``: ``(B, D)``."""
+        t_freq = self.time_proj(timestep).to(self.t_embedder.linear_1.weight.dtype)
+        return self.t_embedder(t_freq) + self.y_embedder(class_labels)  # (B, D)
+
+    def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, N, p*p*C) -> (B, C, H, W)``."""
+        p, c = self.config.patch_size, self.out_channels
+        h, w = self.grid_size
+        x = x.reshape(x.shape[0], h, w, p, p, c)
+        return torch.einsum("nhwpqc->nchpwq", x).reshape(x.shape[0], c, h * p, w * p)
+
+    # ------------------------------------------------------------------ forward
+
+    def forward(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor | float | int,
+        class_labels: torch.Tensor,
+        return_dict: bool = True,
+    ) -> SDTTransformer2DModelOutput | tuple[torch.Tensor]:
+        """Predict noise (and variance) for noisy ``sample`` at ``timestep`` of class ``class_labels``.
+
+        Args:
+            sample: ``(B, C, H, W)`` noisy latents or pixels.
+            timestep: ``(B,)`` or a scalar diffusion step.
+            class_labels: ``(B,)`` int labels in ``[0, num_classes]``; ``num_classes`` is the null class.
+            return_dict: return an ``SDTTransformer2DModelOutput`` instead of a tuple.
+        """
+        # 1. Input
+        self._check_inputs(sample, class_labels)
+        timestep = torch.as_tensor(timestep, device=sample.device)
+        if timestep.dim() == 0:
+            timestep = timestep.expand(sample.shape[0])
+        x = self.x_embedder(sample) + self.pos_embed.to(sample.dtype)  # (B, N, D)
+        c = self.conditioning(timestep, class_labels)  # (B, D)
+
+        # 2. Blocks
+        for block in self.blocks:
+            if torch.is_grad_enabled() and self.gradient_checkpointing:
+                x = self._gradient_checkpointing_func(block, x, c, self.grid_size)
+            else:
+                x = block(x, c, self.grid_size)  # (B, N, D)
+
+        # 3. Output
+        out = self.unpatchify(self.final_layer(x, c))  # (B, out_channels, H, W)
+        if not return_dict:
+            return (out,)
+        return SDTTransformer2DModelOutput(sample=out)
+
+    # ------------------------------------------------------------------ decay maps
+
+    @torch.no_grad()
+    def decay_maps(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor | float | int,
+        class_labels: torch.Tensor,
+        query: int | tuple[int, int],
+    ) -> torch.Tensor:
+        """Each layer's and head's decay ``exp(B(query, .))`` over the token grid for an input.
+
+        Args:
+            sample, timestep, class_labels: as for ``forward``.
+            query: the query token, a raster index or a ``(row, col)`` grid position.
+
+        Returns:
+            ``(depth, B, H, h, w)``; all ones in decay mode ``none``.
+        """
+        h, w = self.grid_size
+        if isinstance(query, tuple):
+            row, col = query
+            if not (0 <= row < h and 0 <= col < w):
+                raise ValueError(f"query {query} is outside the {h}x{w} token grid")
+            query = row * w + col
+        rates = []
+        hooks = [
+            block.attn.gate.register_forward_hook(lambda _m, _i, out: rates.append(out))
+            for block in self.blocks
+            if block.attn.gate is not None
+        ]
+        try:
+            self(sample, timestep, class_labels)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        maps = []
+        for i, block in enumerate(self.blocks):
+            if block.attn.decay_mode == "cag":
+                layer_rates = rates[len(maps) - sum(b.attn.gate is None for b in self.blocks[:i])]
+            elif block.attn.decay_mode == "fixed":
+                layer_rates = fixed_rates(block.attn.gammas)
+            else:
+                layer_rates = torch.zeros(1, block.attn.num_heads, 1, device=sample.device)
+            maps.append(decay_map(layer_rates, self.grid_size, query).expand(sample.shape[0], -1, h, w))
+        return torch.stack(maps)
+
+    # ------------------------------------------------------------------ constructors
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> "SDTTransformer2DModel":
+        """Build a model from ``SDT_PRESETS[name]`` (e.g. ``"SDT-XL/2"``), overriding any config key."""
+        if name not in SDT_PRESETS:
+            raise ValueError(f"unknown preset {name!r}; expected one of {', '.join(SDT_PRESETS)}")
+        return cls(**{**SDT_PRESETS[name], **overrides})
+
+    @classmethod
+    def from_dit(cls, dit_model: nn.Module, **overrides) -> "SDTTransformer2DModel":
+        """Convert a diffusers ``DiTTransformer2DModel`` into an SDT model with the same weights.
+
+        With ``decay_mode="none"`` or ``decay_init="zero"`` the converted model computes the DiT
+        model's output. Any config key may be overridden (e.g. ``decay_mode="cag"``).
+        """
+        from .dit_conversion import convert_dit_state_dict, sdt_config_from_dit
+
+        config = {**sdt_config_from_dit(dit_model.config), **overrides}
+        if config.get("decay_mode", "cag") == "cag":
+            config.setdefault("decay_init", "zero")
+        model = cls(**config)
+        state = convert_dit_state_dict(dit_model.state_dict(), depth=config["depth"])
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing = [k for k in missing if ".attn.gate." not in k]
+        if missing or unexpected:
+            raise ValueError(f"DiT conversion mismatch: missing {missing}, unexpected {unexpected}")
+        dtype = next(dit_model.parameters()).dtype
+        return model if dtype == torch.float32 else model.to(dtype=dtype)
+
+
+#################################################################################
+#                                  SDT Configs                                  #
+#################################################################################
+
+_SIZES = {
+    "S": dict(depth=12, hidden_size=384, num_heads=6),
+    "B": dict(depth=12, hidden_size=768, num_heads=12),
+    "L": dict(depth=24, hidden_size=1024, num_heads=16),
+    "XL": dict(depth=28, hidden_size=1152, num_heads=16),
+}
+
+SDT_PRESETS: dict[str, dict] = {
+    f"SDT-{size}/{patch}": dict(shape, patch_size=patch) for size, shape in _SIZES.items() for patch in (2, 4, 8)
+}

@@ -1,0 +1,128 @@
+from unittest import mock
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sdt_gen.layers import (
+    SpatialDecayAttention,
+    decay_bias,
+    fixed_rates,
+    manhattan_distance,
+    rmt_gammas,
+    spatial_decay_attention,
+)
+
+GRID = (3, 4)
+
+
+def qkv_and_rates(batch=2, heads=3, dim=8, requires_grad=False):
+    torch.manual_seed(0)
+    n = GRID[0] * GRID[1]
+    q, k, v = (torch.randn(batch, heads, n, dim, requires_grad=requires_grad) for _ in range(3))
+    rates = (-torch.rand(batch, heads, n)).requires_grad_(requires_grad)
+    return q, k, v, rates
+
+
+def reference_attention(q, k, v, bias):
+    scores = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5 + bias
+    return scores.softmax(-1) @ v
+
+
+def test_full_sdpa_matches_explicit_softmax():
+    q, k, v, rates = qkv_and_rates()
+    out = spatial_decay_attention(q, k, v, rates, GRID, "full", "sdpa")
+    expected = reference_attention(q, k, v, decay_bias(rates, manhattan_distance(*GRID)))
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_decomposed_matches_row_then_column_loop():
+    q, k, v, rates = qkv_and_rates()
+    h, w = GRID
+    out = spatial_decay_attention(q, k, v, rates, GRID, "decomposed", "sdpa")
+
+    def at(r, c):
+        return r * w + c
+
+    rows_out = torch.zeros_like(v)
+    for r in range(h):
+        idx = [at(r, c) for c in range(w)]
+        a = rates[:, :, idx]
+        bias = (a[..., :, None] + a[..., None, :]) * torch.tensor(
+            [[abs(i - j) for j in range(w)] for i in range(w)], dtype=torch.float32
+        )
+        rows_out[:, :, idx] = reference_attention(q[:, :, idx], k[:, :, idx], v[:, :, idx], bias)
+    expected = torch.zeros_like(v)
+    for c in range(w):
+        idx = [at(r, c) for r in range(h)]
+        a = rates[:, :, idx]
+        bias = (a[..., :, None] + a[..., None, :]) * torch.tensor(
+            [[abs(i - j) for j in range(h)] for i in range(h)], dtype=torch.float32
+        )
+        expected[:, :, idx] = reference_attention(q[:, :, idx], k[:, :, idx], rows_out[:, :, idx], bias)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("layout", ["full", "decomposed"])
+@pytest.mark.parametrize("kind", ["cag", "fixed"])
+def test_flex_forward_matches_sdpa_on_cpu(layout, kind):
+    q, k, v, rates = qkv_and_rates()
+    if kind == "fixed":
+        rates = fixed_rates(rmt_gammas(3))
+    dense = spatial_decay_attention(q, k, v, rates, GRID, layout, "sdpa")
+    fused = spatial_decay_attention(q, k, v, rates, GRID, layout, "flex")
+    torch.testing.assert_close(fused, dense, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available: flex backward is CUDA-only")
+@pytest.mark.parametrize("layout", ["full", "decomposed"])
+def test_flex_forward_and_backward_match_sdpa_on_cuda(layout):
+    q, k, v, rates = (t.detach().cuda().requires_grad_() for t in qkv_and_rates())
+    grads = []
+    for backend in ("sdpa", "flex"):
+        out = spatial_decay_attention(q, k, v, rates, GRID, layout, backend)
+        grads.append((out, *torch.autograd.grad(out.square().sum(), (q, k, v, rates))))
+    for dense, fused in zip(*grads):
+        torch.testing.assert_close(fused, dense, atol=2e-4, rtol=2e-4)
+
+
+def test_flex_backward_on_cpu_says_to_use_sdpa():
+    q, k, v, rates = qkv_and_rates(requires_grad=True)
+    out = spatial_decay_attention(q, k, v, rates, GRID, "full", "flex")
+    with pytest.raises(NotImplementedError, match="attention_backend='sdpa'"):
+        out.sum().backward()
+
+
+def test_mode_none_calls_plain_sdpa_without_mask():
+    q, k, v, _ = qkv_and_rates()
+    with mock.patch("sdt_gen.layers.attention.F.scaled_dot_product_attention", wraps=F.scaled_dot_product_attention) as spy:
+        out = spatial_decay_attention(q, k, v, None, GRID, "full", "auto")
+    spy.assert_called_once()
+    assert "attn_mask" not in spy.call_args.kwargs
+    torch.testing.assert_close(out, reference_attention(q, k, v, 0.0), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["none", "fixed", "cag"])
+@pytest.mark.parametrize("layout", ["full", "decomposed"])
+def test_module_shapes_and_gradients(mode, layout):
+    attn = SpatialDecayAttention(16, 2, decay_mode=mode, decay_layout=layout, attention_backend="sdpa", lepe_kernel_size=3)
+    x = torch.randn(2, 12, 16, requires_grad=True)
+    out = attn(x, GRID)
+    assert out.shape == (2, 12, 16)
+    out.square().sum().backward()
+    for name, p in attn.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, f"no gradient reached {name}"
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(decay_mode="learned"), "unknown decay_mode 'learned'; expected one of 'none', 'fixed', 'cag'"),
+        (dict(decay_layout="axial"), "unknown decay_layout 'axial'; expected one of 'full', 'decomposed'"),
+        (dict(attention_backend="xformers"), "unknown attention_backend 'xformers'; expected one of 'sdpa', 'flex', 'auto'"),
+    ],
+)
+def test_unknown_choices_are_named(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SpatialDecayAttention(16, 2, **kwargs)

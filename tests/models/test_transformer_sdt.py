@@ -1,0 +1,240 @@
+import pytest
+import torch
+from diffusers import DiTTransformer2DModel
+
+from sdt_gen import SDT_PRESETS, SDTTransformer2DModel
+
+
+def tiny_config(**overrides):
+    config = dict(
+        sample_size=8, patch_size=2, in_channels=4, hidden_size=32, depth=2, num_heads=2,
+        num_classes=10, attention_backend="sdpa",
+    )
+    return {**config, **overrides}
+
+
+def dummy_inputs(model, batch=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    h, w = model.sample_hw
+    x = torch.randn(batch, model.config.in_channels, h, w, generator=g)
+    t = torch.randint(0, 1000, (batch,), generator=g)
+    y = torch.randint(0, model.config.num_classes + 1, (batch,), generator=g)
+    return x, t, y
+
+
+def perturbed(model, scale=0.05, seed=0):
+    """Random non-zero adaLN-Zero and output weights, so every path is exercised."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * scale)
+    return model
+
+
+@pytest.mark.parametrize("sample_size, learn_sigma", [(8, True), ((8, 12), True), ((12, 4), False)])
+@pytest.mark.parametrize("mode", ["none", "fixed", "cag"])
+def test_output_shape_square_and_non_square(sample_size, learn_sigma, mode):
+    model = SDTTransformer2DModel(**tiny_config(sample_size=sample_size, learn_sigma=learn_sigma, decay_mode=mode))
+    x, t, y = dummy_inputs(model)
+    out = model(x, t, y).sample
+    channels = 8 if learn_sigma else 4
+    assert out.shape == (3, channels, *x.shape[-2:])
+    assert model(x, t, y, return_dict=False)[0].shape == out.shape
+
+
+@pytest.mark.parametrize("layout", ["full", "decomposed"])
+def test_deterministic_in_eval(layout):
+    model = perturbed(SDTTransformer2DModel(**tiny_config(decay_layout=layout))).eval()
+    x, t, y = dummy_inputs(model)
+    assert torch.equal(model(x, t, y).sample, model(x, t, y).sample)
+
+
+def test_scalar_timestep_broadcasts():
+    model = perturbed(SDTTransformer2DModel(**tiny_config())).eval()
+    x, _, y = dummy_inputs(model)
+    torch.testing.assert_close(model(x, 500, y).sample, model(x, torch.full((3,), 500), y).sample)
+
+
+def test_save_load_round_trip(tmp_path):
+    model = perturbed(SDTTransformer2DModel(**tiny_config(sample_size=(8, 12), decay_layout="decomposed"))).eval()
+    model.save_pretrained(tmp_path / "ckpt")
+    loaded = SDTTransformer2DModel.from_pretrained(tmp_path / "ckpt").eval()
+    public = lambda cfg: {k: v for k, v in cfg.items() if not k.startswith("_")}  # noqa: E731
+    assert public(loaded.config) == public(model.config)
+    x, t, y = dummy_inputs(model)
+    assert torch.equal(model(x, t, y).sample, loaded(x, t, y).sample)
+
+
+def test_gradient_checkpointing_same_outputs_and_grads():
+    torch.manual_seed(0)
+    model = perturbed(SDTTransformer2DModel(**tiny_config(class_dropout_prob=0.0)))
+    x, t, y = dummy_inputs(model)
+    out = model(x, t, y).sample
+    out.square().mean().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    model.enable_gradient_checkpointing()
+    assert model.gradient_checkpointing
+    out_ckpt = model(x, t, y).sample
+    out_ckpt.square().mean().backward()
+    torch.testing.assert_close(out_ckpt, out)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, grads[name], msg=f"gradient of {name} differs")
+
+
+def test_every_parameter_gets_a_gradient_including_gate_and_alpha():
+    model = perturbed(SDTTransformer2DModel(**tiny_config(decay_mode="cag", class_dropout_prob=0.0)))
+    x, t, y = dummy_inputs(model)
+    y[0] = model.config.num_classes  # the null-class row must be trained too
+    model(x, t, y).sample.square().mean().backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, f"no gradient reached {name}"
+    gate = model.blocks[0].attn.gate
+    assert gate.proj.weight.grad.abs().sum() > 0 and gate.proj.bias.grad.abs().sum() > 0
+    assert gate.alpha.grad.abs().sum() > 0
+
+
+def test_fresh_model_is_identity_of_zero_output_and_gates_start_as_rmt():
+    model = SDTTransformer2DModel(**tiny_config())
+    x, t, y = dummy_inputs(model)
+    assert torch.count_nonzero(model(x, t, y).sample) == 0  # adaLN-Zero: zero output layer
+    gate = model.blocks[1].attn.gate
+    assert torch.count_nonzero(gate.proj.weight) == 0
+    torch.testing.assert_close(torch.sigmoid(gate.proj.bias), gate.gammas)
+
+
+def test_label_dropout_uses_the_null_class_of_the_config():
+    model = SDTTransformer2DModel(**tiny_config(num_classes=7, class_dropout_prob=1.0)).train()
+    labels = torch.tensor([0, 3, 6])
+    null = model.y_embedder.embedding_table.weight[7]
+    dropped = model.y_embedder(labels)
+    assert model.y_embedder.embedding_table.num_embeddings == 8
+    for row in dropped:
+        torch.testing.assert_close(row, null)
+
+
+def dit_pair(seed=0, identical_embedders=True):
+    torch.manual_seed(seed)
+    dit = DiTTransformer2DModel(
+        num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=8, num_layers=3,
+        sample_size=8, patch_size=2, num_embeds_ada_norm=10,
+    ).eval()
+    perturbed(dit)
+    if identical_embedders:
+        state = dit.state_dict()
+        for key, value in state.items():
+            if ".norm1.emb." in key and not key.startswith("transformer_blocks.0."):
+                value.copy_(state["transformer_blocks.0." + key.split(".", 2)[2]])
+    return dit
+
+
+@pytest.mark.parametrize("overrides", [dict(decay_mode="none"), dict(decay_mode="cag", decay_init="zero"), dict(decay_mode="cag")])
+def test_from_dit_reproduces_dit_output(overrides):
+    dit = dit_pair()
+    sdt = SDTTransformer2DModel.from_dit(dit, attention_backend="sdpa", **overrides).eval()
+    assert sdt.config.num_classes == 10 and sdt.config.learn_sigma
+    x, t, _ = dummy_inputs(sdt)
+    y = torch.tensor([0, 9, 10])
+    with torch.no_grad():
+        expected = dit(x, timestep=t, class_labels=y).sample
+        got = sdt(x, t, y).sample
+    assert (got - expected).abs().max() <= 1e-5
+
+
+def test_from_dit_fixed_decay_changes_the_output():
+    dit = dit_pair()
+    sdt = SDTTransformer2DModel.from_dit(dit, decay_mode="fixed", attention_backend="sdpa").eval()
+    x, t, y = dummy_inputs(sdt)
+    with torch.no_grad():
+        assert (sdt(x, t, y).sample - dit(x, timestep=t, class_labels=y).sample).abs().max() > 1e-3
+
+
+def test_from_dit_rejects_differing_embedder_copies():
+    dit = dit_pair(identical_embedders=False)
+    with pytest.raises(ValueError, match="block 1 holds a timestep/label embedder"):
+        SDTTransformer2DModel.from_dit(dit)
+
+
+def dit_param_count(hidden_size, depth, num_heads, patch_size, in_channels=4, num_classes=1000):
+    """Parameters of the original DiT of this shape: diffusers' DiT minus its per-block embedder copies."""
+    with torch.device("meta"):
+        dit = DiTTransformer2DModel(
+            num_attention_heads=num_heads, attention_head_dim=hidden_size // num_heads, in_channels=in_channels,
+            out_channels=2 * in_channels, num_layers=depth, sample_size=32, patch_size=patch_size,
+            num_embeds_ada_norm=num_classes,
+        )
+    total = sum(p.numel() for p in dit.parameters())
+    per_block_embedder = sum(p.numel() for p in dit.transformer_blocks[0].norm1.emb.parameters())
+    return total - (depth - 1) * per_block_embedder
+
+
+@pytest.mark.parametrize("name", sorted(SDT_PRESETS))
+def test_presets_mirror_dit_parameter_counts(name):
+    with torch.device("meta"):
+        model = SDTTransformer2DModel.from_preset(name)
+    cfg = model.config
+    gate_params = cfg.depth * (cfg.hidden_size * cfg.num_heads + 2 * cfg.num_heads)
+    expected = dit_param_count(cfg.hidden_size, cfg.depth, cfg.num_heads, cfg.patch_size)
+    total = sum(p.numel() for p in model.parameters())
+    assert abs(total - gate_params - expected) <= 0.01 * expected
+
+
+def test_known_paper_sizes():
+    with torch.device("meta"):
+        xl = SDTTransformer2DModel.from_preset("SDT-XL/2", decay_mode="none")
+        s = SDTTransformer2DModel.from_preset("SDT-S/2", decay_mode="none")
+    assert sum(p.numel() for p in xl.parameters()) == pytest.approx(675e6, rel=0.01)
+    assert sum(p.numel() for p in s.parameters()) == pytest.approx(33e6, rel=0.02)
+
+
+def test_from_preset_overrides():
+    model = SDTTransformer2DModel.from_preset("SDT-S/2", decay_mode="fixed", num_classes=10, in_channels=3, sample_size=16, depth=1)
+    assert model.config.hidden_size == 384 and model.config.decay_mode == "fixed"
+    assert model.out_channels == 6 and model.grid_size == (8, 8)
+
+
+def test_decay_maps_shapes_and_values():
+    model = perturbed(SDTTransformer2DModel(**tiny_config(sample_size=(8, 12)))).eval()
+    x, t, y = dummy_inputs(model, batch=2)
+    maps = model.decay_maps(x, t, y, query=(1, 2))
+    assert maps.shape == (2, 2, 2, 4, 6)
+    assert torch.all(maps[:, :, :, 1, 2] == 1) and (maps <= 1).all() and (maps > 0).all()
+    none_model = SDTTransformer2DModel(**tiny_config(decay_mode="none"))
+    assert torch.all(none_model.decay_maps(x[:, :, :8, :8], t, y, query=0) == 1)
+
+
+# ------------------------------------------------------------------ bad input
+
+def test_class_label_out_of_range():
+    model = SDTTransformer2DModel(**tiny_config())
+    x, t, _ = dummy_inputs(model)
+    with pytest.raises(ValueError, match=r"class label 11 is out of range: expected 0\.\.9 or 10"):
+        model(x, t, torch.tensor([0, 11, 2]))
+    with pytest.raises(ValueError, match="class label -1"):
+        model(x, t, torch.tensor([0, -1, 2]))
+
+
+def test_spatial_size_mismatch_and_indivisible_sample_size():
+    model = SDTTransformer2DModel(**tiny_config())
+    with pytest.raises(ValueError, match=r"spatial size \(16, 16\) does not match the model's sample_size \(8, 8\)"):
+        model(torch.randn(1, 4, 16, 16), 1, torch.tensor([0]))
+    with pytest.raises(ValueError, match="sample_size 9x9 is not divisible by patch_size 2"):
+        SDTTransformer2DModel(**tiny_config(sample_size=9))
+
+
+def test_unknown_preset_lists_valid_names():
+    with pytest.raises(ValueError, match="unknown preset 'SDT-M/2'; expected one of SDT-S/2, .*SDT-XL/8"):
+        SDTTransformer2DModel.from_preset("SDT-M/2")
+
+
+@pytest.mark.parametrize("key, value", [("decay_mode", "rope"), ("decay_layout", "axial"), ("attention_backend", "xla"), ("decay_init", "ones")])
+def test_unknown_decay_settings_list_choices(key, value):
+    with pytest.raises(ValueError, match=f"unknown {key} '{value}'; expected one of"):
+        SDTTransformer2DModel(**tiny_config(**{key: value}))
+
+
+def test_flex_backward_on_cpu_is_a_clear_error():
+    model = perturbed(SDTTransformer2DModel(**tiny_config(attention_backend="flex")))
+    x, t, y = dummy_inputs(model)
+    with pytest.raises(NotImplementedError, match="use attention_backend='sdpa'"):
+        model(x, t, y).sample.sum().backward()
