@@ -1,0 +1,25 @@
+"""Training objectives. Depends on torch and diffusers schedulers only."""
+
+from .gaussian_diffusion import (
+    BETA_END,
+    BETA_START,
+    NUM_TRAIN_TIMESTEPS,
+    DiffusionLoss,
+    discretized_gaussian_log_likelihood,
+    make_scheduler,
+    mean_flat,
+    normal_kl,
+    uniform_timesteps,
+)
+
+__all__ = [
+    "BETA_END",
+    "BETA_START",
+    "NUM_TRAIN_TIMESTEPS",
+    "DiffusionLoss",
+    "discretized_gaussian_log_likelihood",
+    "make_scheduler",
+    "mean_flat",
+    "normal_kl",
+    "uniform_timesteps",
+]

@@ -1,0 +1,61 @@
+"""Evaluation: torch-fidelity metrics, classifier-feature metrics and the protocol record."""
+
+from .datasets import (
+    IMAGE_EXTENSIONS,
+    ArrayImageDataset,
+    ImageDataset,
+    ImageFolderDataset,
+    ImageSource,
+    NpzImageDataset,
+    as_image_dataset,
+    write_adm_npz,
+)
+from .fidelity import (
+    EXTRACTOR_OF_METRIC,
+    INCEPTION,
+    METRICS,
+    VGG16,
+    WEIGHTS,
+    WeightsNotFoundError,
+    WeightsSource,
+    compute_metrics,
+    default_cache_root,
+    default_weights_path,
+    preflight,
+    resolve_feature_extractor_weights,
+    resolve_weights,
+)
+from .frechet import FeaturesAndLogits, classifier_metrics, feature_statistics, frechet_distance
+from .protocol import CONFIG_FILES, build_protocol, format_table, write_results
+
+__all__ = [
+    "CONFIG_FILES",
+    "EXTRACTOR_OF_METRIC",
+    "IMAGE_EXTENSIONS",
+    "INCEPTION",
+    "METRICS",
+    "VGG16",
+    "WEIGHTS",
+    "ArrayImageDataset",
+    "FeaturesAndLogits",
+    "ImageDataset",
+    "ImageFolderDataset",
+    "ImageSource",
+    "NpzImageDataset",
+    "WeightsNotFoundError",
+    "WeightsSource",
+    "as_image_dataset",
+    "build_protocol",
+    "classifier_metrics",
+    "compute_metrics",
+    "default_cache_root",
+    "default_weights_path",
+    "feature_statistics",
+    "format_table",
+    "frechet_distance",
+    "preflight",
+    "resolve_feature_extractor_weights",
+    "resolve_weights",
+    "write_adm_npz",
+    "write_results",
+]

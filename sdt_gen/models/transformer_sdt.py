@@ -360,6 +360,7 @@ class SDTTransformer2DModel(ModelMixin, ConfigMixin):
 #################################################################################
 
 _SIZES = {
+    "Ti": dict(depth=4, hidden_size=128, num_heads=4),  # not in DiT: a CPU-sized model for demos and tests
     "S": dict(depth=12, hidden_size=384, num_heads=6),
     "B": dict(depth=12, hidden_size=768, num_heads=12),
     "L": dict(depth=24, hidden_size=1024, num_heads=16),

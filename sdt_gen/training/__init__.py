@@ -1,0 +1,31 @@
+"""What both training scripts share: run folder, logging, atomic checkpoints and exact resume."""
+
+from .checkpoint import (
+    TrainState,
+    check_finite,
+    checkpoint_name,
+    latest_checkpoint,
+    list_checkpoints,
+    resolve_resume,
+    save_checkpoint,
+    skip_consumed_batches,
+)
+from .ema import DiTEMA
+from .run_dir import create_logger, create_run_dir, latest_run_dir, run_tag, save_config
+
+__all__ = [
+    "DiTEMA",
+    "TrainState",
+    "check_finite",
+    "checkpoint_name",
+    "create_logger",
+    "create_run_dir",
+    "latest_checkpoint",
+    "latest_run_dir",
+    "list_checkpoints",
+    "resolve_resume",
+    "run_tag",
+    "save_checkpoint",
+    "save_config",
+    "skip_consumed_batches",
+]

@@ -223,7 +223,7 @@ def test_spatial_size_mismatch_and_indivisible_sample_size():
 
 
 def test_unknown_preset_lists_valid_names():
-    with pytest.raises(ValueError, match="unknown preset 'SDT-M/2'; expected one of SDT-S/2, .*SDT-XL/8"):
+    with pytest.raises(ValueError, match="unknown preset 'SDT-M/2'; expected one of SDT-Ti/2, .*SDT-XL/8"):
         SDTTransformer2DModel.from_preset("SDT-M/2")
 
 

@@ -1,0 +1,390 @@
+"""FID, IS, KID and precision/recall of generated images through torch-fidelity, offline.
+
+Weights. torch-fidelity downloads the weights of its feature extractors on first use: Inception
+(``inception-v3-compat``, for FID, IS and KID) through torch.hub, VGG16 (``vgg16``, for
+precision/recall) through torchvision. Here it never does: every call hands it an explicit
+``feature_extractor_weights_path``, found beforehand. That is the path given, else the file in
+torch.hub's checkpoint folder (``$TORCH_HOME/hub/checkpoints``, by default
+``~/.cache/torch/hub/checkpoints``), where an earlier online run of torch-fidelity leaves it.
+When neither exists, ``WeightsNotFoundError`` names the file, its URL and the flag to pass,
+before any image is read.
+
+Reference cache. With ``cache_name``, torch-fidelity keeps the reference's features and FID
+statistics in ``cache_root`` (default ``$TORCH_HOME/fidelity_cache``) as
+``{cache_name}-{extractor}-features-{layer}.pt`` and ``{cache_name}-{extractor}-stat-fid-{layer}.pt``:
+computed on first use, read on every later one, and enough on their own (``reference=None``).
+torch-fidelity keys them by name only, so a name must stand for one reference set at one image
+size, resize setting and weights file: take a new name when any of them changes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch_fidelity
+import torchvision
+from torch_fidelity.defaults import DEFAULTS as FIDELITY_DEFAULTS
+from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
+
+from .datasets import ImageDataset, ImageSource, as_image_dataset
+
+logger = logging.getLogger(__name__)
+
+INCEPTION = "inception-v3-compat"
+VGG16 = "vgg16"
+METRICS = ("fid", "isc", "kid", "prc")
+# torch-fidelity's default feature extractor of each metric; precision/recall needs its own call.
+EXTRACTOR_OF_METRIC = {"fid": INCEPTION, "isc": INCEPTION, "kid": INCEPTION, "prc": VGG16}
+_EXTRACTOR_CLASS = {
+    INCEPTION: torch_fidelity.FeatureExtractorInceptionV3,
+    VGG16: torch_fidelity.FeatureExtractorVGG16,
+}
+
+
+@dataclass(frozen=True)
+class WeightsSource:
+    """Where torch-fidelity fetches a feature extractor's weights, and how users pass a local copy.
+
+    Args:
+        url: the download URL; its last part is the file name torch.hub stores it under.
+        flag: the command-line option that takes a local path.
+    """
+
+    url: str
+    flag: str
+
+    @property
+    def file_name(self) -> str:
+        return self.url.rsplit("/", 1)[-1]
+
+
+WEIGHTS = {
+    INCEPTION: WeightsSource(URL_INCEPTION_V3, "--inception-weights"),
+    VGG16: WeightsSource(torchvision.models.VGG16_Weights.IMAGENET1K_V1.url, "--vgg16-weights"),
+}
+
+
+class WeightsNotFoundError(FileNotFoundError):
+    """A feature extractor's weights are neither at the given path nor in torch-fidelity's download cache."""
+
+
+def default_weights_path(extractor: str) -> Path:
+    """Where torch-fidelity's download puts an extractor's weights: ``$TORCH_HOME/hub/checkpoints/<file>``.
+
+    Args:
+        extractor: ``"inception-v3-compat"`` or ``"vgg16"``.
+    """
+    if extractor not in WEIGHTS:
+        raise ValueError(f"unknown feature extractor {extractor!r}; expected one of {sorted(WEIGHTS)}")
+    return Path(torch.hub.get_dir()) / "checkpoints" / WEIGHTS[extractor].file_name
+
+
+def resolve_weights(extractor: str, path: str | os.PathLike | None = None) -> Path:
+    """Returns the weights file of a feature extractor, or raises ``WeightsNotFoundError`` at once.
+
+    Args:
+        extractor: ``"inception-v3-compat"`` or ``"vgg16"``.
+        path: a local weights file; ``None`` looks in torch-fidelity's download cache.
+    """
+    default = default_weights_path(extractor)
+    candidate = Path(path).expanduser() if path is not None else default
+    if candidate.is_file():
+        return candidate
+    source = WEIGHTS[extractor]
+    where = f"{candidate} does not exist" if path is not None else "torch-fidelity's download cache lacks it"
+    raise WeightsNotFoundError(
+        f"{extractor} weights {source.file_name} not found: {where}. torch-fidelity downloads them from "
+        f"{source.url}; without internet, fetch that file elsewhere and pass {source.flag} PATH or copy it to "
+        f"{default}."
+    )
+
+
+def resolve_feature_extractor_weights(
+    metrics: Sequence[str],
+    inception_weights: str | os.PathLike | None = None,
+    vgg16_weights: str | os.PathLike | None = None,
+) -> dict[str, Path]:
+    """Returns the weights file of every feature extractor the metrics need, keyed by extractor.
+
+    Args:
+        metrics: names from ``METRICS``.
+        inception_weights: local Inception weights; ``None`` looks in torch-fidelity's cache.
+        vgg16_weights: local VGG16 weights; ``None`` looks in torch-fidelity's cache.
+    """
+    given = {INCEPTION: inception_weights, VGG16: vgg16_weights}
+    found, missing = {}, []
+    for extractor in dict.fromkeys(EXTRACTOR_OF_METRIC[m] for m in _check_metrics(metrics)):
+        try:
+            found[extractor] = resolve_weights(extractor, given[extractor])
+        except WeightsNotFoundError as error:
+            missing.append(str(error))
+    if missing:
+        # All at once, so an offline user fetches every file in one go.
+        raise WeightsNotFoundError("\n".join(missing))
+    return found
+
+
+def default_cache_root() -> Path:
+    """torch-fidelity's own default cache folder: ``$TORCH_HOME/fidelity_cache``."""
+    return Path(torch.hub._get_torch_home()) / "fidelity_cache"
+
+
+def _check_metrics(metrics: Sequence[str]) -> tuple[str, ...]:
+    """Validates metric names and returns them as a tuple without repeats.
+
+    Args:
+        metrics: names from ``METRICS``.
+    """
+    metrics = (metrics,) if isinstance(metrics, str) else tuple(dict.fromkeys(metrics))
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown or not metrics:
+        raise ValueError(f"unknown or no metrics {unknown or list(metrics)}; expected some of {list(METRICS)}")
+    return metrics
+
+
+def _layer(extractor: str, metric: str) -> str:
+    return _EXTRACTOR_CLASS[extractor].get_default_feature_layer_for_metric(metric)
+
+
+def _reference_cache_needs(cache_root: Path, cache_name: str, metrics: Sequence[str]) -> list[tuple[Path, ...]]:
+    """For each lookup torch-fidelity makes for a cached reference, the files that answer it (any one).
+
+    Names as torch-fidelity 0.4 builds them in ``utils.extract_featuresdict_from_input_id_cached``
+    (features) and ``metric_fid.fid_input_id_to_statistics_cached`` (statistics).
+
+    Args:
+        cache_root: the cache folder.
+        cache_name: the reference's name in it.
+        metrics: the metrics to compute.
+    """
+
+    def features(extractor: str, metric: str) -> Path:
+        return cache_root / f"{cache_name}-{extractor}-features-{_layer(extractor, metric)}.pt"
+
+    needs = []
+    if "kid" in metrics:
+        needs.append((features(INCEPTION, "kid"),))
+    elif "fid" in metrics:
+        # FID alone reads the statistics, or computes them from cached features.
+        statistics = cache_root / f"{cache_name}-{INCEPTION}-stat-fid-{_layer(INCEPTION, 'fid')}.pt"
+        needs.append((statistics, features(INCEPTION, "fid")))
+    if "prc" in metrics:
+        needs.append((features(VGG16, "prc"),))
+    return needs
+
+
+def _prepare_reference(
+    reference: ImageSource | None,
+    metrics: Sequence[str],
+    size: tuple[int, int] | None,
+    resize: bool,
+    cache_name: str | None,
+    cache_root: Path,
+) -> tuple[ImageDataset | None, int | None]:
+    """Opens the reference images, or checks the cache stands in for them.
+
+    Returns the reference dataset (``None`` when the cache or nothing is used) and its image
+    count (``None`` when only FID statistics are cached).
+
+    Args:
+        reference: the reference images, or ``None`` to use the cache.
+        metrics: the metrics to compute.
+        size: the samples' (height, width), or ``None`` when not known yet.
+        resize: resize and center-crop reference images to ``size``.
+        cache_name: the reference's name in the cache, or ``None``.
+        cache_root: the cache folder.
+    """
+    if cache_name is not None and (not cache_name or "/" in cache_name or os.sep in cache_name):
+        raise ValueError(f"cache_name {cache_name!r} must be a non-empty name without path separators")
+    binary = [m for m in metrics if m != "isc"]
+    if not binary:
+        return None, None
+    if reference is not None:
+        dataset = as_image_dataset(reference, size=size, resize=resize)
+        return dataset, len(dataset)
+    if cache_name is None:
+        raise ValueError(
+            f"{', '.join(binary)} compare against a reference: pass a folder of images, an .npz, or a cache_name "
+            f"of reference statistics cached by an earlier run"
+        )
+    needs = _reference_cache_needs(cache_root, cache_name, metrics)
+    missing = [" or ".join(p.name for p in options) for options in needs if not any(p.is_file() for p in options)]
+    if missing:
+        raise FileNotFoundError(
+            f"the reference cache {cache_name!r} in {cache_root} lacks {'; '.join(missing)} (needed for "
+            f"{', '.join(binary)}); pass the reference images once with this cache_name to compute them"
+        )
+    # Cached features hold one row per reference image; cached FID statistics do not say.
+    features = [p for options in needs for p in options if "-features-" in p.name and p.is_file()]
+    return None, len(torch.load(features[0], mmap=True, weights_only=True)) if features else None
+
+
+def preflight(
+    metrics: Sequence[str],
+    reference: ImageSource | None,
+    inception_weights: str | os.PathLike | None = None,
+    vgg16_weights: str | os.PathLike | None = None,
+    cache_name: str | None = None,
+    cache_root: str | os.PathLike | None = None,
+    sample_size: tuple[int, int] | None = None,
+    resize: bool = False,
+) -> dict[str, Path]:
+    """Checks everything ``compute_metrics`` needs besides the samples, so a run fails before sampling.
+
+    Returns the weights file of each feature extractor. Raises on unknown metrics, missing
+    weights, an unreadable reference, a reference of another size than ``sample_size`` (unless
+    ``resize``), or a cache that lacks what ``reference=None`` needs.
+
+    Args:
+        metrics: names from ``METRICS``.
+        reference: as in ``compute_metrics``.
+        inception_weights: as in ``compute_metrics``.
+        vgg16_weights: as in ``compute_metrics``.
+        cache_name: as in ``compute_metrics``.
+        cache_root: as in ``compute_metrics``.
+        sample_size: the (height, width) the samples will have, if known.
+        resize: as in ``compute_metrics``.
+    """
+    weights = resolve_feature_extractor_weights(metrics, inception_weights, vgg16_weights)
+    cache_root = Path(cache_root) if cache_root is not None else default_cache_root()
+    _prepare_reference(reference, _check_metrics(metrics), sample_size, resize, cache_name, cache_root)
+    return weights
+
+
+def compute_metrics(
+    samples: ImageSource,
+    reference: ImageSource | None,
+    metrics: Sequence[str] = METRICS,
+    inception_weights: str | os.PathLike | None = None,
+    vgg16_weights: str | os.PathLike | None = None,
+    batch_size: int = 64,
+    device: str | torch.device | None = None,
+    cache_name: str | None = None,
+    cache_root: str | os.PathLike | None = None,
+    resize: bool = False,
+    kid_subset_size: int = 1000,
+    kid_subsets: int = 100,
+    isc_splits: int = 10,
+    seed: int = 2020,
+    verbose: bool = True,
+) -> dict[str, Any]:
+    """FID, Inception Score, KID and precision/recall of samples against a reference, via torch-fidelity.
+
+    Returns torch-fidelity's metric keys (``frechet_inception_distance``, ``inception_score_mean``
+    and ``_std``, ``kernel_inception_distance_mean`` and ``_std``, ``precision``, ``recall``,
+    ``f_score``) for the metrics asked, plus ``num_samples``, ``num_reference`` (``None`` when
+    only cached FID statistics were read), the ``kid_subset_size`` and ``isc_splits`` used,
+    ``feature_extractors`` (extractor name to weights path) and ``notes``: every setting adapted
+    to a small sample count, also logged as a warning.
+
+    Args:
+        samples: the generated images: a folder of PNG/JPEG, an ADM-style ``.npz``, a uint8 array
+            (N, H, W, 3) or an ``ImageDataset``.
+        reference: the real images in the same forms, or ``None`` to read them from the cache
+            ``cache_name`` (see the module docstring for where it lives).
+        metrics: some of ``"fid"``, ``"isc"``, ``"kid"``, ``"prc"``.
+        inception_weights: local ``weights-inception-2015-12-05-6726825d.pth``; ``None`` looks in
+            torch-fidelity's download cache.
+        vgg16_weights: local ``vgg16-397923af.pth`` for precision/recall; ``None`` looks in the cache.
+        batch_size: images per feature-extractor batch.
+        device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``; ``None`` takes CUDA when available.
+        cache_name: the reference's name in the cache: computed on first use, read afterwards.
+        cache_root: the cache folder; ``None`` is torch-fidelity's default, ``$TORCH_HOME/fidelity_cache``.
+        resize: resize (shorter side) and center-crop reference images whose size differs from the
+            samples' instead of raising.
+        kid_subset_size: KID subset size, lowered to the smaller image count when needed.
+        kid_subsets: number of KID subsets.
+        isc_splits: Inception Score splits, lowered to the sample count when needed.
+        seed: torch-fidelity's seed for KID subsets and IS shuffling.
+        verbose: let torch-fidelity report progress on stderr.
+    """
+    metrics = _check_metrics(metrics)
+    weights = resolve_feature_extractor_weights(metrics, inception_weights, vgg16_weights)
+    device = torch.device(device if device is not None else "cuda" if torch.cuda.is_available() else "cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"torch-fidelity runs on 'cpu' or 'cuda[:N]', got device {device}")
+    cache_root = Path(cache_root) if cache_root is not None else default_cache_root()
+    samples = as_image_dataset(samples)
+    reference, num_reference = _prepare_reference(reference, metrics, samples.size, resize, cache_name, cache_root)
+
+    # 1. Fit settings to small sample counts, or refuse counts the metrics cannot work with.
+    num_samples = len(samples)
+    counts = [n for n in (num_samples, num_reference) if n is not None]
+    notes = []
+    if ("fid" in metrics or "kid" in metrics) and min(counts) < 2:
+        raise ValueError(
+            f"FID and KID need at least 2 images on each side; got {num_samples} samples and {num_reference} "
+            f"reference images"
+        )
+    neighbours = FIDELITY_DEFAULTS["prc_neighborhood"]
+    if "prc" in metrics and min(counts) <= neighbours:
+        raise ValueError(
+            f"precision/recall compares each image with its {neighbours} nearest neighbours and needs at least "
+            f"{neighbours + 1} images on each side; got {num_samples} samples and {num_reference} reference images"
+        )
+    kid_subset_size_used = min(kid_subset_size, *counts)
+    if "kid" in metrics and kid_subset_size_used < kid_subset_size:
+        notes.append(
+            f"KID subset size lowered from {kid_subset_size} to {kid_subset_size_used} for {num_samples} samples "
+            f"and {num_reference} reference images; KID is comparable only at equal subset sizes"
+        )
+    isc_splits_used = min(isc_splits, num_samples)
+    if "isc" in metrics and isc_splits_used < isc_splits:
+        notes.append(f"Inception Score splits lowered from {isc_splits} to {isc_splits_used} for {num_samples} samples")
+    for note in notes:
+        logger.warning(note)
+
+    # 2. One torch-fidelity call per feature extractor.
+    common = {
+        "input1": samples,
+        # torch-fidelity wants an input2 even when the cache answers; the cache folder holds no
+        # images, so a cache miss fails instead of scoring against nothing.
+        "input2": reference if reference is not None else str(cache_root),
+        "input2_cache_name": cache_name,
+        "cache_root": str(cache_root),
+        "cuda": device.type == "cuda",
+        "batch_size": batch_size,
+        "kid_subsets": kid_subsets,
+        "kid_subset_size": kid_subset_size_used,
+        "isc_splits": isc_splits_used,
+        "rng_seed": seed,
+        "verbose": verbose,
+    }
+    inception_binary = {m: True for m in ("fid", "kid") if m in metrics}
+    # IS reads the samples only. It shares the Inception pass when reference images are read
+    # anyway; against a cache it runs alone, because in a shared call torch-fidelity also looks
+    # up the reference's IS features, which a cache made without IS lacks.
+    isc_alone = "isc" in metrics and (reference is None or not inception_binary)
+    calls = []
+    if inception_binary:
+        isc_shared = "isc" in metrics and not isc_alone
+        calls.append({**common, **inception_binary, "isc": isc_shared, "feature_extractor": INCEPTION})
+    if isc_alone:
+        calls.append({**common, "input2": None, "isc": True, "feature_extractor": INCEPTION})
+    if "prc" in metrics:
+        calls.append({**common, "prc": True, "feature_extractor": VGG16})
+
+    result: dict[str, Any] = {}
+    # torch-fidelity only switches CUDA on or off, and then works on the current CUDA device.
+    with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
+        for call in calls:
+            weights_path = str(weights[call["feature_extractor"]])
+            result.update(torch_fidelity.calculate_metrics(**call, feature_extractor_weights_path=weights_path))
+
+    # 3. What was computed, and how.
+    result["num_samples"] = num_samples
+    result["num_reference"] = num_reference
+    if "kid" in metrics:
+        result["kid_subset_size"] = kid_subset_size_used
+    if "isc" in metrics:
+        result["isc_splits"] = isc_splits_used
+    result["feature_extractors"] = {name: str(path) for name, path in weights.items()}
+    result["notes"] = notes
+    return result

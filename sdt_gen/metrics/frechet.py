@@ -1,0 +1,155 @@
+"""The Fréchet distance between Gaussians fitted to features, and classifier-based metrics.
+
+``frechet_distance`` is FID's formula for any feature space. ``classifier_metrics`` applies it in
+the feature space of a classifier, next to the conditional accuracy of class-conditional
+samples: how this project scores generators where Inception weights do not fit (the bundled
+digits demo) or are not available.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import scipy.linalg
+import torch
+from torch.utils.data import DataLoader
+
+from .datasets import ImageSource, as_image_dataset
+
+FeaturesAndLogits = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+"""Maps a uint8 image batch (B, 3, H, W) to features (B, D) and class logits (B, num_classes)."""
+
+
+def feature_statistics(features: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Returns the mean (D,) and covariance (D, D) of features, in float64.
+
+    Args:
+        features: one feature vector per row, (N, D) with N >= 2.
+    """
+    if isinstance(features, torch.Tensor):
+        features = features.detach().cpu().numpy()
+    features = np.asarray(features, dtype=np.float64)
+    if features.ndim != 2 or len(features) < 2:
+        raise ValueError(f"features have shape {features.shape}; expected (N, D) with at least 2 rows")
+    return features.mean(axis=0), np.atleast_2d(np.cov(features, rowvar=False))
+
+
+def frechet_distance(
+    mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray, eps: float = 1e-6
+) -> float:
+    """The Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2).
+
+    ``|mu1 - mu2|^2 + tr(sigma1) + tr(sigma2) - 2 tr(sqrt(sigma1 sigma2))``, in float64.
+
+    Args:
+        mu1: mean of the first Gaussian, (D,).
+        sigma1: covariance of the first Gaussian, (D, D).
+        mu2: mean of the second Gaussian, (D,).
+        sigma2: covariance of the second Gaussian, (D, D).
+        eps: added to both diagonals when the matrix square root is not finite.
+    """
+    mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
+    sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
+    if mu1.ndim != 1 or mu1.shape != mu2.shape:
+        raise ValueError(f"the means have shapes {mu1.shape} and {mu2.shape}; expected two vectors of one length")
+    dim = len(mu1)
+    if sigma1.shape != (dim, dim) or sigma2.shape != (dim, dim):
+        raise ValueError(
+            f"the covariances have shapes {sigma1.shape} and {sigma2.shape}; expected ({dim}, {dim}) to match the means"
+        )
+
+    diff = mu1 - mu2
+    covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
+    if not np.isfinite(covmean).all():
+        # A singular product (fewer samples than dimensions) can defeat sqrtm; moving both
+        # covariances off the singularity by eps changes the distance by O(eps).
+        offset = np.eye(dim) * eps
+        covmean = scipy.linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
+    if np.iscomplexobj(covmean):
+        # Round-off leaves a tiny imaginary part; a large one means the inputs are not covariances.
+        imaginary = np.abs(np.diagonal(covmean).imag).max()
+        if imaginary > 1e-3:
+            raise ValueError(
+                f"sqrt(sigma1 @ sigma2) has an imaginary component of {imaginary:.3g}; expected symmetric "
+                f"positive semi-definite covariance matrices"
+            )
+        covmean = covmean.real
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
+
+
+@torch.no_grad()
+def _features_and_logits_of(
+    features_and_logits: FeaturesAndLogits, images: torch.utils.data.Dataset, batch_size: int, num_workers: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Runs the classifier over a dataset; returns float32 features (N, D) and logits (N, C) on the CPU.
+
+    Args:
+        features_and_logits: the classifier callable.
+        images: a dataset of uint8 images (3, H, W).
+        batch_size: images per call.
+        num_workers: DataLoader workers decoding images.
+    """
+    features, logits = [], []
+    for batch in DataLoader(images, batch_size=batch_size, num_workers=num_workers):
+        out = features_and_logits(batch)
+        if not (isinstance(out, tuple) and len(out) == 2):
+            raise TypeError(f"features_and_logits returned a {type(out).__name__}; expected a (features, logits) tuple")
+        batch_features, batch_logits = out
+        shapes_ok = batch_features.ndim == 2 and batch_logits.ndim == 2
+        if not (shapes_ok and len(batch_features) == len(batch_logits) == len(batch)):
+            raise ValueError(
+                f"features_and_logits returned features {tuple(batch_features.shape)} and logits "
+                f"{tuple(batch_logits.shape)} for {len(batch)} images; expected (B, D) and (B, num_classes)"
+            )
+        features.append(batch_features.float().cpu())
+        logits.append(batch_logits.float().cpu())
+    return torch.cat(features), torch.cat(logits)
+
+
+def classifier_metrics(
+    features_and_logits: FeaturesAndLogits,
+    samples: ImageSource,
+    labels: Sequence[int] | np.ndarray | torch.Tensor,
+    reference: ImageSource | None = None,
+    batch_size: int = 64,
+    resize: bool = False,
+    num_workers: int = 0,
+) -> dict[str, float]:
+    """Conditional accuracy of class-conditional samples and a Fréchet distance in a classifier's features.
+
+    Returns ``classifier_accuracy``, the share of samples the classifier assigns to their
+    conditioning label, and, when a reference is given, ``classifier_frechet_distance`` between
+    the samples' and the reference's features.
+
+    Args:
+        features_and_logits: any classifier as a callable from a uint8 batch (B, 3, H, W) to
+            ``(features (B, D), logits (B, num_classes))``; it moves the batch to its device and
+            applies its own preprocessing.
+        samples: the generated images (folder, ``.npz``, uint8 array or ``ImageDataset``).
+        labels: the conditioning label of each sample, in the samples' order (for a folder:
+            ``ImageFolderDataset(folder).files``).
+        reference: real images for the Fréchet distance, or ``None`` for the accuracy alone.
+        batch_size: images per classifier call.
+        resize: resize and center-crop reference images of another size than the samples.
+        num_workers: DataLoader workers decoding images.
+    """
+    samples = as_image_dataset(samples)
+    labels = torch.as_tensor(labels, dtype=torch.long).cpu()
+    if labels.shape != (len(samples),):
+        raise ValueError(f"got labels of shape {tuple(labels.shape)} for {len(samples)} samples; expected one each")
+
+    sample_features, logits = _features_and_logits_of(features_and_logits, samples, batch_size, num_workers)
+    if labels.min() < 0 or labels.max() >= logits.shape[1]:
+        raise ValueError(
+            f"labels range over [{labels.min()}, {labels.max()}] but the classifier has {logits.shape[1]} classes; "
+            f"expected labels in [0, {logits.shape[1] - 1}]"
+        )
+    out = {"classifier_accuracy": (logits.argmax(dim=1) == labels).double().mean().item()}
+    if reference is not None:
+        reference = as_image_dataset(reference, size=samples.size, resize=resize)
+        reference_features, _ = _features_and_logits_of(features_and_logits, reference, batch_size, num_workers)
+        out["classifier_frechet_distance"] = frechet_distance(
+            *feature_statistics(sample_features), *feature_statistics(reference_features)
+        )
+    return out

@@ -1,0 +1,198 @@
+"""DiT's objective against closed-form values, plus a tiny overfit run."""
+
+import math
+
+import pytest
+import torch
+from scipy import stats
+from torch import nn
+
+from sdt_gen.diffusion import (
+    DiffusionLoss,
+    discretized_gaussian_log_likelihood,
+    make_scheduler,
+    normal_kl,
+    uniform_timesteps,
+)
+
+
+@pytest.fixture(scope="module")
+def loss_fn() -> DiffusionLoss:
+    return DiffusionLoss(make_scheduler(learn_sigma=True), learn_sigma=True)
+
+
+def test_schedule_is_dits(loss_fn):
+    betas = loss_fn.betas
+    assert betas.shape == (1000,)
+    assert betas[0].item() == pytest.approx(1e-4, rel=1e-5)
+    assert betas[-1].item() == pytest.approx(0.02, rel=1e-5)
+    step = (betas[-1] - betas[0]) / 999
+    assert torch.allclose(betas[1:] - betas[:-1], step.expand(999), atol=1e-9)  # linear
+
+
+def test_uniform_timesteps_range():
+    t = uniform_timesteps(4096, 1000, generator=torch.Generator().manual_seed(0))
+    assert t.dtype == torch.int64 and t.shape == (4096,)
+    assert t.min() >= 0 and t.max() <= 999
+
+
+def test_normal_kl_closed_form():
+    g = torch.Generator().manual_seed(0)
+    m1, m2 = torch.randn(100, generator=g, dtype=torch.float64), torch.randn(100, generator=g, dtype=torch.float64)
+    lv1, lv2 = torch.randn(100, generator=g, dtype=torch.float64), torch.randn(100, generator=g, dtype=torch.float64)
+    s1, s2 = torch.exp(0.5 * lv1), torch.exp(0.5 * lv2)
+    expected = torch.log(s2 / s1) + (s1**2 + (m1 - m2) ** 2) / (2 * s2**2) - 0.5
+    assert torch.allclose(normal_kl(m1, lv1, m2, lv2), expected, atol=1e-10)
+    assert torch.allclose(normal_kl(m1, lv1, m1, lv1), torch.zeros_like(m1), atol=1e-12)
+
+
+def test_discretized_log_likelihood_matches_scipy():
+    levels = torch.tensor([0, 1, 17, 127, 128, 200, 254, 255], dtype=torch.float64)
+    x = levels / 127.5 - 1.0  # pixel levels scaled to [-1, 1]
+    means = torch.linspace(-0.9, 0.8, len(levels), dtype=torch.float64)
+    log_scales = torch.log(torch.linspace(0.005, 0.5, len(levels), dtype=torch.float64))
+    got = discretized_gaussian_log_likelihood(x, means, log_scales)
+
+    dist = stats.norm(loc=means.numpy(), scale=torch.exp(log_scales).numpy())
+    half = 1.0 / 255.0
+    cdf_hi, cdf_lo = dist.cdf(x.numpy() + half), dist.cdf(x.numpy() - half)
+    expected = torch.tensor(cdf_hi - cdf_lo)
+    expected[0] = float(cdf_hi[0])  # lowest level: bin extends to -inf
+    expected[-1] = float(1.0 - cdf_lo[-1])  # highest level: bin extends to +inf
+    assert torch.allclose(got, torch.log(expected), atol=1e-6)
+
+
+def test_discretized_likelihood_sums_to_one_over_levels():
+    x = (torch.arange(256, dtype=torch.float64) / 127.5 - 1.0)
+    probs = discretized_gaussian_log_likelihood(x, torch.full_like(x, 0.3), torch.full_like(x, math.log(0.2))).exp()
+    assert probs.sum().item() == pytest.approx(1.0, abs=1e-9)
+
+
+def test_q_sample_closed_form(loss_fn):
+    x0, noise = torch.randn(3, 2, 4, 4), torch.randn(3, 2, 4, 4)
+    t = torch.tensor([0, 500, 999])
+    abar = loss_fn.alphas_cumprod[t].float().view(-1, 1, 1, 1)
+    assert torch.allclose(loss_fn.q_sample(x0, t, noise), abar.sqrt() * x0 + (1 - abar).sqrt() * noise, atol=1e-6)
+
+
+def test_posterior_matches_gaussian_product(loss_fn):
+    # q(x_{t-1} | x_t, x_0) from Bayes: prior N(sqrt(abar_{t-1}) x0, 1 - abar_{t-1}),
+    # likelihood x_t | x_{t-1} ~ N(sqrt(alpha_t) x_{t-1}, beta_t); precisions add.
+    x0, xt = torch.randn(3, 2, 4, 4, dtype=torch.float64), torch.randn(3, 2, 4, 4, dtype=torch.float64)
+    t = torch.tensor([1, 10, 999])
+    beta = loss_fn.betas[t].view(-1, 1, 1, 1)
+    abar_prev = loss_fn.alphas_cumprod[t - 1].view(-1, 1, 1, 1)
+    precision = 1 / (1 - abar_prev) + (1 - beta) / beta
+    variance = 1 / precision
+    expected_mean = variance * (abar_prev.sqrt() * x0 / (1 - abar_prev) + (1 - beta).sqrt() * xt / beta)
+
+    mean, var, log_var = loss_fn.q_posterior_mean_variance(x0, xt, t)
+    assert torch.allclose(mean, expected_mean, atol=1e-5)
+    assert torch.allclose(var.double(), variance, rtol=1e-5)
+    assert torch.allclose(log_var.double(), variance.log(), atol=1e-5)
+
+
+def test_schedule_matches_scheduler():
+    scheduler = make_scheduler(learn_sigma=False)
+    loss_fn = DiffusionLoss(scheduler, learn_sigma=False)
+    assert torch.allclose(loss_fn.alphas_cumprod.float(), scheduler.alphas_cumprod, rtol=1e-5)
+    for t in (1, 50, 999):
+        # The scheduler computes in float32: agreement to ~1e-4 near t=0, where 1 - abar_t is tiny.
+        assert loss_fn.posterior_variance[t].item() == pytest.approx(scheduler._get_variance(t).item(), rel=2e-4)
+
+
+def test_learned_range_endpoints(loss_fn):
+    xt, t = torch.randn(2, 2, 4, 4), torch.tensor([3, 700])
+    eps = torch.randn_like(xt)
+    upper = loss_fn.p_mean_variance(torch.cat([eps, torch.ones_like(xt)], 1), xt, t)["log_variance"]
+    lower = loss_fn.p_mean_variance(torch.cat([eps, -torch.ones_like(xt)], 1), xt, t)["log_variance"]
+    assert torch.allclose(upper, loss_fn.betas[t].log().float().view(-1, 1, 1, 1).expand_as(xt))
+    assert torch.allclose(lower, loss_fn.posterior_variance[t].log().float().view(-1, 1, 1, 1).expand_as(xt))
+
+
+def test_vb_at_t0_is_decoder_nll(loss_fn):
+    x0 = torch.randint(0, 256, (2, 3, 4, 4)).float() / 127.5 - 1
+    xt = x0 + 0.01 * torch.randn_like(x0)
+    t = torch.zeros(2, dtype=torch.int64)
+    output = torch.randn(2, 6, 4, 4)
+    out = loss_fn.p_mean_variance(output, xt, t)
+    nll = -discretized_gaussian_log_likelihood(x0, out["mean"], 0.5 * out["log_variance"]).mean(dim=(1, 2, 3))
+    assert torch.allclose(loss_fn.vb_terms_bpd(output, x0, xt, t), nll / math.log(2), atol=1e-6)
+
+
+def test_vb_at_t_gt_0_is_kl(loss_fn):
+    x0, xt, t = torch.randn(2, 1, 4, 4), torch.randn(2, 1, 4, 4), torch.tensor([5, 400])
+    output = torch.randn(2, 2, 4, 4)
+    out = loss_fn.p_mean_variance(output, xt, t)
+    mean, _, log_var = loss_fn.q_posterior_mean_variance(x0, xt, t)
+    kl = normal_kl(mean, log_var, out["mean"], out["log_variance"]).mean(dim=(1, 2, 3))
+    assert torch.allclose(loss_fn.vb_terms_bpd(output, x0, xt, t), kl / math.log(2), atol=1e-6)
+
+
+def test_vb_trains_only_the_variance(loss_fn):
+    x0 = torch.randn(4, 2, 4, 4)
+    prediction = torch.randn(4, 4, 4, 4, requires_grad=True)
+    losses = loss_fn(lambda x, t: prediction, x0, torch.tensor([0, 1, 300, 999]))
+    losses["vb"].sum().backward()
+    assert torch.count_nonzero(prediction.grad[:, :2]) == 0  # eps channels
+    assert torch.count_nonzero(prediction.grad[:, 2:]) > 0  # variance channels
+
+    prediction.grad = None
+    losses["mse"].sum().backward()
+    assert torch.count_nonzero(prediction.grad[:, 2:]) == 0
+
+
+def test_plain_mse_without_learned_sigma():
+    loss_fn = DiffusionLoss(make_scheduler(learn_sigma=False), learn_sigma=False)
+    x0, noise = torch.randn(2, 1, 4, 4), torch.randn(2, 1, 4, 4)
+    losses = loss_fn(lambda x, t: torch.zeros_like(x), x0, torch.tensor([1, 2]), noise=noise)
+    assert set(losses) == {"loss", "mse"}
+    assert torch.allclose(losses["loss"], noise.pow(2).mean(dim=(1, 2, 3)))
+
+
+def test_tuple_output_and_bad_channels(loss_fn):
+    x0 = torch.randn(2, 1, 4, 4)
+    losses = loss_fn(lambda x, t: (torch.zeros(2, 2, 4, 4),), x0, torch.tensor([1, 2]))
+    assert losses["loss"].shape == (2,)
+    with pytest.raises(ValueError, match=r"expected \(2, 2, 4, 4\)"):
+        loss_fn(lambda x, t: torch.zeros(2, 1, 4, 4), x0, torch.tensor([1, 2]))
+
+
+class TinyDenoiser(nn.Module):
+    """An MLP on flattened 1x4x4 inputs plus the timestep; outputs noise and variance channels."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(17, 128), nn.SiLU(), nn.Linear(128, 32))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor) -> torch.Tensor:
+        h = torch.cat([x.flatten(1), t[:, None].float() / 1000], dim=1)  # (N, 17)
+        return self.net(h).view(-1, 2, 4, 4)  # (N, 2, 4, 4)
+
+
+@pytest.fixture
+def single_thread():
+    # Tensors this small gain nothing from intra-op threads, which stall badly on a busy CPU.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_loss_decreases_on_tiny_batch(loss_fn, single_thread):
+    torch.manual_seed(0)
+    model = TinyDenoiser()
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    x0 = torch.rand(8, 1, 4, 4) * 2 - 1
+    t, noise = uniform_timesteps(8, loss_fn.num_timesteps), torch.randn_like(x0)
+    labels = torch.zeros(8, dtype=torch.int64)
+    history = []
+    for _ in range(100):
+        losses = loss_fn(model, x0, t, model_kwargs={"class_labels": labels}, noise=noise)
+        loss = losses["loss"].mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        history.append(loss.item())
+    assert all(math.isfinite(v) for v in history)
+    assert history[-1] < 0.3 * history[0]
