@@ -1,6 +1,365 @@
-"""Train an SDT denoiser with accelerate (issue 4: not yet available)."""
+"""Train a class-conditional SDT denoiser with accelerate (DiT's recipe).
 
-import sys
+    python train_dit.py                                   # bundled default: SDT on scikit-learn's digits, CPU
+    accelerate launch train_dit.py --data-path /data/imagenet/train --model SDT-XL/2 --image-size 256 \\
+        --vae /models/sd-vae-ft-ema --global-batch-size 256 --mixed-precision bf16
+    accelerate launch train_dit.py --extract-latents --data-path /data/imagenet/train \\
+        --vae /models/sd-vae-ft-ema --latents-path /data/in256-latents
+    accelerate launch train_dit.py --latents-path /data/in256-latents --model SDT-XL/2 --resume latest
+
+Every run writes ``results/NNN-<model>-<data>/``: ``config.json``, ``log.txt``, TensorBoard logs,
+``checkpoints/`` (``--resume latest|PATH``), ``samples/`` (EMA sample grids) and ``pipeline/`` (the
+EMA weights as an ``SDTPipeline`` folder).
+"""
+
+import argparse
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from sdt_gen import SDT_PRESETS, SDTPipeline, SDTTransformer2DModel
+from sdt_gen.data import DigitsDataset, ImageFolderDataset, LatentDataset, collate_skip_none, extract_latents
+from sdt_gen.diffusion import DiffusionLoss, make_scheduler, uniform_timesteps
+from sdt_gen.layers import ATTENTION_BACKENDS, DECAY_LAYOUTS, DECAY_MODES
+from sdt_gen.pipelines import dit_scheduler, scheduler_by_name
+from sdt_gen.training import (
+    DiTEMA,
+    TrainState,
+    check_finite,
+    create_accelerator,
+    open_run,
+    save_checkpoint,
+    skip_consumed_batches,
+)
+from sdt_gen.visualize import make_grid_png
+
+# What the bundled digits run needs instead of DiT's ImageNet recipe: a CPU-sized model, a larger
+# learning rate and an EMA that ramps up, so a few thousand steps give clean digits.
+DIGITS_DEFAULTS = dict(
+    model="SDT-Ti/2", image_size=16, global_batch_size=64, lr=1e-3, max_grad_norm=1.0, max_steps=1200,
+    ema_decay=0.999, ema_warmup=True, ckpt_every=400, sample_every=400, log_every=50, num_workers=0,
+)
+IMAGENET_DEFAULTS = dict(
+    model="SDT-XL/2", image_size=256, global_batch_size=256, lr=1e-4, max_grad_norm=0.0, max_steps=400_000,
+    ema_decay=0.9999, ema_warmup=False, ckpt_every=50_000, sample_every=10_000, log_every=100, num_workers=4,
+)
+
+
+#################################################################################
+#                                     Data                                      #
+#################################################################################
+
+def load_vae(path: str, device: torch.device):
+    """A local diffusers ``AutoencoderKL`` folder, frozen; a clear error when it is not there."""
+    from diffusers import AutoencoderKL
+
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise FileNotFoundError(
+            f"--vae {path!r}: expected a local diffusers AutoencoderKL folder (config.json + "
+            "diffusion_pytorch_model.safetensors), e.g. stabilityai/sd-vae-ft-ema downloaded with "
+            "`huggingface-cli download stabilityai/sd-vae-ft-ema --local-dir PATH` on a machine with internet"
+        )
+    return AutoencoderKL.from_pretrained(path).to(device).eval().requires_grad_(False)
+
+
+def vae_downsampling(vae) -> int:
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+def build_dataset(args, patch_size: int):
+    """The training set and what the model needs to know of it: ``(dataset, shape (C, H, W), data name)``."""
+    if args.latents_path:
+        dataset = LatentDataset(args.latents_path)
+        return dataset, dataset.latent_shape, f"latents{dataset.latent_shape[-1]}"
+    if args.data_path:
+        dataset = ImageFolderDataset(args.data_path, args.image_size, random_flip=True, class_names=args.class_names)
+        return dataset, None, f"{Path(args.data_path).name}{args.image_size}"
+    if args.image_size % patch_size:
+        raise ValueError(f"--image-size {args.image_size} is not divisible by the patch size {patch_size} of {args.model}")
+    dataset = DigitsDataset(image_size=args.image_size)
+    return dataset, tuple(dataset.images.shape[1:]), "digits"
+
+
+@torch.no_grad()
+def encode(vae, images: torch.Tensor) -> torch.Tensor:
+    """Images in [-1, 1] to the scaled latents the denoiser sees."""
+    latents = vae.encode(images.to(vae.dtype)).latent_dist.sample()
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    return (latents - shift) * vae.config.scaling_factor
+
+
+#################################################################################
+#                                 Model and export                              #
+#################################################################################
+
+def build_model(args, shape, num_classes: int) -> SDTTransformer2DModel:
+    decay = dict(decay_mode=args.decay_mode, decay_layout=args.decay_layout, attention_backend=args.attention_backend)
+    if args.init_from_dit:
+        from diffusers import DiTTransformer2DModel
+
+        dit = DiTTransformer2DModel.from_pretrained(args.init_from_dit, subfolder="transformer")
+        model = SDTTransformer2DModel.from_dit(dit, decay_init="zero", **decay)
+        expected = (model.config.in_channels, *model.sample_hw)
+        if tuple(shape) != expected or model.config.num_classes != num_classes:
+            raise ValueError(
+                f"--init-from-dit {args.init_from_dit!r} is a model of {model.config.num_classes} classes on {expected} "
+                f"inputs; the data has {num_classes} classes and {tuple(shape)} inputs"
+            )
+        return model
+    channels, height, width = shape
+    return SDTTransformer2DModel.from_preset(
+        args.model, sample_size=[height, width] if height != width else height, in_channels=channels,
+        num_classes=num_classes, learn_sigma=args.learn_sigma, decay_init=args.decay_init, **decay,
+    )
+
+
+def export_pipeline(model, ema, vae, id2label, path: Path) -> SDTPipeline:
+    """Save the EMA weights as an ``SDTPipeline`` folder, replacing ``path`` only once it is complete."""
+    ema_model = SDTTransformer2DModel.from_config(model.config)
+    ema.copy_to(ema_model.parameters())
+    pipe = SDTPipeline(
+        transformer=ema_model, scheduler=dit_scheduler(model.config.learn_sigma), vae=vae, id2label=id2label
+    )
+    tmp = path.with_name(f".tmp-{path.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    pipe.save_pretrained(tmp)
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(tmp, path)
+    return pipe
+
+
+def save_sample_grid(pipe: SDTPipeline, args, path: Path, device: torch.device) -> None:
+    """One row per class of ``--sample-classes``, ``--samples-per-class`` EMA samples each."""
+    pipe = pipe.to(device)
+    pipe.scheduler = scheduler_by_name(args.sample_scheduler, pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    classes = args.sample_classes or list(range(min(10, pipe.transformer.config.num_classes)))
+    labels = [c for c in classes for _ in range(args.samples_per_class)]
+    images = pipe(
+        class_labels=labels, guidance_scale=args.sample_guidance_scale, num_inference_steps=args.sample_steps,
+        generator=torch.Generator(device).manual_seed(args.seed),
+    ).images
+    scale = max(1, 64 // images[0].height)  # small samples (digits: 16 px) enlarged to be seen
+    make_grid_png(images, args.samples_per_class, path, [pipe.label_name(c) for c in classes], scale=scale)
+
+
+#################################################################################
+#                                  Training                                     #
+#################################################################################
+
+def main(args):
+    defaults = IMAGENET_DEFAULTS if (args.data_path or args.latents_path) else DIGITS_DEFAULTS
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.model not in SDT_PRESETS:
+        raise ValueError(f"unknown --model {args.model!r}; expected one of {', '.join(SDT_PRESETS)}")
+
+    accelerator = create_accelerator(args.mixed_precision, args.gradient_accumulation_steps, args.cpu, args.seed)
+    device = accelerator.device
+
+    if args.extract_latents:
+        if not (args.data_path and args.vae and args.latents_path):
+            raise ValueError("--extract-latents needs --data-path, --vae and --latents-path")
+        vae = load_vae(args.vae, device)
+        images = ImageFolderDataset(args.data_path, args.image_size, random_flip=False, class_names=args.class_names)
+        meta = extract_latents(
+            accelerator, images, vae, args.latents_path, batch_size=args.extract_batch_size,
+            num_workers=args.num_workers, seed=args.seed, vae_path=args.vae,
+        )
+        if accelerator.is_main_process:
+            print(f"extracted {meta['count']} latents (and their mirror images) to {args.latents_path}")
+        return None
+
+    patch_size = SDT_PRESETS[args.model]["patch_size"]
+    dataset, shape, data_name = build_dataset(args, patch_size)
+    if len(dataset) == 0:
+        raise ValueError(f"the training data ({data_name}) holds no items")
+    vae = None
+    if args.data_path:
+        if not args.vae:
+            raise ValueError(
+                "--data-path trains in latent space and needs --vae PATH: a local diffusers AutoencoderKL folder "
+                "(or extract latents first with --extract-latents and train with --latents-path)"
+            )
+        vae = load_vae(args.vae, device)
+        factor = vae_downsampling(vae)
+        if args.image_size % (factor * patch_size):
+            raise ValueError(
+                f"--image-size {args.image_size} must be divisible by the VAE's downsampling {factor} times the "
+                f"patch size {patch_size} (= {factor * patch_size})"
+            )
+        side = args.image_size // factor
+        shape = (vae.config.latent_channels, side, side)
+    elif args.vae:  # latents: the VAE only decodes samples for the exported pipeline
+        vae = load_vae(args.vae, device)
+
+    run_dir, checkpoint, logger = open_run(accelerator, args.results_dir, args.model, data_name, args.resume, args)
+
+    # Model, objective, optimizer, EMA.
+    model = build_model(args, shape, len(dataset.id2label))
+    if args.gradient_checkpointing:
+        model.enable_gradient_checkpointing()
+    ema = DiTEMA(model.parameters(), decay=args.ema_decay, warmup=args.ema_warmup)
+    ema.to(device)
+    loss_fn = DiffusionLoss(make_scheduler(learn_sigma=model.config.learn_sigma), learn_sigma=model.config.learn_sigma)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    logger.info(f"{args.model}: {sum(p.numel() for p in model.parameters()):,} parameters, decay {args.decay_mode}")
+
+    per_process = args.global_batch_size // (accelerator.num_processes * args.gradient_accumulation_steps)
+    if per_process * accelerator.num_processes * args.gradient_accumulation_steps != args.global_batch_size:
+        raise ValueError(
+            f"--global-batch-size {args.global_batch_size} is not divisible by {accelerator.num_processes} processes "
+            f"x {args.gradient_accumulation_steps} accumulation steps"
+        )
+    loader = DataLoader(
+        dataset, batch_size=per_process, shuffle=True, drop_last=True, num_workers=args.num_workers,
+        collate_fn=collate_skip_none, pin_memory=device.type == "cuda", persistent_workers=args.num_workers > 0,
+        # Each new iterator draws a worker seed from this generator; from the global one, the iterator
+        # created after a resume would shift the training noise (exact resume).
+        generator=torch.Generator().manual_seed(args.seed),
+    )
+    if len(loader) == 0:
+        raise ValueError(f"{len(dataset)} items make no full batch of {per_process} per process")
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    if args.compile:
+        model = torch.compile(model)
+    state = TrainState()
+    accelerator.register_for_checkpointing(ema, state)
+    if checkpoint is not None:
+        accelerator.load_state(str(checkpoint))
+        logger.info(f"resumed from {checkpoint} at step {state.step}")
+
+    def checkpoint_and_export(with_samples: bool) -> None:
+        save_checkpoint(accelerator, run_dir, state.step, keep_last=args.keep_checkpoints)
+        if not accelerator.is_main_process:
+            return
+        # Exporting and sampling draw random numbers; the training stream must not see them (exact resume).
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            pipe = export_pipeline(accelerator.unwrap_model(model), ema, vae, dataset.id2label, run_dir / "pipeline")
+            if with_samples:
+                grid = run_dir / "samples" / f"step-{state.step:07d}.png"
+                save_sample_grid(pipe, args, grid, device)
+                logger.info(f"step {state.step:07d}: saved checkpoint, pipeline and samples {grid}")
+
+    model.train()
+    progress = tqdm(
+        total=args.max_steps, initial=state.step, desc="train", disable=not accelerator.is_local_main_process
+    )
+    window_start, window_steps, skipped = time.perf_counter(), 0, 0
+    while state.step < args.max_steps:
+        for x, y in skip_consumed_batches(accelerator, loader, state):
+            state.batch_in_epoch += 1
+            skipped += per_process - len(y)
+            if vae is not None and args.data_path:
+                x = encode(vae, x)  # (B, C, H/8, W/8)
+            with accelerator.accumulate(model):
+                t = uniform_timesteps(x.shape[0], loss_fn.num_timesteps, device)
+                losses = loss_fn(model, x, t, model_kwargs=dict(class_labels=y))
+                loss = losses["loss"].mean()
+                accelerator.backward(loss)
+                grad_norm = None
+                if accelerator.sync_gradients:
+                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm or math.inf)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            if not accelerator.sync_gradients:
+                continue
+
+            state.step += 1
+            window_steps += 1
+            ema.step(accelerator.unwrap_model(model).parameters())
+            mean_loss = accelerator.reduce(loss.detach(), reduction="mean")
+            check_finite(mean_loss, state.step, run_dir)
+            progress.update(1)
+            if state.step % args.log_every == 0 or state.step == args.max_steps:
+                elapsed = time.perf_counter() - window_start
+                stats = {
+                    "loss": mean_loss.item(), "grad_norm": float(grad_norm), "lr": optimizer.param_groups[0]["lr"],
+                    "steps_per_sec": window_steps / elapsed,
+                    "images_per_sec": window_steps * args.global_batch_size / elapsed,
+                }
+                accelerator.log(stats, step=state.step)
+                progress.set_postfix(loss=f"{stats['loss']:.4f}")
+                logger.info(
+                    f"step {state.step:07d} loss {stats['loss']:.4f} grad_norm {stats['grad_norm']:.3f} "
+                    f"{stats['steps_per_sec']:.2f} steps/s {stats['images_per_sec']:.1f} img/s"
+                    + (f" ({skipped} corrupt images skipped)" if skipped else "")
+                )
+                window_start, window_steps = time.perf_counter(), 0
+            if state.step % args.ckpt_every == 0 or state.step == args.max_steps:
+                checkpoint_and_export(with_samples=state.step % args.sample_every == 0 or state.step == args.max_steps)
+                window_start = time.perf_counter()
+            if state.step >= args.max_steps:
+                break
+        else:
+            state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+
+    progress.close()
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    if accelerator.is_main_process:
+        logger.info(f"done: pipeline in {run_dir / 'pipeline'}, samples in {run_dir / 'samples'}")
+    return run_dir
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    data = p.add_argument_group("data (none given: the bundled digits, in pixel space)")
+    data.add_argument("--data-path", help="ImageNet-style class folders root/<class>/<image> (trained in VAE latent space)")
+    data.add_argument("--latents-path", help="pre-extracted latent shards (from --extract-latents); no VAE needed to train")
+    data.add_argument("--extract-latents", action="store_true", help="encode --data-path with --vae into --latents-path, then exit")
+    data.add_argument("--extract-batch-size", type=int, default=32, help="images per VAE call when extracting")
+    data.add_argument("--vae", help="local diffusers AutoencoderKL folder (e.g. sd-vae-ft-ema)")
+    data.add_argument("--class-names", help="JSON file mapping class folder names to label names (id2label)")
+    data.add_argument("--image-size", type=int, help="image side in pixels (default: 256, digits: 16)")
+    data.add_argument("--num-workers", type=int, help="data loader workers (default: 4, digits: 0)")
+
+    model = p.add_argument_group("model")
+    model.add_argument("--model", help=f"preset (default: SDT-XL/2, digits: SDT-Ti/2); one of {', '.join(SDT_PRESETS)}")
+    model.add_argument("--decay-mode", default="cag", choices=DECAY_MODES, help="none = DiT, fixed = RMT, cag = SDT")
+    model.add_argument("--decay-layout", default="full", choices=DECAY_LAYOUTS, help="bias over all tokens or row-then-column")
+    model.add_argument("--decay-init", default="rmt", choices=["rmt", "zero"], help="CAG start: RMT's decay or plain attention")
+    model.add_argument("--attention-backend", default="auto", choices=ATTENTION_BACKENDS, help="auto = flex on CUDA, sdpa elsewhere")
+    model.add_argument("--no-learn-sigma", dest="learn_sigma", action="store_false", help="predict the noise only (plain MSE loss)")
+    model.add_argument("--init-from-dit", help="start from a local diffusers DiT pipeline folder (CAG starts at zero decay)")
+    model.add_argument("--gradient-checkpointing", action="store_true", help="recompute block activations in backward")
+    model.add_argument("--compile", action="store_true", help="torch.compile the model")
+
+    opt = p.add_argument_group("optimisation")
+    opt.add_argument("--global-batch-size", type=int, help="images per optimizer step over all processes (default: 256, digits: 64)")
+    opt.add_argument("--gradient-accumulation-steps", type=int, default=1, help="micro-batches per optimizer step")
+    opt.add_argument("--lr", type=float, help="AdamW learning rate, constant (default: 1e-4, digits: 1e-3)")
+    opt.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
+    opt.add_argument("--max-grad-norm", type=float, help="gradient clipping norm, 0 = off (default: off, digits: 1.0)")
+    opt.add_argument("--max-steps", type=int, help="optimizer steps to train (default: 400000, digits: 1200)")
+    opt.add_argument("--ema-decay", type=float, help="EMA decay (default: DiT's 0.9999, digits: 0.999)")
+    opt.add_argument("--ema-warmup", action=argparse.BooleanOptionalAction, default=None,
+                     help="ramp the EMA decay up as diffusers does (default: off = DiT's constant decay; digits: on)")
+    opt.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"], help="autocast precision")
+    opt.add_argument("--seed", type=int, default=0, help="global seed (each process adds its rank)")
+    opt.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is present")
+
+    run = p.add_argument_group("run folder, checkpoints and samples")
+    run.add_argument("--results-dir", default="results", help="parent folder of the numbered run folders")
+    run.add_argument("--resume", help="'latest' (newest run of this model and data) or a run/checkpoint folder")
+    run.add_argument("--ckpt-every", type=int, help="steps between checkpoints and pipeline exports (default: 50000, digits: 400)")
+    run.add_argument("--keep-checkpoints", type=int, default=3, help="newest checkpoints to keep")
+    run.add_argument("--log-every", type=int, help="steps between log lines (default: 100, digits: 50)")
+    run.add_argument("--sample-every", type=int, help="steps between EMA sample grids, at checkpoints (default: 10000, digits: 400)")
+    run.add_argument("--sample-classes", type=int, nargs="*", help="class ids of the grid rows (default: the first 10)")
+    run.add_argument("--samples-per-class", type=int, default=8, help="grid columns")
+    run.add_argument("--sample-steps", type=int, default=50, help="sampling steps of the grids")
+    run.add_argument("--sample-scheduler", default="dpm", choices=["ddpm", "ddim", "dpm"], help="sampler of the grids")
+    run.add_argument("--sample-guidance-scale", type=float, default=4.0, help="classifier-free guidance of the grids")
+    return p.parse_args(argv)
+
 
 if __name__ == "__main__":
-    sys.exit("train_dit.py is not yet available: the training loop lands with the training issue.")
+    main(parse_args())

@@ -1,1 +1,5 @@
 """Diffusers pipelines for SDT models, installed as ``sdt_gen.pipelines``."""
+
+from .pipeline_sdt import SCHEDULERS, SDTPipeline, check_pipeline_folder, dit_scheduler, scheduler_by_name
+
+__all__ = ["SCHEDULERS", "SDTPipeline", "check_pipeline_folder", "dit_scheduler", "scheduler_by_name"]

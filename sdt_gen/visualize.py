@@ -99,3 +99,33 @@ def make_grid_png(
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         grid.save(path, format="PNG")
     return grid
+
+
+# --------------------------------------------------------------------------------------
+#                                    Decay maps
+# --------------------------------------------------------------------------------------
+
+
+def save_decay_maps(
+    maps: torch.Tensor, path: str | os.PathLike, sample: int = 0, colormap: str = "viridis", scale: int | None = None
+) -> Image.Image:
+    """Draw each layer's and head's decay over the token grid as a PNG: one row per layer, one column per head.
+
+    Args:
+        maps: ``(depth, B, H, h, w)`` decay values in (0, 1], e.g. ``SDTTransformer2DModel.decay_maps(...)``.
+        path: where to write the PNG.
+        sample: which batch element to draw.
+        colormap: a matplotlib colormap name; 0 and 1 map to its ends, so layers compare by colour.
+        scale: nearest-neighbour magnification (default: grids enlarged to about 96 px).
+    """
+    from matplotlib import colormaps
+
+    if maps.dim() != 5:
+        raise ValueError(f"maps must be (depth, B, H, h, w), got shape {tuple(maps.shape)}")
+    depth, _, heads, height, width = maps.shape
+    values = maps[:, sample].detach().float().clamp(0, 1).cpu().numpy().reshape(depth * heads, height, width)
+    rgb = (colormaps[colormap](values)[..., :3] * 255).round().astype(np.uint8)  # (depth*H, h, w, 3)
+    scale = scale or max(1, 96 // max(height, width))
+    return make_grid_png(
+        rgb.transpose(0, 3, 1, 2), heads, path, [f"layer {i}" for i in range(depth)], value_range=(0, 255), scale=scale
+    )

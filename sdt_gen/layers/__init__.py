@@ -1,6 +1,7 @@
 """The vocabulary of SDT models: spatial decay, attention, embeddings. Depends on torch only."""
 
 from .attention import ATTENTION_BACKENDS, SpatialDecayAttention, resolve_backend, spatial_decay_attention
+from .drop import DropPath, drop_path
 from .embeddings import LabelEmbedding, PatchEmbed, sincos_1d, sincos_2d
 from .spatial_decay import (
     DECAY_INITS,
@@ -22,12 +23,14 @@ __all__ = [
     "DECAY_LAYOUTS",
     "DECAY_MODES",
     "ContextAwareGate",
+    "DropPath",
     "LabelEmbedding",
     "PatchEmbed",
     "SpatialDecayAttention",
     "check_choice",
     "decay_bias",
     "decay_map",
+    "drop_path",
     "fixed_rates",
     "grid_coordinates",
     "manhattan_distance",

@@ -60,7 +60,9 @@ def _flex_attention(q, k, v, score_mod):
 
 
 def _attend(q, k, v, rates, grid_size: tuple[int, int], backend: str) -> torch.Tensor:
-    """Decayed attention over one grid: q, k, v ``(B, H, N, D)``, rates ``(B | 1, H, N | 1)``."""
+    """Decayed attention over one grid: q, k, v ``(B, H, N, D)``, rates ``(B | 1, H, N | 1)`` or None."""
+    if rates is None:
+        return F.scaled_dot_product_attention(q, k, v)
     if backend == "sdpa":
         bias = decay_bias(rates, manhattan_distance(*grid_size, q.device))  # (B, H, N, N)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype))
@@ -97,7 +99,8 @@ def spatial_decay_attention(
     Args:
         q, k, v: ``(B, H, N, D)`` with ``N = h * w`` tokens in raster order.
         rates: per-token log-decay rates ``(B | 1, H, N | 1)`` (see ``spatial_decay``), or
-            ``None`` for plain attention (decay mode ``none``: fused SDPA, no mask at all).
+            ``None`` for plain attention (decay mode ``none``: fused SDPA, no mask at all; with the
+            decomposed layout, plain row-then-column attention).
         grid_size: ``(h, w)``.
         layout: ``"full"`` (bias over all tokens) or ``"decomposed"`` (RMT's axial form: attend
             within rows with ``|c_n - c_m|``, then within columns with ``|r_n - r_m|`` on that output).
@@ -109,20 +112,19 @@ def spatial_decay_attention(
     """
     check_choice("decay_layout", layout, DECAY_LAYOUTS)
     backend = resolve_backend(backend, q.device)
-    if rates is None:
-        return F.scaled_dot_product_attention(q, k, v)
     height, width = grid_size
     if layout == "full":
         return _attend(q, k, v, rates, grid_size, backend)
 
     batch, heads, tokens, dim = q.shape
-    rates = rates.expand(batch, heads, tokens).reshape(batch, heads, height, width)
+    if rates is not None:
+        rates = rates.expand(batch, heads, tokens).reshape(batch, heads, height, width)
 
     def rows_first(t):  # (B, H, h, w, ...) -> (B*h, H, w, ...)
-        return t.transpose(1, 2).flatten(0, 1)
+        return None if t is None else t.transpose(1, 2).flatten(0, 1)
 
     def cols_first(t):  # (B, H, h, w, ...) -> (B*w, H, h, ...)
-        return t.permute(0, 3, 1, 2, *range(4, t.dim())).flatten(0, 1)
+        return None if t is None else t.permute(0, 3, 1, 2, *range(4, t.dim())).flatten(0, 1)
 
     q, k, v = (t.reshape(batch, heads, height, width, dim) for t in (q, k, v))
     out = _attend(rows_first(q), rows_first(k), rows_first(v), rows_first(rates), (1, width), backend)  # (B*h, H, w, D)

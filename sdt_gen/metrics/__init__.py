@@ -1,4 +1,4 @@
-"""Evaluation: torch-fidelity metrics, classifier-feature metrics and the protocol record."""
+"""Evaluation: sampling to a folder, torch-fidelity metrics, classifier-feature metrics and the protocol record."""
 
 from .datasets import (
     IMAGE_EXTENSIONS,
@@ -27,21 +27,36 @@ from .fidelity import (
 )
 from .frechet import FeaturesAndLogits, classifier_metrics, feature_statistics, frechet_distance
 from .protocol import CONFIG_FILES, build_protocol, format_table, write_results
+from .sampling import (
+    LABEL_MODES,
+    ImageFilesDataset,
+    TransformersImageClassifier,
+    image_seed,
+    labels_from_file_names,
+    parse_sample_file_name,
+    sample_file_name,
+    sample_labels,
+    sample_to_folder,
+    sampling_record,
+)
 
 __all__ = [
     "CONFIG_FILES",
     "EXTRACTOR_OF_METRIC",
     "IMAGE_EXTENSIONS",
     "INCEPTION",
+    "LABEL_MODES",
     "METRICS",
     "VGG16",
     "WEIGHTS",
     "ArrayImageDataset",
     "FeaturesAndLogits",
     "ImageDataset",
+    "ImageFilesDataset",
     "ImageFolderDataset",
     "ImageSource",
     "NpzImageDataset",
+    "TransformersImageClassifier",
     "WeightsNotFoundError",
     "WeightsSource",
     "as_image_dataset",
@@ -53,9 +68,16 @@ __all__ = [
     "feature_statistics",
     "format_table",
     "frechet_distance",
+    "image_seed",
+    "labels_from_file_names",
+    "parse_sample_file_name",
     "preflight",
     "resolve_feature_extractor_weights",
     "resolve_weights",
+    "sample_file_name",
+    "sample_labels",
+    "sample_to_folder",
+    "sampling_record",
     "write_adm_npz",
     "write_results",
 ]

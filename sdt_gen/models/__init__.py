@@ -1,5 +1,26 @@
 """Assembled networks built from ``sdt_gen.layers``."""
 
+from .configuration_sdt import SDT_CLASSIFIER_PRESETS, SDTConfig
+from .modeling_sdt import (
+    SDTForImageClassification,
+    SDTModel,
+    SDTPreTrainedModel,
+    image_processor_for,
+    register_auto_classes,
+    save_classifier,
+)
 from .transformer_sdt import SDT_PRESETS, SDTTransformer2DModel, SDTTransformer2DModelOutput
 
-__all__ = ["SDT_PRESETS", "SDTTransformer2DModel", "SDTTransformer2DModelOutput"]
+__all__ = [
+    "SDT_CLASSIFIER_PRESETS",
+    "SDT_PRESETS",
+    "SDTConfig",
+    "SDTForImageClassification",
+    "SDTModel",
+    "SDTPreTrainedModel",
+    "SDTTransformer2DModel",
+    "SDTTransformer2DModelOutput",
+    "image_processor_for",
+    "register_auto_classes",
+    "save_classifier",
+]

@@ -11,6 +11,7 @@ from .checkpoint import (
     skip_consumed_batches,
 )
 from .ema import DiTEMA
+from .setup import create_accelerator, open_run
 from .run_dir import create_logger, create_run_dir, latest_run_dir, run_tag, save_config
 
 __all__ = [
@@ -18,11 +19,13 @@ __all__ = [
     "TrainState",
     "check_finite",
     "checkpoint_name",
+    "create_accelerator",
     "create_logger",
     "create_run_dir",
     "latest_checkpoint",
     "latest_run_dir",
     "list_checkpoints",
+    "open_run",
     "resolve_resume",
     "run_tag",
     "save_checkpoint",

@@ -126,3 +126,12 @@ def test_module_shapes_and_gradients(mode, layout):
 def test_unknown_choices_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
         SpatialDecayAttention(16, 2, **kwargs)
+
+
+def test_mode_none_with_decomposed_layout_is_unmasked_axial_attention():
+    q, k, v, _ = qkv_and_rates()
+    zero_rates = torch.zeros(1, 3, 1)
+    with mock.patch("sdt_gen.layers.attention.F.scaled_dot_product_attention", wraps=F.scaled_dot_product_attention) as spy:
+        out = spatial_decay_attention(q, k, v, None, GRID, "decomposed", "sdpa")
+    assert spy.call_count == 2 and all("attn_mask" not in call.kwargs for call in spy.call_args_list)
+    torch.testing.assert_close(out, spatial_decay_attention(q, k, v, zero_rates, GRID, "decomposed", "sdpa"))

@@ -41,3 +41,22 @@ def test_grid_errors():
         make_grid_png(torch.zeros(4, 3, 4, 4), nrow=2, row_labels=["a"])
     with pytest.raises(ValueError, match=r"shape \(N, C, H, W\) with C in \(1, 3\), got \(4, 2, 4, 4\)"):
         make_grid_png(torch.zeros(4, 2, 4, 4), nrow=2)
+
+
+def test_decay_maps_png_has_one_row_per_layer_and_one_column_per_head(tmp_path):
+    from sdt_gen import SDTTransformer2DModel
+    from sdt_gen.visualize import save_decay_maps
+
+    model = SDTTransformer2DModel(
+        sample_size=16, patch_size=2, in_channels=1, hidden_size=32, depth=3, num_heads=4, num_classes=10,
+        attention_backend="sdpa",
+    )
+    maps = model.decay_maps(torch.randn(1, 1, 16, 16), 10, torch.tensor([3]), query=(4, 4))
+    grid = save_decay_maps(maps, tmp_path / "decay.png", scale=4)
+    assert (tmp_path / "decay.png").is_file()
+    tile = 8 * 4 + 2  # an 8x8 token grid at 4x, plus padding
+    assert grid.height == 3 * tile + 2
+    assert grid.width > 4 * tile  # four heads and the layer labels
+    # The query cell has decay 1, the far corner less: the picture is not flat.
+    pixels = np.asarray(grid)
+    assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 8

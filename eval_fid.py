@@ -1,0 +1,285 @@
+"""Score a class-conditional SDT pipeline with FID, IS, KID and precision/recall (torch-fidelity).
+
+    accelerate launch eval_fid.py --model results/003-SDT-XL-2/pipeline --num-samples 50000 --guidance-scale 1.5 \\
+        --steps 250 --ref /data/VIRTUAL_imagenet256_labeled.npz --metrics fid isc kid prc --out evals/sdt-xl2
+    python eval_fid.py --model DIR --ref /data/imagenet/val --num-samples 10000 --labels balanced
+    python eval_fid.py --samples-dir my_images/ --ref /data/ref_images/        # score images that already exist
+    python eval_fid.py --model DIR --ref REF.npz --ref-cache imagenet256         # caches the reference's features...
+    python eval_fid.py --model DIR --ref-cache imagenet256                       # ...and reuses them by name
+    python eval_fid.py --model DIR --metrics --classifier CLS_DIR --ref REF      # classifier metrics only
+
+Defaults are the field's protocol (DiT, ADM): 50k samples, 250 DDPM steps, guidance 1.5 on every
+channel (--guided-channels 3 is DiT's original 3-of-4), labels uniform at random.
+
+Writes to --out (default evals/<model name>): samples/ with one PNG per image, its label in the
+name (a rerun continues with the missing images; under accelerate every process draws its share,
+and image i is the same on any number of processes); samples.npz with --npz (arr_0, uint8,
+N x H x W x 3, for ADM's TensorFlow evaluator); results.json with every metric and the full
+protocol; history.jsonl, one line per run. Everything is checked before sampling starts. Weights
+are never downloaded: pass --inception-weights / --vgg16-weights, or keep the files in
+torch-fidelity's cache ($TORCH_HOME/hub/checkpoints).
+"""
+
+import argparse
+import hashlib
+import json
+import logging
+import sys
+from pathlib import Path
+
+import torch
+from accelerate import PartialState
+
+from sdt_gen import SDTPipeline
+from sdt_gen.metrics import (
+    LABEL_MODES,
+    METRICS,
+    ImageFilesDataset,
+    ImageFolderDataset,
+    TransformersImageClassifier,
+    as_image_dataset,
+    build_protocol,
+    classifier_metrics,
+    compute_metrics,
+    format_table,
+    labels_from_file_names,
+    preflight,
+    resolve_feature_extractor_weights,
+    sample_to_folder,
+    write_adm_npz,
+    write_results,
+)
+from sdt_gen.metrics.sampling import MANIFEST
+from sdt_gen.pipelines import SCHEDULERS, check_pipeline_folder, scheduler_by_name
+
+logger = logging.getLogger("eval_fid")
+
+
+def default_out_dir(args) -> Path:
+    """``evals/<name>``: the model folder's name (its parent's for a ``.../pipeline`` folder) or the samples'."""
+    source = Path(args.model or args.samples_dir).expanduser().resolve()
+    return Path("evals") / (source.parent.name if source.name == "pipeline" else source.name)
+
+
+def image_size(pipe: SDTPipeline) -> tuple[int, int]:
+    """The (height, width) of the pipeline's images: the transformer's grid, times the VAE's downsampling."""
+    height, width = pipe.transformer.sample_hw
+    factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1) if pipe.vae is not None else 1
+    return height * factor, width * factor
+
+
+def check_reference(args, size: tuple[int, int]) -> None:
+    """A reference of another image size than the samples' is an error unless --resize-ref."""
+    reference = as_image_dataset(args.ref)
+    if reference.size != tuple(size) and not args.resize_ref:
+        raise ValueError(
+            f"the reference {args.ref} holds {reference.size[0]}x{reference.size[1]} images but the samples are "
+            f"{size[0]}x{size[1]}; pass --resize-ref to resize (shorter side, bicubic) and center-crop the "
+            f"reference to the samples' size, as ADM prepares its reference batches"
+        )
+
+
+def check_classifier_labels(classifier: TransformersImageClassifier, num_classes: int, id2label: dict) -> None:
+    """The classifier must know every class of the generator, by the same ids."""
+    if classifier.num_labels < num_classes:
+        raise ValueError(
+            f"the classifier {classifier.path} has {classifier.num_labels} labels but the model has {num_classes} "
+            f"classes; conditional accuracy needs the classifier's label ids to be the model's class ids"
+        )
+    differ = [
+        (i, name, classifier.id2label[i])
+        for i, name in sorted(id2label.items())
+        if i in classifier.id2label and classifier.id2label[i] != f"LABEL_{i}" and classifier.id2label[i] != name
+    ]
+    if differ:
+        i, ours, theirs = differ[0]
+        logger.warning(
+            f"the classifier names {len(differ)} classes differently from the model, e.g. id {i}: {theirs!r} vs "
+            f"{ours!r}; conditional accuracy assumes the ids mean the same classes"
+        )
+
+
+def file_record(folder: Path, names: tuple[str, ...]) -> dict:
+    """The folder's path and the sha256 of those of ``names`` it holds."""
+    return {
+        "path": str(folder.resolve()),
+        "sha256": {n: hashlib.sha256((folder / n).read_bytes()).hexdigest() for n in names if (folder / n).is_file()},
+    }
+
+
+def main(args):
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    processes = PartialState(cpu=args.device == "cpu")
+    device = torch.device(args.device) if args.device and processes.num_processes == 1 else processes.device
+    metrics = list(dict.fromkeys(args.metrics))
+    out_dir = Path(args.out) if args.out else default_out_dir(args)
+
+    # 1. Check every input before anything is sampled (on every process, so an error stops them all)
+    if args.model is not None:
+        check_pipeline_folder(args.model, required=("transformer", "scheduler"))
+    elif not Path(args.samples_dir).is_dir():
+        raise FileNotFoundError(f"samples folder {args.samples_dir} does not exist (--samples-dir)")
+    if args.ref is not None and not Path(args.ref).exists():
+        raise FileNotFoundError(
+            f"reference {args.ref} does not exist (--ref): expected a folder of images or an ADM-style .npz"
+        )
+    if any(m != "isc" for m in metrics) and args.ref is None and args.ref_cache is None:
+        raise ValueError(
+            f"--metrics {' '.join(m for m in metrics if m != 'isc')} compare against a reference: pass --ref "
+            f"(a folder of images or an .npz) or --ref-cache NAME (statistics cached by an earlier run)"
+        )
+    if metrics:  # the weights first: the cheapest check, and the one offline users hit
+        resolve_feature_extractor_weights(metrics, args.inception_weights, args.vgg16_weights)
+    pipe, samples = None, None
+    if args.model is not None:
+        dtype = {} if args.dtype == "float32" else {"torch_dtype": getattr(torch, args.dtype)}
+        pipe = SDTPipeline.from_pretrained(args.model, **dtype).to(device)
+        pipe.scheduler = scheduler_by_name(args.scheduler, pipe.scheduler.config)
+        size = image_size(pipe)
+    else:
+        samples = ImageFolderDataset(args.samples_dir)
+        size = samples.size
+        if args.classifier:
+            labels_from_file_names(samples.files)  # the file names must carry the conditioning labels
+    classifier = TransformersImageClassifier(args.classifier, device) if args.classifier else None
+    if classifier is not None and pipe is not None:
+        check_classifier_labels(classifier, pipe.transformer.config.num_classes, pipe.id2label)
+    if args.ref is not None and (any(m != "isc" for m in metrics) or classifier is not None):
+        check_reference(args, size)
+    if metrics:
+        preflight(metrics, args.ref, args.inception_weights, args.vgg16_weights, cache_name=args.ref_cache,
+                  cache_root=args.cache_root, sample_size=size, resize=args.resize_ref)
+
+    # 2. Sample on every process
+    if pipe is not None:
+        files = sample_to_folder(
+            pipe,
+            out_dir / "samples",
+            num_samples=args.num_samples,
+            labels=args.labels,
+            seed=args.seed,
+            guidance_scale=args.guidance_scale,
+            guided_channels=args.guided_channels,
+            num_inference_steps=args.steps,
+            batch_size=args.batch_size,
+            accelerator=processes,
+        )
+        samples = ImageFilesDataset(files, source=str(out_dir / "samples"))
+    if not processes.is_main_process:
+        return None
+
+    # 3. Score on the main process
+    if args.npz:
+        npz = write_adm_npz(samples, out_dir / "samples.npz")
+        print(f"wrote {npz} (arr_0: {len(samples)} x {size[0]} x {size[1]} x 3, uint8)")
+    if not metrics and classifier is None:
+        print(f"wrote {len(samples)} samples to {samples.source}; no metric asked (--metrics, --classifier)")
+        return {}
+    results = {"num_samples": len(samples), "notes": []}
+    if metrics:
+        results = compute_metrics(
+            samples,
+            args.ref,
+            metrics,
+            inception_weights=args.inception_weights,
+            vgg16_weights=args.vgg16_weights,
+            device=device,
+            cache_name=args.ref_cache,
+            cache_root=args.cache_root,
+            resize=args.resize_ref,
+            kid_subset_size=args.kid_subset_size,
+        )
+    if classifier is not None:
+        reference = args.ref
+        if reference is None:
+            results["notes"].append("classifier Fréchet distance skipped: it needs reference images (--ref)")
+        results.update(
+            classifier_metrics(classifier, samples, labels_from_file_names(samples.files), reference=reference,
+                               batch_size=args.batch_size, resize=args.resize_ref)
+        )
+
+    # 4. Record the metrics with the full protocol
+    extra = {
+        "out_dir": str(out_dir.resolve()),
+        "num_processes": processes.num_processes,
+        "device": str(device),
+        "batch_size": args.batch_size,
+        "classifier": file_record(Path(args.classifier), ("config.json", "preprocessor_config.json"))
+        if classifier is not None else None,
+    }
+    if pipe is not None:
+        manifest = json.loads((out_dir / "samples" / MANIFEST).read_text())
+        extra.update(dtype=args.dtype, weights_sha256=manifest["weights_sha256"])
+    no_reference = args.ref is None and args.ref_cache is None  # IS or conditional accuracy alone
+    protocol = build_protocol(
+        num_samples=len(samples),
+        reference=args.ref,
+        cache_name="" if no_reference else args.ref_cache,  # build_protocol insists on a reference...
+        model_path=args.model,
+        scheduler=pipe.scheduler if pipe is not None else None,
+        num_inference_steps=args.steps if pipe is not None else None,
+        guidance_scale=args.guidance_scale if pipe is not None else None,
+        guidance_channels=(args.guided_channels or "all") if pipe is not None else None,
+        label_mode=args.labels if pipe is not None else None,
+        seed=args.seed if pipe is not None else None,
+        samples_path=samples.source,
+        resize_reference=args.resize_ref,
+        feature_extractors=results.get("feature_extractors"),
+        extra=extra,
+    )
+    if no_reference:
+        protocol["reference"] = None  # ...which this run did not have
+    path = write_results(out_dir, results, protocol)
+    print(format_table(results))
+    print(f"results: {path} (also appended to {path.with_name('history.jsonl')})")
+    return results
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help="saved SDTPipeline folder to sample from")
+    source.add_argument("--samples-dir", help="score the PNG/JPEG images of this folder instead of sampling")
+    parser.add_argument("--ref", help="reference images: a folder of PNG/JPEG or an ADM-style .npz (arr_0)")
+    parser.add_argument("--ref-cache", help="name of the reference's cached features: computed from --ref on "
+                        "first use, reused by name afterwards (then --ref may be left out)")
+    parser.add_argument("--cache-root", help="folder of cached reference features; default $TORCH_HOME/fidelity_cache")
+    parser.add_argument("--resize-ref", action="store_true",
+                        help="resize and center-crop reference images of another size to the samples' size")
+    parser.add_argument("--num-samples", type=int, default=50000, help="images to sample (FID-50K: 50000)")
+    parser.add_argument("--guidance-scale", type=float, default=1.5, help="classifier-free guidance (1: none)")
+    parser.add_argument("--guided-channels", type=int, default=None,
+                        help="guide only the first k channels (3: DiT's original protocol); default all")
+    parser.add_argument("--steps", type=int, default=250, help="sampling steps")
+    parser.add_argument("--scheduler", choices=sorted(SCHEDULERS), default="ddpm",
+                        help="sampler built from the saved scheduler's config (ddpm with DiT's config: DiT-exact)")
+    parser.add_argument("--labels", choices=LABEL_MODES, default="random",
+                        help="class labels: uniform at random (as DiT) or balanced (i %% num_classes)")
+    parser.add_argument("--seed", type=int, default=0, help="base seed: labels and image i's noise (seed*1000003+i)")
+    parser.add_argument("--batch-size", type=int, default=32,
+                        help="images sampled (and classified) at once per process")
+    parser.add_argument("--metrics", nargs="*", choices=METRICS, default=["fid", "isc"],
+                        help="torch-fidelity metrics (prc: precision/recall, with VGG16); none: sampling and "
+                        "--classifier only")
+    parser.add_argument("--kid-subset-size", type=int, default=1000,
+                        help="KID subset size (lowered, and said so, for fewer images)")
+    parser.add_argument("--inception-weights", help="local weights-inception-2015-12-05-6726825d.pth "
+                        "(default: torch-fidelity's cache; never downloaded)")
+    parser.add_argument("--vgg16-weights", help="local vgg16-397923af.pth for prc (default: torch's cache)")
+    parser.add_argument("--classifier", help="transformers image-classifier folder (with its image processor): adds "
+                        "conditional accuracy and a Fréchet distance in its pre-logit features")
+    parser.add_argument("--npz", action="store_true", help="also write samples.npz for ADM's TensorFlow evaluator")
+    parser.add_argument("--out", help="output folder; default evals/<model name>")
+    parser.add_argument("--device", default=None,
+                        help="cpu, cuda or cuda:N for one process; default: the process's accelerate device")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
+                        help="the pipeline's weights and activations")
+    return parser
+
+
+if __name__ == "__main__":
+    arguments = build_parser().parse_args()
+    try:
+        main(arguments)
+    except (FileNotFoundError, ValueError) as error:  # bad input: the message says what to do
+        sys.exit(f"eval_fid.py: error: {error}")

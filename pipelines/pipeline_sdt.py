@@ -1,0 +1,460 @@
+"""SDTPipeline: class-conditional sampling with an SDT denoiser through any diffusers scheduler.
+
+Used like diffusers' ``DiTPipeline``, without its known faults: the null class comes from the
+transformer's config (not a hard-coded 1000), ``id2label`` is saved in ``model_index.json`` and
+restored, a learned-variance ``DDPMScheduler`` gets the variance it asks for, and guidance covers
+every latent channel unless DiT's original 3-of-4-channel protocol is asked for explicitly.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import json
+import os
+from collections.abc import Mapping, Sequence
+from numbers import Integral
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    DDPMParallelScheduler,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    UnCLIPScheduler,
+)
+from diffusers.pipelines.pipeline_utils import DiffusionPipeline, ImagePipelineOutput
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from diffusers.utils import logging
+from diffusers.utils.torch_utils import randn_tensor
+
+from sdt_gen.models.transformer_sdt import SDTTransformer2DModel
+
+logger = logging.get_logger(__name__)
+
+# Schedulers whose ``step`` splits a ``2C``-channel model output into noise and learned variance.
+_VARIANCE_SCHEDULERS = (DDPMScheduler, DDPMParallelScheduler, UnCLIPScheduler)
+_LEARNED_VARIANCE = ("learned", "learned_range")
+_OUTPUT_TYPES = ("pil", "np", "pt")
+
+SCHEDULERS = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler, "dpm": DPMSolverMultistepScheduler}
+"""Short scheduler names used by ``sample.py`` and ``scheduler_by_name``."""
+
+
+#################################################################################
+#                                   Schedulers                                  #
+#################################################################################
+
+def dit_scheduler(learn_sigma: bool = True) -> DDPMScheduler:
+    """DiT's sampler as a diffusers scheduler: 1000 linear betas in 1e-4..0.02, ancestral DDPM.
+
+    With ``learn_sigma`` the model's variance channels are used (``"learned_range"``, DiT's
+    default); ``timestep_spacing="linspace"`` reproduces DiT's respacing of 1000 steps to 250.
+    """
+    return DDPMScheduler(
+        num_train_timesteps=1000,
+        beta_schedule="linear",
+        beta_start=1e-4,
+        beta_end=0.02,
+        variance_type="learned_range" if learn_sigma else "fixed_small",
+        clip_sample=False,
+        timestep_spacing="linspace",
+    )
+
+
+def scheduler_by_name(name: str, config: Mapping | None = None) -> SchedulerMixin:
+    """A ``"ddpm"``, ``"ddim"`` or ``"dpm"`` (DPMSolverMultistep) scheduler, built from ``config`` if given."""
+    if name not in SCHEDULERS:
+        raise ValueError(f"unknown scheduler {name!r}; expected one of {', '.join(SCHEDULERS)}")
+    cls = SCHEDULERS[name]
+    return cls.from_config(config) if config is not None else cls()
+
+
+#################################################################################
+#                                 Model folders                                 #
+#################################################################################
+
+def check_pipeline_folder(path: str | os.PathLike, required: Sequence[str] = ()) -> dict:
+    """Check that ``path`` holds a saved diffusers pipeline with all its components; return its index.
+
+    Raises ``FileNotFoundError`` naming what is missing: the folder, ``model_index.json``, a
+    component listed there (or in ``required``), its config file or its weights.
+    """
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"model folder {folder} does not exist (pipelines load from disk only; fetch a Hub model first with "
+            "`huggingface-cli download REPO --local-dir DIR` on a machine with internet)"
+        )
+    index_file = folder / "model_index.json"
+    if not index_file.is_file():
+        raise FileNotFoundError(f"{folder} is not a saved pipeline: it has no model_index.json")
+    index = json.loads(index_file.read_text())
+    for name in required:
+        entry = index.get(name)
+        if not isinstance(entry, list) or entry[0] is None:
+            raise FileNotFoundError(f"{folder} lacks the {name!r} component: model_index.json lists none")
+    for name, entry in index.items():
+        if name.startswith("_") or not isinstance(entry, list) or len(entry) != 2 or entry[0] is None:
+            continue
+        sub = folder / name
+        if not sub.is_dir():
+            raise FileNotFoundError(
+                f"{folder} lacks the {name!r} component ({entry[1]}): there is no {name}/ folder"
+            )
+        if not any(sub.glob("*config.json")):
+            raise FileNotFoundError(f"{folder} lacks the {name!r} component ({entry[1]}): {name}/ has no config file")
+        is_model = (sub / "config.json").is_file()
+        if is_model and not any(f for pattern in ("*.safetensors", "*.bin", "*.index.json") for f in sub.glob(pattern)):
+            raise FileNotFoundError(f"{folder} lacks the {name!r} component's weights: {name}/ has no weight file")
+    return index
+
+
+#################################################################################
+#                                   Pipeline                                    #
+#################################################################################
+
+class SDTPipeline(DiffusionPipeline):
+    """Class-conditional image generation with an ``SDTTransformer2DModel``.
+
+    Args:
+        transformer: the denoiser; its ``num_classes`` is also the null class used by guidance.
+        scheduler: any diffusers scheduler (``dit_scheduler()`` is DiT's 250-step DDPM sampler).
+        vae: an ``AutoencoderKL`` decoding latents to images, or ``None`` for a pixel-space model whose
+            samples are already images in ``[-1, 1]``.
+        id2label: class names by id (``{207: "golden retriever", ...}``); several names of one class are
+            separated by commas as in ImageNet's class list. Saved in ``model_index.json``.
+    """
+
+    model_cpu_offload_seq = "transformer->vae"
+    _optional_components = ["vae"]
+
+    def __init__(
+        self,
+        transformer: SDTTransformer2DModel,
+        scheduler: SchedulerMixin,
+        vae: AutoencoderKL | None = None,
+        id2label: dict | None = None,  # {int or str id: name}; a plain dict so diffusers' type check accepts JSON
+    ):
+        super().__init__()
+        self.register_modules(transformer=transformer, scheduler=scheduler, vae=vae)
+        num_classes = transformer.config.num_classes
+        labels = None
+        if id2label is not None:
+            labels = {}
+            for key, name in id2label.items():
+                class_id = int(key)
+                if not 0 <= class_id < num_classes:
+                    raise ValueError(f"id2label has class id {class_id}, outside the model's 0..{num_classes - 1}")
+                labels[str(class_id)] = str(name)
+            labels = dict(sorted(labels.items(), key=lambda item: int(item[0])))
+        self.register_to_config(id2label=labels)  # JSON keys are strings; saved in model_index.json
+        self._name_index = self._build_name_index(labels or {})
+
+    # ------------------------------------------------------------------ labels
+
+    @staticmethod
+    def _build_name_index(id2label: Mapping[str, str]) -> dict[str, list[int]]:
+        index: dict[str, list[int]] = {}
+        for key, label in id2label.items():
+            names = {label.strip().lower()} | {name.strip().lower() for name in label.split(",")}
+            for name in names - {""}:
+                index.setdefault(name, []).append(int(key))
+        return index
+
+    @property
+    def id2label(self) -> dict[int, str]:
+        """Class names by integer id (empty when the pipeline has none)."""
+        return {int(k): v for k, v in (self.config.id2label or {}).items()}
+
+    @property
+    def labels(self) -> dict[str, int]:
+        """Lower-case class name (each comma-separated synonym) to id, as ``DiTPipeline.labels``.
+
+        Names shared by several classes (ImageNet has a few, e.g. "crane") are left out: use the id.
+        """
+        return {name: ids[0] for name, ids in sorted(self._name_index.items()) if len(ids) == 1}
+
+    def label_name(self, class_id: int) -> str:
+        """The first name of class ``class_id``, or the id as text when there is no ``id2label``."""
+        label = self.id2label.get(int(class_id))
+        return label.split(",")[0].strip() if label else str(class_id)
+
+    def get_label_ids(self, labels: int | str | Sequence[int | str] | torch.Tensor) -> list[int]:
+        """Map class ids and names (case-insensitive, any comma-separated synonym) to validated ids.
+
+        Raises ``ValueError`` for an id outside ``0..num_classes-1`` and for an unknown or ambiguous name,
+        suggesting the closest known names.
+        """
+        if isinstance(labels, torch.Tensor):
+            labels = labels.reshape(-1).tolist()
+        elif isinstance(labels, (str, Integral)):
+            labels = [labels]
+        num_classes = self.transformer.config.num_classes
+        ids = []
+        for label in labels:
+            if isinstance(label, str) and label.strip().isdigit() and label.strip().lower() not in self._name_index:
+                label = int(label)
+            if isinstance(label, Integral) and not isinstance(label, bool):
+                class_id = int(label)
+                if not 0 <= class_id < num_classes:
+                    raise ValueError(
+                        f"class id {class_id} is out of range: this model has classes 0..{num_classes - 1} "
+                        f"(for unconditional samples use guidance_scale=0)"
+                    )
+            elif isinstance(label, str):
+                class_id = self._lookup_name(label)
+            else:
+                raise TypeError(f"class labels must be ints or names, got {label!r} of type {type(label).__name__}")
+            ids.append(class_id)
+        return ids
+
+    def _lookup_name(self, name: str) -> int:
+        key = name.strip().lower()
+        if not self._name_index:
+            raise ValueError(f"class name {name!r} given, but this pipeline has no id2label: pass class ids")
+        ids = self._name_index.get(key)
+        if ids is None:
+            close = difflib.get_close_matches(key, list(self._name_index), n=5, cutoff=0.5)
+            hint = f"; closest names: {', '.join(repr(c) for c in close)}" if close else ""
+            raise ValueError(f"unknown class name {name!r}{hint}")
+        if len(ids) > 1:
+            choices = ", ".join(f"{i} ({self.id2label[i]})" for i in ids)
+            raise ValueError(f"class name {name!r} is ambiguous: it names classes {choices}; pass the id")
+        return ids[0]
+
+    # ------------------------------------------------------------------ schedulers
+
+    dit_scheduler = staticmethod(dit_scheduler)
+
+    def _passes_variance(self, scheduler: SchedulerMixin) -> bool:
+        """Whether the model's variance channels go to ``scheduler.step`` (learned-variance DDPM)."""
+        return (
+            self.transformer.config.learn_sigma
+            and isinstance(scheduler, _VARIANCE_SCHEDULERS)
+            and scheduler.config.get("variance_type") in _LEARNED_VARIANCE
+        )
+
+    def _sampling_scheduler(self) -> SchedulerMixin:
+        """``self.scheduler``, or a copy that does not expect learned variance when it cannot get it.
+
+        ``DPMSolverMultistepScheduler.from_config(ddpm_config)`` keeps ``variance_type="learned_range"``
+        and then slices the output to 3 channels, which breaks 4-channel latents; a DDPM scheduler with
+        learned variance crashes on a model without it. Both get a copy with the default variance
+        type, while ``self.scheduler`` (and the config it saves) stays as the user set it.
+        """
+        scheduler = self.scheduler
+        variance_type = scheduler.config.get("variance_type")
+        params = inspect.signature(type(scheduler).__init__).parameters
+        if variance_type in _LEARNED_VARIANCE and "variance_type" in params and not self._passes_variance(scheduler):
+            default = params["variance_type"].default
+            name = type(scheduler).__name__
+            logger.info(f"sampling with {name}(variance_type={default!r}): learned variance cannot be used here")
+            return type(scheduler).from_config(scheduler.config, variance_type=default)
+        return scheduler
+
+    # ------------------------------------------------------------------ loading
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> "SDTPipeline":
+        """Load a pipeline saved on disk; the folder is checked first, so a missing part is named clearly."""
+        check_pipeline_folder(pretrained_model_name_or_path, required=("transformer", "scheduler"))
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
+    @classmethod
+    def from_dit_pipeline(cls, path: str | os.PathLike, **overrides) -> "SDTPipeline":
+        """Convert a diffusers ``DiTPipeline`` saved on disk (e.g. ``facebook/DiT-XL-2-256``) to an SDT pipeline.
+
+        The transformer is converted with ``SDTTransformer2DModel.from_dit(**overrides)``; the VAE, the
+        scheduler and the class names (``id2label`` in its ``model_index.json``) are kept. With
+        ``decay_mode="none"`` or ``decay_init="zero"`` the result samples the DiT pipeline's images.
+
+        Args:
+            path: the DiT pipeline folder.
+            **overrides: SDT config keys, e.g. ``decay_mode="cag", decay_init="zero"``.
+        """
+        from diffusers import DiTPipeline
+
+        index = check_pipeline_folder(path, required=("transformer", "vae", "scheduler"))
+        dit = DiTPipeline.from_pretrained(path)
+        transformer = SDTTransformer2DModel.from_dit(dit.transformer, **overrides).eval()
+        id2label = index.get("id2label") or getattr(dit, "id2label", None)
+        if not id2label and getattr(dit, "labels", None):
+            grouped: dict[int, list[str]] = {}
+            for name, class_id in dit.labels.items():
+                grouped.setdefault(int(class_id), []).append(name)
+            id2label = {k: ", ".join(v) for k, v in sorted(grouped.items())}
+        return cls(transformer=transformer, scheduler=dit.scheduler, vae=dit.vae, id2label=id2label or None)
+
+    # ------------------------------------------------------------------ sampling
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        class_labels: int | str | Sequence[int | str] | torch.Tensor,
+        guidance_scale: float = 4.0,
+        guided_channels: int | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        num_inference_steps: int = 250,
+        batch_size: int | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+    ) -> ImagePipelineOutput | tuple:
+        """Generate one image per entry of ``class_labels``.
+
+        Args:
+            class_labels: class ids and/or names (case-insensitive; any comma-separated synonym of
+                ``id2label``), one per image.
+            guidance_scale: classifier-free guidance weight ``s``: ``eps = eps_null + s (eps_y - eps_null)``.
+                ``1`` runs the conditional model only and ``0`` the unconditional (null-class) model only,
+                each with one forward per step.
+            guided_channels: guide only the first ``k`` channels (DiT's original code guided 3 of 4 latent
+                channels; ``3`` reproduces its FID protocol). Default: all channels.
+            generator: one ``torch.Generator``, or one per image; with one per image the images do not
+                depend on ``batch_size``.
+            latents: ``(N, C, H, W)`` initial noise instead of drawing it from ``generator``.
+            num_inference_steps: denoising steps (DiT: 250 with DDPM; DPM-Solver: ~25).
+            batch_size: most images denoised at once (memory bound); default all of them.
+            output_type: ``"pil"`` (list of ``PIL.Image``), ``"np"`` (``(N, H, W, 3)`` floats in ``[0, 1]``)
+                or ``"pt"`` (``(N, 3, H, W)`` tensor in ``[0, 1]``).
+            return_dict: return an ``ImagePipelineOutput`` instead of a tuple.
+
+        Examples:
+
+        ```py
+        >>> import torch
+        >>> from diffusers import DPMSolverMultistepScheduler
+        >>> from sdt_gen import SDTPipeline
+
+        >>> pipe = SDTPipeline.from_pretrained("results/003-SDT-XL-2/pipeline").to("cuda")
+        >>> images = pipe(class_labels=[207, "otter"], guidance_scale=4.0, num_inference_steps=250,
+        ...               generator=torch.Generator("cuda").manual_seed(0)).images
+        >>> pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
+        >>> images = pipe(class_labels=["golden retriever"], num_inference_steps=25).images
+        ```
+
+        Returns:
+            ``ImagePipelineOutput`` with ``images``, or the tuple ``(images,)``.
+        """
+        # 1. Check inputs
+        class_ids = self.get_label_ids(class_labels)
+        num_images = len(class_ids)
+        if num_images == 0:
+            raise ValueError("class_labels is empty: give at least one class")
+        if not isinstance(num_inference_steps, Integral) or num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be an integer >= 1, got {num_inference_steps!r}")
+        if guidance_scale < 0:
+            raise ValueError(f"guidance_scale must be >= 0, got {guidance_scale}")
+        if output_type not in _OUTPUT_TYPES:
+            raise ValueError(f"output_type must be one of {', '.join(_OUTPUT_TYPES)}, got {output_type!r}")
+        batch_size = num_images if batch_size is None else batch_size
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        channels = self.transformer.config.in_channels
+        guided_channels = channels if guided_channels is None else guided_channels
+        if not 1 <= guided_channels <= channels:
+            raise ValueError(f"guided_channels must be in 1..{channels}, got {guided_channels}")
+        if isinstance(generator, list) and len(generator) != num_images:
+            raise ValueError(f"got {len(generator)} generators for {num_images} images: give one per image")
+        shape = (num_images, channels, *self.transformer.sample_hw)
+        if latents is not None and tuple(latents.shape) != shape:
+            raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
+
+        # 2. Initial noise for every image at once, so it does not depend on batch_size
+        device, dtype = self._execution_device, self.transformer.dtype
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+        latents = latents.to(device=device, dtype=dtype)
+        labels = torch.tensor(class_ids, device=device)
+        scheduler = self._sampling_scheduler()
+        scheduler.set_timesteps(num_inference_steps, device=device)
+        starts = range(0, num_images, batch_size)
+
+        # 3. Denoise and decode batch by batch
+        chunks = []
+        with self.progress_bar(total=len(starts) * len(scheduler.timesteps)) as progress:
+            for start in starts:
+                part = slice(start, start + batch_size)
+                part_generator = generator[part] if isinstance(generator, list) else generator
+                x = self._denoise(
+                    scheduler, latents[part], labels[part], guidance_scale, guided_channels,
+                    num_inference_steps, part_generator, progress,
+                )
+                chunks.append(self._postprocess(self._decode(x), output_type))
+
+        # 4. Output
+        if output_type == "pil":
+            images = [image for chunk in chunks for image in chunk]
+        elif output_type == "np":
+            images = np.concatenate(chunks)
+        else:
+            images = torch.cat(chunks)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (images,)
+        return ImagePipelineOutput(images=images)
+
+    def _denoise(
+        self,
+        scheduler: SchedulerMixin,
+        x: torch.Tensor,
+        labels: torch.Tensor,
+        guidance_scale: float,
+        guided_channels: int,
+        num_inference_steps: int,
+        generator,
+        progress,
+    ) -> torch.Tensor:
+        """The scheduler loop for one batch: ``(B, C, H, W)`` noise to ``(B, C, H, W)`` samples."""
+        channels = self.transformer.config.in_channels
+        null = torch.full_like(labels, self.transformer.config.num_classes)
+        guided = guidance_scale not in (0, 1)  # 1: conditional model only, 0: unconditional model only
+        if guidance_scale == 0:
+            labels = null
+        elif guided:
+            labels = torch.cat([labels, null])  # (2B,)
+        step_kwargs = {}
+        if generator is not None and "generator" in inspect.signature(scheduler.step).parameters:
+            step_kwargs["generator"] = generator
+        passes_variance = self._passes_variance(scheduler)
+
+        scheduler.set_timesteps(num_inference_steps, device=x.device)  # also resets multistep state
+        x = x * scheduler.init_noise_sigma
+        for t in scheduler.timesteps:
+            model_input = scheduler.scale_model_input(x, t)  # (B, C, H, W)
+            if guided:
+                model_input = torch.cat([model_input, model_input])  # (2B, C, H, W)
+            timestep = torch.as_tensor(t, device=x.device).expand(model_input.shape[0])
+            out = self.transformer(model_input, timestep, labels).sample  # (2B or B, C or 2C, H, W)
+
+            if guided:
+                cond, uncond = out.chunk(2)
+                k = guided_channels
+                eps = uncond[:, :k] + guidance_scale * (cond[:, :k] - uncond[:, :k])
+                out = torch.cat([eps, cond[:, k:]], dim=1)  # rest of eps and the variance: conditional
+            if out.shape[1] != channels and not passes_variance:
+                out = out[:, :channels]  # the scheduler has no use for the learned variance
+            x = scheduler.step(out, t, x, **step_kwargs).prev_sample
+            progress.update()
+        return x
+
+    def _decode(self, x: torch.Tensor) -> torch.Tensor:
+        """Latents to images in ``[-1, 1]`` with the VAE; pixel-space samples are images already."""
+        if self.vae is None:
+            return x
+        config = self.vae.config
+        x = x.to(self.vae.dtype) / config.scaling_factor
+        if getattr(config, "shift_factor", None):
+            x = x + config.shift_factor
+        return self.vae.decode(x).sample
+
+    def _postprocess(self, images: torch.Tensor, output_type: str):
+        images = (images / 2 + 0.5).clamp(0, 1)  # (B, 3, H, W)
+        if output_type == "pt":
+            return images
+        images = images.cpu().permute(0, 2, 3, 1).float().numpy()  # (B, H, W, 3)
+        return self.numpy_to_pil(images) if output_type == "pil" else images

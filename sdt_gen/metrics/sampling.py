@@ -1,0 +1,441 @@
+"""Samples for evaluation: written to a folder, spread over processes, deterministic and resumable.
+
+Image ``i`` of a run is fixed by the run's settings alone:
+
+* its label is entry ``i`` of ``sample_labels(num_samples, num_classes, mode, seed)``: uniform at
+  random from ``torch.Generator().manual_seed(seed)`` (``"random"``, as DiT) or ``i % num_classes``
+  (``"balanced"``). Both are prefixes of longer runs, so a run of 10k images is the start of one
+  of 50k with the same seed;
+* its noise comes from its own generator, seeded ``image_seed(seed, i) = seed * 1_000_003 + i``,
+  which draws the initial latents and every ancestral-sampling step of that image only.
+
+Process ``r`` of ``W`` draws the images ``r, r + W, ...`` among those still missing, so the union
+is every index exactly once, and the same command gives the same images on 1 or 8 processes (up
+to the float round-off of different batch compositions, which CPU kernels do not show).
+
+Each image is written as ``{i:06d}_{label}_{name}.png`` under a temporary name and then renamed,
+so an interrupted run leaves only whole files; running again into the same folder draws only the
+missing ones. ``sampling.json`` in the folder records the settings that determine the images
+(model config and weights hash, scheduler, steps, guidance, labels, seed); continuing with other
+settings is an error instead of a silent mix of two protocols.
+
+Also here: reading labels back from the file names, and a transformers image classifier as the
+``features_and_logits`` callable of ``classifier_metrics``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from .datasets import ImageFolderDataset
+
+logger = logging.getLogger(__name__)
+
+LABEL_MODES = ("random", "balanced")
+MANIFEST = "sampling.json"
+SEED_STRIDE = 1_000_003  # a prime larger than any sample count: seeds of different base seeds never meet
+_SAMPLE_NAME = re.compile(r"^(\d{6,})_(\d+)_(.*)\.png$")
+_PARTIAL_SUFFIX = ".partial"
+
+
+class ProcessGroup(Protocol):
+    """What sampling needs of ``accelerate.Accelerator`` or ``accelerate.PartialState``."""
+
+    process_index: int
+    num_processes: int
+
+    def wait_for_everyone(self) -> None: ...
+
+
+#################################################################################
+#                           Labels, seeds, file names                           #
+#################################################################################
+
+def sample_labels(num_samples: int, num_classes: int, mode: str = "random", seed: int = 0) -> list[int]:
+    """The conditioning label of each image index.
+
+    Args:
+        num_samples: number of images.
+        num_classes: labels are drawn from ``0..num_classes-1``.
+        mode: ``"random"``: uniform, drawn at once from ``torch.Generator().manual_seed(seed)``
+            (as DiT's ``sample_ddp.py``); ``"balanced"``: ``i % num_classes``, every class equally
+            often (within one) in any prefix.
+        seed: the base seed of the run.
+    """
+    if mode not in LABEL_MODES:
+        raise ValueError(f"unknown label mode {mode!r}; expected one of {', '.join(LABEL_MODES)}")
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    if mode == "balanced":
+        return [i % num_classes for i in range(num_samples)]
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(num_classes, (num_samples,), generator=generator).tolist()
+
+
+def image_seed(seed: int, index: int) -> int:
+    """The seed of image ``index``'s own generator: ``seed * 1_000_003 + index``.
+
+    Args:
+        seed: the base seed of the run (>= 0).
+        index: the image index (< 1_000_003).
+    """
+    return seed * SEED_STRIDE + index
+
+
+def label_slug(name: str) -> str:
+    """A class name as a file-name part: lower case, runs of other characters as ``_``."""
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_") or "class"
+
+
+def sample_file_name(index: int, label: int, name: str) -> str:
+    """``{index:06d}_{label}_{slug of name}.png``, e.g. ``000042_207_golden_retriever.png``.
+
+    Args:
+        index: the image index.
+        label: its class id.
+        name: its class name.
+    """
+    return f"{index:06d}_{label}_{label_slug(name)}.png"
+
+
+def parse_sample_file_name(path: str | os.PathLike) -> tuple[int, int]:
+    """The ``(index, label)`` in a sample's file name; ``ValueError`` when it does not follow the pattern.
+
+    Args:
+        path: a file written by ``sample_to_folder`` (or named like one).
+    """
+    match = _SAMPLE_NAME.match(Path(path).name)
+    if match is None:
+        raise ValueError(
+            f"{Path(path).name} does not name a sample as {{index:06d}}_{{label}}_{{name}}.png; "
+            f"the labels of images from elsewhere are unknown"
+        )
+    return int(match.group(1)), int(match.group(2))
+
+
+def labels_from_file_names(paths: Sequence[str | os.PathLike]) -> list[int]:
+    """The conditioning label of each sample, read from its file name (``{index}_{label}_{name}.png``).
+
+    Args:
+        paths: sample files, e.g. ``ImageFolderDataset(folder).files``.
+    """
+    return [parse_sample_file_name(path)[1] for path in paths]
+
+
+class ImageFilesDataset(ImageFolderDataset):
+    """The images of a list of files, in the order given (picklable, as torch-fidelity wants).
+
+    Args:
+        files: the image files.
+        source: a description for error messages, e.g. their folder.
+    """
+
+    def __init__(self, files: Sequence[str | os.PathLike], source: str | None = None) -> None:
+        self.files = [Path(f) for f in files]
+        if not self.files:
+            raise ValueError("no image files given")
+        super(ImageFolderDataset, self).__init__(source or str(self.files[0].parent))
+
+
+def _existing_samples(folder: Path) -> dict[int, Path]:
+    """The sample files already in ``folder``, by index."""
+    if not folder.is_dir():
+        return {}
+    found = {}
+    for path in folder.iterdir():
+        match = _SAMPLE_NAME.match(path.name)
+        if match is not None and path.is_file():
+            index = int(match.group(1))
+            if index in found:
+                raise ValueError(f"{folder} holds two samples of index {index}: {found[index].name} and {path.name}")
+            found[index] = path
+    return found
+
+
+#################################################################################
+#                              Sampling protocol                                #
+#################################################################################
+
+def _public_config(config: Any) -> dict[str, Any] | None:
+    """A diffusers config as plain JSON values, without the private ``_*`` entries."""
+    if config is None:
+        return None
+    public = {key: value for key, value in dict(config).items() if not key.startswith("_")}
+    return json.loads(json.dumps(public, sort_keys=True, default=str))
+
+
+def weights_sha256(*modules: torch.nn.Module | None) -> str:
+    """sha256 over the names, dtypes, shapes and bytes of the modules' state dicts (exact, any device).
+
+    Args:
+        modules: the networks whose weights determine the samples; ``None`` entries are skipped.
+    """
+    digest = hashlib.sha256()
+    for module in modules:
+        if module is None:
+            continue
+        for name, tensor in module.state_dict().items():
+            tensor = tensor.detach().cpu().contiguous()
+            digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def sampling_record(
+    pipe: Any,
+    labels: str,
+    seed: int,
+    guidance_scale: float,
+    guided_channels: int | None,
+    num_inference_steps: int,
+) -> dict[str, Any]:
+    """Everything that determines image ``i`` of a run, as JSON values (what ``sampling.json`` holds).
+
+    Args:
+        pipe: the ``SDTPipeline``.
+        labels: the label mode.
+        seed: the base seed.
+        guidance_scale: classifier-free guidance scale.
+        guided_channels: guided channels; ``None`` is all of them.
+        num_inference_steps: sampling steps.
+    """
+    transformer = pipe.transformer
+    vae = getattr(pipe, "vae", None)
+    return {
+        "transformer_config": _public_config(transformer.config),
+        "vae_config": _public_config(vae.config) if vae is not None else None,
+        "weights_sha256": weights_sha256(transformer, vae),
+        "dtype": str(transformer.dtype),
+        "scheduler": type(pipe.scheduler).__name__,
+        "scheduler_config": _public_config(pipe.scheduler.config),
+        "num_inference_steps": int(num_inference_steps),
+        "guidance_scale": float(guidance_scale),
+        "guided_channels": int(guided_channels if guided_channels is not None else transformer.config.in_channels),
+        "labels": labels,
+        "seed": int(seed),
+        "image_seed": f"seed * {SEED_STRIDE} + index",
+        "file_name": "{index:06d}_{label}_{name}.png",
+    }
+
+
+def _check_manifest(folder: Path, record: dict[str, Any]) -> None:
+    """Raises when ``folder``'s ``sampling.json`` records other settings than ``record``."""
+    path = folder / MANIFEST
+    if not path.is_file():
+        return
+    saved = json.loads(path.read_text())
+    differing = sorted(key for key in record.keys() | saved.keys() if saved.get(key) != record.get(key))
+    if differing:
+        shown = "; ".join(
+            f"{key}: {saved.get(key)!r} there, {record.get(key)!r} now"
+            if not isinstance(record.get(key), dict) else f"{key} differs"
+            for key in differing
+        )
+        raise ValueError(
+            f"{folder} holds samples drawn with other settings ({shown}); continuing would mix two protocols. "
+            f"Repeat the settings recorded in {path}, or write to another output folder"
+        )
+
+
+def _write_json_atomically(path: Path, value: Any) -> None:
+    partial = path.with_name(path.name + _PARTIAL_SUFFIX)
+    partial.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
+    os.replace(partial, path)
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """Float images in ``[0, 1]`` to uint8, rounding as diffusers' ``numpy_to_pil`` does."""
+    return (np.asarray(images) * 255).round().clip(0, 255).astype(np.uint8)
+
+
+def _write_png_atomically(image: np.ndarray, path: Path) -> None:
+    """Writes a uint8 (H, W, 3) image to ``path`` under a temporary name first, then renames it."""
+    partial = path.with_name(path.name + _PARTIAL_SUFFIX)
+    Image.fromarray(image).save(partial, format="PNG")
+    os.replace(partial, path)
+
+
+#################################################################################
+#                                   Sampling                                    #
+#################################################################################
+
+def _wait(processes: ProcessGroup | None) -> None:
+    if processes is not None and processes.num_processes > 1:
+        processes.wait_for_everyone()
+
+
+def sample_to_folder(
+    pipe: Any,
+    out_dir: str | os.PathLike,
+    num_samples: int,
+    labels: str = "random",
+    seed: int = 0,
+    guidance_scale: float = 1.5,
+    guided_channels: int | None = None,
+    num_inference_steps: int = 250,
+    batch_size: int = 32,
+    accelerator: ProcessGroup | None = None,
+) -> list[Path]:
+    """Draws the images ``0..num_samples-1`` of a run that are not in ``out_dir`` yet; returns all their paths.
+
+    Every process of ``accelerator`` must call it with the same arguments; each draws its share of
+    the missing images, and all return once every image exists. See the module docstring for
+    labels, seeds and file names. The pipeline's own progress bar is switched off for a bar over
+    all images on the main process.
+
+    Args:
+        pipe: an ``SDTPipeline`` on the process's device.
+        out_dir: the samples folder; created if missing, continued if it holds samples of the
+            same settings (extra files, e.g. of indices >= ``num_samples``, are left alone).
+        num_samples: how many images the run has.
+        labels: ``"random"`` (uniform, as DiT) or ``"balanced"``.
+        seed: base seed (>= 0) of labels and noise.
+        guidance_scale: classifier-free guidance scale (1: none).
+        guided_channels: guide only the first k channels; ``None``: all.
+        num_inference_steps: sampling steps of the pipeline's scheduler.
+        batch_size: images denoised at once per process.
+        accelerator: an ``accelerate.Accelerator`` or ``PartialState``; ``None`` for one process.
+    """
+    # 1. Check the arguments and plan every image
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    if num_samples > SEED_STRIDE:
+        raise ValueError(f"num_samples must be at most {SEED_STRIDE}, got {num_samples}")
+    if not (isinstance(seed, int) and 0 <= seed and image_seed(seed, num_samples) < 2**63):
+        raise ValueError(f"seed must be a non-negative integer below 2**63 / {SEED_STRIDE}, got {seed}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1)
+    out_dir = Path(out_dir)
+    plan = sample_labels(num_samples, pipe.transformer.config.num_classes, labels, seed)
+    paths = [out_dir / sample_file_name(i, label, pipe.label_name(label)) for i, label in enumerate(plan)]
+    record = sampling_record(pipe, labels, seed, guidance_scale, guided_channels, num_inference_steps)
+
+    # 2. What is there already (every process checks, so an error stops all of them)
+    _check_manifest(out_dir, record)
+    existing = _existing_samples(out_dir)
+    for index, path in sorted(existing.items()):
+        if index < num_samples and path.name != paths[index].name:
+            raise ValueError(
+                f"{out_dir} holds {path.name} where these settings give {paths[index].name}: the folder holds "
+                f"samples of another run; write to another output folder"
+            )
+    missing = [i for i in range(num_samples) if i not in existing]
+    if existing and not (out_dir / MANIFEST).is_file():
+        logger.warning(f"{out_dir} holds samples without a {MANIFEST}: their settings cannot be checked")
+    _wait(accelerator)  # nobody writes before every process has listed what is missing
+
+    if rank == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for stale in out_dir.glob(f"*.png{_PARTIAL_SUFFIX}"):  # left by an interrupted run
+            stale.unlink()
+        if not (out_dir / MANIFEST).is_file():
+            _write_json_atomically(out_dir / MANIFEST, record)
+        if num_samples > len(missing):
+            rest = f"drawing the other {len(missing)}" if missing else "nothing to draw"
+            logger.info(f"{out_dir}: {num_samples - len(missing)} of {num_samples} samples exist, {rest}")
+    _wait(accelerator)
+
+    # 3. Draw this process's share of the missing images, each from its own generator
+    mine = missing[rank::world]
+    pipe.set_progress_bar_config(disable=True)
+    description = f"sampling on {world} processes" if world > 1 else "sampling"
+    with tqdm(total=len(missing), disable=rank != 0, desc=description, unit="img") as progress:
+        for start in range(0, len(mine), batch_size):
+            batch = mine[start : start + batch_size]
+            images = pipe(
+                class_labels=[plan[i] for i in batch],
+                guidance_scale=guidance_scale,
+                guided_channels=guided_channels,
+                generator=[torch.Generator().manual_seed(image_seed(seed, i)) for i in batch],
+                num_inference_steps=num_inference_steps,
+                batch_size=len(batch),
+                output_type="np",
+            ).images  # (B, H, W, 3) floats in [0, 1]
+            for index, image in zip(batch, to_uint8(images)):
+                _write_png_atomically(image, paths[index])
+            # The other processes advance at the same pace.
+            progress.update(min(len(batch) * world, progress.total - progress.n))
+    _wait(accelerator)
+
+    # 4. Every image must now exist
+    absent = [path.name for path in paths if not path.is_file()]
+    if absent:
+        raise RuntimeError(f"{len(absent)} samples are missing in {out_dir} after sampling, e.g. {absent[0]}")
+    return paths
+
+
+#################################################################################
+#                      A classifier for classifier_metrics                      #
+#################################################################################
+
+class TransformersImageClassifier:
+    """A transformers image classifier folder as a ``features_and_logits`` callable of ``classifier_metrics``.
+
+    Loads the model with ``AutoModelForImageClassification`` (``import sdt_gen`` has registered the
+    ``sdt`` model type) and the image processor saved beside it with ``AutoImageProcessor``. The
+    features are the pooled pre-logits, the classifier head's input: through
+    ``forward_features`` / ``forward_head(pre_logits=True)`` for timm-style models (the SDT
+    classifiers), else captured at the input of the head module (``model.classifier``, as ViT,
+    ConvNeXt, Swin, ResNet name it), else the mean of the last hidden state's tokens.
+
+    Args:
+        path: the classifier folder (``config.json``, weights, ``preprocessor_config.json``).
+        device: where the classifier runs.
+    """
+
+    def __init__(self, path: str | os.PathLike, device: str | torch.device = "cpu") -> None:
+        import sdt_gen  # noqa: F401  (registers the "sdt" model type with transformers)
+        from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+        folder = Path(path).expanduser()
+        if not folder.is_dir():
+            raise FileNotFoundError(f"classifier folder {folder} does not exist")
+        for name, hint in (
+            ("config.json", "save the model with save_pretrained"),
+            ("preprocessor_config.json", "save its image processor beside it (sdt_gen.save_classifier does both)"),
+        ):
+            if not (folder / name).is_file():
+                raise FileNotFoundError(f"classifier folder {folder} has no {name}: {hint}")
+        self.path = folder
+        self.device = torch.device(device)
+        self.model = AutoModelForImageClassification.from_pretrained(folder).to(self.device).eval()
+        self.processor = AutoImageProcessor.from_pretrained(folder)
+        config = self.model.config
+        self.num_labels = int(config.num_labels)
+        self.id2label = {int(k): str(v) for k, v in (config.id2label or {}).items()}
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 images (B, 3, H, W) to pooled pre-logits (B, F) and logits (B, num_labels)."""
+        model = self.model
+        pixel_values = self.processor(images=list(images.cpu()), return_tensors="pt")["pixel_values"]
+        pixel_values = pixel_values.to(self.device, model.dtype)  # (B, C, h, w), the classifier's size
+        if hasattr(model, "forward_features") and hasattr(model, "forward_head"):
+            tokens = model.forward_features(pixel_values)
+            return model.forward_head(tokens, pre_logits=True).flatten(1), model.forward_head(tokens)
+        head = getattr(model, "classifier", None)
+        if isinstance(head, torch.nn.Module):
+            captured = []
+            handle = head.register_forward_pre_hook(lambda module, args: captured.append(args[0]))
+            try:
+                logits = model(pixel_values=pixel_values).logits
+            finally:
+                handle.remove()
+            return captured[-1].flatten(1), logits  # (B, F), (B, num_labels)
+        out = model(pixel_values=pixel_values, output_hidden_states=True)
+        last = out.hidden_states[-1]
+        features = last.mean(dim=1) if last.ndim == 3 else last.flatten(2).mean(dim=2)  # tokens or (B, C, H, W)
+        return features, out.logits

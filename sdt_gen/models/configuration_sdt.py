@@ -1,0 +1,270 @@
+"""SDTConfig: the transformers configuration of the SDT classifiers (hierarchical SDT-H and isotropic).
+
+Model type ``"sdt"``. Presets (``SDTConfig.from_preset``, names in ``SDT_CLASSIFIER_PRESETS``):
+
+- ``SDT-H-T``, ``SDT-H-S``, ``SDT-H-B``: RMT's four-stage shapes with SDT attention (SDT_METHOD
+  section 6), about 14M, 27M and 54M parameters with 1000 labels.
+- ``SDT-ViT-Ti/16``, ``SDT-ViT-S/16``, ``SDT-ViT-B/16``: isotropic (DeiT Ti/S/B shapes, patch 16)
+  built from the same attention as the denoiser, pre-norm blocks without conditioning.
+
+A classifier probing a trained denoiser (``SDTForImageClassification.from_denoiser``) is an
+isotropic config whose ``denoiser_config`` holds the denoiser's own config.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import PretrainedConfig
+
+from ..layers import ATTENTION_BACKENDS, DECAY_INITS, DECAY_LAYOUTS, DECAY_MODES, check_choice
+
+ARCHITECTURES = ("hierarchical", "isotropic")
+POOL_TYPES = ("mean",)
+HIERARCHICAL_STRIDE = 32  # stem 4 x three 2x patch mergings
+_STAGE_KEYS = ("dims", "depths", "heads", "mlp_ratios", "heads_ranges", "decay_layouts", "layer_scale_init_values")
+
+
+def _hw(size: int | list[int] | tuple[int, int]) -> tuple[int, int]:
+    if isinstance(size, int):
+        return size, size
+    if len(size) != 2:
+        raise ValueError(f"image_size must be an int or (height, width), got {size!r}")
+    return int(size[0]), int(size[1])
+
+
+class SDTConfig(PretrainedConfig):
+    r"""Configuration of ``SDTModel`` / ``SDTForImageClassification``.
+
+    Args:
+        architecture: ``"hierarchical"`` (SDT-H: conv stem, four stages, conv patch merging, CPE, LePE)
+            or ``"isotropic"`` (ViT-style: patch embedding, fixed 2D sin-cos positions, one stage).
+        image_size: input side, or ``(height, width)``. Hierarchical: a multiple of 32 (the overall
+            stride), at least 32. Isotropic: a multiple of ``patch_size``.
+        num_channels: image channels. A 1-channel model also accepts 3-channel input and averages it,
+            so grey images converted to RGB (as ``pipeline("image-classification")`` does) work exactly.
+        dims, depths, heads, mlp_ratios: per-stage width, block count, attention heads and MLP ratio (SDT-H).
+        heads_ranges: per-stage RMT ``b`` of the per-head gammas (RMT: 4, 4, 6, 6).
+        decay_layouts: per-stage ``"decomposed"`` or ``"full"`` (paper: decomposed, decomposed, full, full).
+        layer_scale_init_values: per-stage layer-scale init; 0 disables layer scale in that stage.
+        mlp_dwconv: RMT's 3x3 depthwise conv inside the MLP (residual, after the activation).
+        cpe_kernel_size: depthwise conv positional encoding added before each SDT-H block (0: off).
+        lepe_kernel_size: LePE, a depthwise conv on ``v`` added to the attention output (0: off).
+        head_hidden_size: RMT's pre-head projection (Linear -> BatchNorm -> SiLU) before pooling;
+            0 uses a LayerNorm instead.
+        patch_size, hidden_size, depth, num_heads, mlp_ratio: isotropic shape.
+        decay_layout, heads_range: isotropic decay layout and RMT ``b``.
+        layer_scale_init_value: isotropic layer-scale init; 0 disables layer scale.
+        decay_mode: ``"none"`` (ViT), ``"fixed"`` (RMT) or ``"cag"`` (SDT). Note: with ``"none"`` the
+            attention core ignores the layout, so SDT-H's ``decomposed`` stages attend globally
+            (about twice SDT-H-T's FLOPs at 224px), not axially.
+        decay_init: ``"rmt"`` (CAG starts as RMT's decay) or ``"zero"`` (starts as plain attention).
+        attention_backend: ``"sdpa"``, ``"flex"`` or ``"auto"``.
+        initial_value: RMT ``a`` of the per-head gammas.
+        qkv_bias: bias on the q/k/v projection.
+        drop_path_rate: stochastic depth, rising linearly over blocks from 0 to this value.
+        layer_norm_eps: LayerNorm epsilon.
+        pool: token pooling before the head (``"mean"``).
+        initializer_range: std of the truncated-normal init of linear layers.
+        denoiser_config: the ``SDTTransformer2DModel`` config a denoiser probe was built from, else None.
+        denoiser_timestep: the diffusion step the probe's conditioning is fixed to.
+        denoiser_layer: index of the denoiser block whose output is the feature (0-based).
+        denoiser_label: the class label of the fixed conditioning (the null class).
+        freeze_backbone: train only the pooler/head (linear probe); the rest stays frozen and in eval mode.
+        vae_config, vae_scaling_factor: an ``AutoencoderKL`` config and latent scale when the probed
+            denoiser works on latents (the image is encoded to ``mean * scaling_factor``).
+        image_mean, image_std: normalisation of the image processor (``image_processor_for``);
+            None picks ``[0.5]`` / ``[0.5]`` (images in [-1, 1]) for denoiser probes and 1-channel
+            models, ImageNet's mean and std otherwise.
+        preset: name of the preset the config came from (a record only).
+        num_labels, id2label, label2id: transformers' label keys; a ``num_labels`` that disagrees with
+            ``id2label`` is an error.
+    """
+
+    model_type = "sdt"
+
+    architecture: str = "hierarchical"
+    image_size: int | list[int] = 224
+    num_channels: int = 3
+    # hierarchical (SDT-H)
+    dims: list[int] | tuple[int, ...] = (64, 128, 256, 512)
+    depths: list[int] | tuple[int, ...] = (2, 2, 8, 2)
+    heads: list[int] | tuple[int, ...] = (4, 4, 8, 16)
+    mlp_ratios: list[float] | tuple[float, ...] = (3.0, 3.0, 3.0, 3.0)
+    heads_ranges: list[float] | tuple[float, ...] = (4.0, 4.0, 6.0, 6.0)
+    decay_layouts: list[str] | tuple[str, ...] = ("decomposed", "decomposed", "full", "full")
+    layer_scale_init_values: list[float] | tuple[float, ...] = (0.0, 0.0, 0.0, 0.0)
+    mlp_dwconv: bool = True
+    cpe_kernel_size: int = 3
+    lepe_kernel_size: int = 5
+    head_hidden_size: int = 1024
+    # isotropic
+    patch_size: int = 16
+    hidden_size: int = 384
+    depth: int = 12
+    num_heads: int = 6
+    mlp_ratio: float = 4.0
+    decay_layout: str = "full"
+    heads_range: float = 6.0
+    layer_scale_init_value: float = 0.0
+    # shared
+    decay_mode: str = "cag"
+    decay_init: str = "rmt"
+    attention_backend: str = "auto"
+    initial_value: float = 2.0
+    qkv_bias: bool = True
+    drop_path_rate: float = 0.0
+    layer_norm_eps: float = 1e-6
+    pool: str = "mean"
+    initializer_range: float = 0.02
+    # denoiser probe
+    denoiser_config: dict[str, Any] | None = None
+    denoiser_timestep: float | int | None = None
+    denoiser_layer: int | None = None
+    denoiser_label: int | None = None
+    freeze_backbone: bool = False
+    vae_config: dict[str, Any] | None = None
+    vae_scaling_factor: float | None = None
+    # image processor
+    image_mean: list[float] | None = None
+    image_std: list[float] | None = None
+    preset: str | None = None
+
+    def __post_init__(self, **kwargs):
+        if "num_labels" in kwargs and kwargs["num_labels"] is None:
+            del kwargs["num_labels"]
+        num_labels = kwargs.get("num_labels")
+        if num_labels is not None and self.id2label is not None and len(self.id2label) != num_labels:
+            raise ValueError(
+                f"num_labels={num_labels} does not match id2label, which names {len(self.id2label)} labels; "
+                "pass only one of them, or an id2label (and label2id) for the new labels"
+            )
+        if self.id2label is not None and self.label2id is not None and len(self.label2id) != len(self.id2label):
+            raise ValueError(
+                f"label2id has {len(self.label2id)} entries but id2label has {len(self.id2label)}; they must name "
+                "the same labels"
+            )
+        super().__post_init__(**kwargs)
+        if self.id2label is not None and self.label2id is None:
+            self.label2id = {label: index for index, label in self.id2label.items()}
+        self.validate_sdt()
+
+    # ------------------------------------------------------------------ checks
+
+    @property
+    def image_hw(self) -> tuple[int, int]:
+        """``image_size`` as ``(height, width)``."""
+        return _hw(self.image_size)
+
+    @property
+    def is_denoiser_probe(self) -> bool:
+        return self.denoiser_config is not None
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.depths)
+
+    def stage_values(self, key: str) -> list:
+        """A per-stage key as a list of ``num_stages`` values (a scalar is repeated)."""
+        value = getattr(self, key)
+        if isinstance(value, (int, float, str)):
+            return [value] * self.num_stages
+        return list(value)
+
+    def validate_sdt(self) -> None:
+        """Raise a ValueError naming the first inconsistent key."""
+        check_choice("architecture", self.architecture, ARCHITECTURES)
+        check_choice("decay_mode", self.decay_mode, DECAY_MODES)
+        check_choice("decay_init", self.decay_init, DECAY_INITS)
+        check_choice("attention_backend", self.attention_backend, ATTENTION_BACKENDS)
+        check_choice("pool", self.pool, POOL_TYPES)
+        if self.num_channels < 1:
+            raise ValueError(f"num_channels must be positive, got {self.num_channels}")
+        if not 0.0 <= self.drop_path_rate < 1.0:
+            raise ValueError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
+        height, width = self.image_hw
+        if self.architecture == "hierarchical":
+            for key in _STAGE_KEYS:
+                if len(self.stage_values(key)) != self.num_stages:
+                    raise ValueError(
+                        f"{key} has {len(self.stage_values(key))} entries but depths has {self.num_stages} stages"
+                    )
+            for layout in self.stage_values("decay_layouts"):
+                check_choice("decay_layouts", layout, DECAY_LAYOUTS)
+            for dim, heads in zip(self.dims, self.heads):
+                if dim % heads:
+                    raise ValueError(f"stage width {dim} is not divisible by its {heads} heads")
+            check_image_size((height, width), HIERARCHICAL_STRIDE, "the SDT-H stem and patch merging (stride 32)")
+        else:
+            check_choice("decay_layout", self.decay_layout, DECAY_LAYOUTS)
+            if self.hidden_size % self.num_heads:
+                raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+            if self.hidden_size % 4:
+                raise ValueError(f"hidden_size must be divisible by 4 for 2D sin-cos positions, got {self.hidden_size}")
+            check_image_size((height, width), self.patch_size * self.vae_downsample, "the patch embedding")
+
+    @property
+    def vae_downsample(self) -> int:
+        """Pixels per latent cell of the probe's VAE (1 without a VAE)."""
+        if not self.vae_config:
+            return 1
+        return 2 ** (len(self.vae_config.get("block_out_channels", [0])) - 1)
+
+    # ------------------------------------------------------------------ presets
+
+    @classmethod
+    def from_preset(cls, name: str, **kwargs) -> "SDTConfig":
+        """The config of preset ``name`` (see ``SDT_CLASSIFIER_PRESETS``), any key overridden by ``kwargs``.
+
+        Without ``num_labels`` or ``id2label`` the classifier has ImageNet's 1000 labels.
+        """
+        if name not in SDT_CLASSIFIER_PRESETS:
+            raise ValueError(f"unknown preset {name!r}; expected one of {', '.join(SDT_CLASSIFIER_PRESETS)}")
+        if "num_labels" not in kwargs and "id2label" not in kwargs:
+            kwargs["num_labels"] = 1000
+        return cls(**{**SDT_CLASSIFIER_PRESETS[name], "preset": name, **kwargs})
+
+
+def check_image_size(size: tuple[int, int], stride: int, what: str, minimum: int | None = None) -> None:
+    """Raise a ValueError unless both sides of ``size`` are positive multiples of ``stride``."""
+    height, width = size
+    minimum = stride if minimum is None else minimum
+    if height < minimum or width < minimum or height % stride or width % stride:
+        raise ValueError(
+            f"image size {height}x{width} cannot go through {what}: both sides must be multiples of {stride} "
+            f"and at least {minimum}"
+        )
+
+
+#################################################################################
+#                                   Presets                                     #
+#################################################################################
+
+_HIERARCHICAL = dict(
+    architecture="hierarchical",
+    image_size=224,
+    decay_layouts=["decomposed", "decomposed", "full", "full"],
+    heads_ranges=[4.0, 4.0, 6.0, 6.0],
+)
+_ISOTROPIC = dict(architecture="isotropic", image_size=224, patch_size=16, mlp_ratio=4.0, decay_layout="full",
+                  heads_range=6.0)
+
+SDT_CLASSIFIER_PRESETS: dict[str, dict[str, Any]] = {
+    # RMT-T / S / B shapes (drop path and layer scale as in RMT's recipes).
+    "SDT-H-T": dict(_HIERARCHICAL, dims=[64, 128, 256, 512], depths=[2, 2, 8, 2], heads=[4, 4, 8, 16],
+                    mlp_ratios=[3.0, 3.0, 3.0, 3.0], drop_path_rate=0.1),
+    "SDT-H-S": dict(_HIERARCHICAL, dims=[64, 128, 256, 512], depths=[3, 4, 18, 4], heads=[4, 4, 8, 16],
+                    mlp_ratios=[4.0, 4.0, 3.0, 3.0], drop_path_rate=0.15),
+    "SDT-H-B": dict(_HIERARCHICAL, dims=[80, 160, 320, 512], depths=[4, 8, 25, 8], heads=[5, 5, 10, 16],
+                    mlp_ratios=[4.0, 4.0, 3.0, 3.0], drop_path_rate=0.4,
+                    layer_scale_init_values=[0.0, 0.0, 1e-6, 1e-6]),
+    # Not in RMT: a CPU-sized SDT-H for demos (the bundled digits) and tests.
+    "SDT-H-XT": dict(_HIERARCHICAL, dims=[32, 64, 128, 256], depths=[1, 1, 2, 1], heads=[2, 2, 4, 8],
+                     mlp_ratios=[3.0, 3.0, 3.0, 3.0], drop_path_rate=0.0),
+    # DeiT Ti / S / B shapes with SDT attention.
+    "SDT-ViT-Ti/16": dict(_ISOTROPIC, hidden_size=192, depth=12, num_heads=3, drop_path_rate=0.1),
+    "SDT-ViT-S/16": dict(_ISOTROPIC, hidden_size=384, depth=12, num_heads=6, drop_path_rate=0.1),
+    "SDT-ViT-B/16": dict(_ISOTROPIC, hidden_size=768, depth=12, num_heads=12, drop_path_rate=0.1),
+}
+
+__all__ = ["ARCHITECTURES", "POOL_TYPES", "SDTConfig", "SDT_CLASSIFIER_PRESETS", "check_image_size"]

@@ -1,0 +1,175 @@
+"""Sampling to a folder (labels, seeds, file names, resume guards) and the transformers classifier callable.
+
+The pipeline is a tiny pixel-space SDT (8x8 RGB) with perturbed random weights, sampled in 2 steps.
+Multi-process sampling and the CLI are tested end to end in tests/test_eval_fid.py.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sdt_gen import SDTConfig, SDTForImageClassification, SDTPipeline, SDTTransformer2DModel, save_classifier
+from sdt_gen.metrics import (
+    ImageFilesDataset,
+    TransformersImageClassifier,
+    image_seed,
+    labels_from_file_names,
+    parse_sample_file_name,
+    sample_file_name,
+    sample_labels,
+    sample_to_folder,
+)
+from sdt_gen.metrics.sampling import MANIFEST
+
+NUM_CLASSES = 10
+ID2LABEL = {i: f"Digit {i}, number {i}" for i in range(NUM_CLASSES)}
+SAMPLING = dict(seed=3, guidance_scale=1.5, num_inference_steps=2)
+
+
+def tiny_pipeline(seed: int = 0) -> SDTPipeline:
+    """A pixel-space pipeline (8x8 RGB) whose perturbed random weights give non-trivial images."""
+    torch.manual_seed(seed)
+    transformer = SDTTransformer2DModel(
+        sample_size=8, patch_size=2, in_channels=3, hidden_size=32, depth=2, num_heads=2,
+        num_classes=NUM_CLASSES, attention_backend="sdpa",
+    )
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():  # a fresh adaLN-Zero model outputs zeros
+        for p in transformer.parameters():
+            p.add_(torch.randn(p.shape, generator=generator) * 0.05)
+    return SDTPipeline(transformer.eval(), SDTPipeline.dit_scheduler(), None, id2label=ID2LABEL)
+
+
+@pytest.fixture(scope="module")
+def pipe() -> SDTPipeline:
+    return tiny_pipeline()
+
+
+def test_labels_are_seeded_prefix_stable_and_balanced_when_asked():
+    random = sample_labels(1000, NUM_CLASSES, "random", seed=0)
+    assert random == sample_labels(1000, NUM_CLASSES, "random", seed=0)
+    assert random[:37] == sample_labels(37, NUM_CLASSES, "random", seed=0)  # a short run starts a long one
+    assert random != sample_labels(1000, NUM_CLASSES, "random", seed=1)
+    assert set(random) == set(range(NUM_CLASSES))
+    assert np.bincount(random).min() > 60  # uniform: ~100 each
+    balanced = sample_labels(25, NUM_CLASSES, "balanced")
+    assert balanced[:12] == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]
+    assert np.bincount(balanced).tolist() == [3] * 5 + [2] * 5
+    with pytest.raises(ValueError, match="unknown label mode 'uniform'"):
+        sample_labels(4, NUM_CLASSES, "uniform")
+    assert image_seed(0, 5) == 5 and image_seed(2, 5) == 2_000_011
+
+
+def test_file_names_carry_index_and_label():
+    name = sample_file_name(42, 207, "Golden Retriever, retriever")
+    assert name == "000042_207_golden_retriever_retriever.png"
+    assert parse_sample_file_name(Path("/x") / name) == (42, 207)
+    assert labels_from_file_names([name, "1234567_3_x.png"]) == [207, 3]
+    with pytest.raises(ValueError, match="cat.png does not name a sample"):
+        labels_from_file_names([name, "cat.png"])
+
+
+def test_sample_to_folder_writes_every_image_once_and_resumes(pipe: SDTPipeline, tmp_path: Path):
+    folder = tmp_path / "samples"
+    paths = sample_to_folder(pipe, folder, 5, batch_size=2, **SAMPLING)
+    labels = sample_labels(5, NUM_CLASSES, "random", seed=3)
+    assert [p.name for p in paths] == [
+        sample_file_name(i, label, f"digit {label}") for i, label in enumerate(labels)
+    ]
+    assert sorted(folder.glob("*.png")) == paths and labels_from_file_names(paths) == labels
+    images = [np.array(Image.open(p)) for p in paths]
+    assert images[0].shape == (8, 8, 3) and images[0].dtype == np.uint8
+    assert len({image.tobytes() for image in images}) == 5  # each image has its own noise
+    assert json.loads((folder / MANIFEST).read_text())["guidance_scale"] == 1.5
+
+    # Image i does not depend on the batch it was drawn in: delete some, leave a half-written one, redraw.
+    before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in paths}
+    for index in (1, 4):
+        paths[index].unlink()
+    stale = folder / (paths[4].name + ".partial")
+    stale.write_bytes(b"half a png")
+    again = sample_to_folder(pipe, folder, 6, batch_size=3, **SAMPLING)  # and one image more
+    assert again[:5] == paths and len(again) == 6 and not stale.exists()
+    for index in (0, 2, 3):  # untouched
+        assert again[index].stat().st_mtime_ns == before[paths[index].name][1]
+    for index in (1, 4):  # redrawn identically
+        assert again[index].read_bytes() == before[paths[index].name][0]
+    assert len(list(folder.glob("*.png"))) == 6
+    dataset = ImageFilesDataset(again)
+    assert len(dataset) == 6 and torch.equal(dataset[2], torch.from_numpy(images[2]).permute(2, 0, 1))
+
+
+def test_continuing_with_other_settings_is_an_error(pipe: SDTPipeline, tmp_path: Path):
+    folder = tmp_path / "samples"
+    sample_to_folder(pipe, folder, 2, batch_size=2, **SAMPLING)
+    with pytest.raises(ValueError, match="guidance_scale: 1.5 there, 4.0 now"):
+        sample_to_folder(pipe, folder, 2, **{**SAMPLING, "guidance_scale": 4.0})
+    with pytest.raises(ValueError, match="weights_sha256"):
+        sample_to_folder(tiny_pipeline(seed=1), folder, 2, **SAMPLING)
+    # Without the record, the labels in the names still tell another run apart.
+    (folder / MANIFEST).unlink()
+    with pytest.raises(ValueError, match="samples of another run"):
+        sample_to_folder(pipe, folder, 2, labels="balanced", **SAMPLING)
+
+
+def test_bad_arguments_are_clear_errors(pipe: SDTPipeline, tmp_path: Path):
+    with pytest.raises(ValueError, match="num_samples must be >= 1"):
+        sample_to_folder(pipe, tmp_path, 0)
+    with pytest.raises(ValueError, match="seed must be a non-negative integer"):
+        sample_to_folder(pipe, tmp_path, 2, seed=-1)
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        sample_to_folder(pipe, tmp_path, 2, batch_size=0)
+
+
+# ----------------------------------------------------------------------------- classifier callable
+
+
+def _save_vit(folder: Path, num_labels: int = NUM_CLASSES) -> Path:
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    torch.manual_seed(0)
+    config = ViTConfig(
+        image_size=16, patch_size=8, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=32, num_labels=num_labels, id2label={i: f"digit {i}" for i in range(num_labels)},
+    )
+    ViTForImageClassification(config).save_pretrained(folder)
+    ViTImageProcessor(size={"height": 16, "width": 16}).save_pretrained(folder)
+    return folder
+
+
+def _save_sdt_classifier(folder: Path) -> Path:
+    torch.manual_seed(0)
+    config = SDTConfig(
+        architecture="isotropic", image_size=16, patch_size=4, hidden_size=32, depth=2, num_heads=2,
+        num_labels=NUM_CLASSES,
+    )
+    return save_classifier(SDTForImageClassification(config), folder)
+
+
+@pytest.mark.parametrize("save", [_save_vit, _save_sdt_classifier], ids=["vit", "sdt"])
+def test_classifier_features_are_the_pooled_pre_logits(save: Callable[[Path], Path], tmp_path: Path):
+    classifier = TransformersImageClassifier(save(tmp_path / "classifier"))
+    images = torch.randint(0, 256, (3, 3, 8, 8), dtype=torch.uint8)  # upsized by the image processor
+    features, logits = classifier(images)
+    assert features.shape[0] == logits.shape[0] == 3 and logits.shape[1] == NUM_CLASSES
+    head = classifier.model.classifier
+    torch.testing.assert_close(head(features), logits)  # the head's input, pooled
+    pixel_values = classifier.processor(images=list(images), return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        torch.testing.assert_close(classifier.model(pixel_values=pixel_values).logits, logits)
+
+
+def test_classifier_folder_problems_are_clear_errors(tmp_path: Path):
+    with pytest.raises(FileNotFoundError, match="classifier folder .* does not exist"):
+        TransformersImageClassifier(tmp_path / "missing")
+    folder = _save_vit(tmp_path / "vit")
+    (folder / "preprocessor_config.json").unlink()
+    with pytest.raises(FileNotFoundError, match="has no preprocessor_config.json"):
+        TransformersImageClassifier(folder)

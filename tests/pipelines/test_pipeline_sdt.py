@@ -1,0 +1,415 @@
+import functools
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
+
+import sdt_gen
+from sdt_gen import SDTPipeline
+from sdt_gen.pipelines import dit_scheduler, scheduler_by_name
+
+STEPS = 3
+
+
+def seeded(n=None, seed=0):
+    """One generator, or one per image."""
+    if n is None:
+        return torch.Generator().manual_seed(seed)
+    return [torch.Generator().manual_seed(seed + i) for i in range(n)]
+
+
+def record_calls(transformer):
+    """Record (batch, class_labels) of every transformer forward."""
+    calls = []
+
+    def hook(_module, args, kwargs):
+        labels = kwargs.get("class_labels", args[2] if len(args) > 2 else None)
+        calls.append((args[0].shape[0], labels.clone()))
+
+    return calls, transformer.register_forward_pre_hook(hook, with_kwargs=True)
+
+
+@torch.no_grad()
+def reference_loop(transformer, scheduler, labels, noise, guidance_scale, generator, steps=STEPS, guided_channels=None):
+    """Hand-written DiT sampling: model call, guidance, ``scheduler.step``; returns every step's sample."""
+    channels = transformer.config.in_channels
+    k = guided_channels or channels
+    null = torch.full_like(labels, transformer.config.num_classes)
+    scheduler.set_timesteps(steps)
+    x, trajectory = noise.clone(), []
+    for t in scheduler.timesteps:
+        if guidance_scale == 1:
+            out = transformer(x, t.expand(len(x)), labels).sample
+        else:
+            both = transformer(torch.cat([x, x]), t.expand(2 * len(x)), torch.cat([labels, null])).sample
+            cond, uncond = both.chunk(2)
+            eps = uncond[:, :k] + guidance_scale * (cond[:, :k] - uncond[:, :k])
+            out = torch.cat([eps, cond[:, k:]], dim=1)
+        if scheduler.config.variance_type not in ("learned", "learned_range"):
+            out = out[:, :channels]
+        x = scheduler.step(out, t, x, generator=generator).prev_sample
+        trajectory.append(x)
+    return trajectory
+
+
+def recording_steps(scheduler):
+    """Wrap ``scheduler.step`` so every ``prev_sample`` is kept."""
+    trajectory = []
+    step = scheduler.step
+
+    @functools.wraps(step)
+    def wrapped(*args, **kwargs):
+        out = step(*args, **kwargs)
+        trajectory.append(out.prev_sample.clone())
+        return out
+
+    scheduler.step = wrapped
+    return trajectory
+
+
+# ---------------------------------------------------------------------- API and outputs
+
+
+def test_importable_from_package_and_pipelines():
+    assert sdt_gen.SDTPipeline is SDTPipeline
+    assert sdt_gen.pipelines.SDTPipeline is SDTPipeline
+
+
+def test_dit_scheduler_is_dits_sampler():
+    s = dit_scheduler()
+    assert isinstance(s, DDPMScheduler)
+    cfg = s.config
+    assert (cfg.num_train_timesteps, cfg.beta_schedule, cfg.beta_start, cfg.beta_end) == (1000, "linear", 1e-4, 0.02)
+    assert (cfg.variance_type, cfg.clip_sample, cfg.timestep_spacing) == ("learned_range", False, "linspace")
+    assert dit_scheduler(learn_sigma=False).config.variance_type == "fixed_small"
+    s.set_timesteps(250)  # DiT's respacing "250": round(i * 999 / 249)
+    expected = np.round(np.arange(250) * 999 / 249).astype(int)[::-1]
+    assert s.timesteps.tolist() == expected.tolist()
+
+
+def test_latent_pipeline_output_types(make_pipeline):
+    pipe = make_pipeline()
+    kwargs = dict(class_labels=[1, 2, 3], num_inference_steps=STEPS)
+    pt = pipe(**kwargs, generator=seeded(), output_type="pt").images
+    npy = pipe(**kwargs, generator=seeded(), output_type="np").images
+    pil = pipe(**kwargs, generator=seeded()).images
+    assert pt.shape == (3, 3, 16, 16) and npy.shape == (3, 16, 16, 3)
+    assert pt.min() >= 0 and pt.max() <= 1 and pt.std() > 0
+    np.testing.assert_allclose(pt.permute(0, 2, 3, 1).numpy(), npy, atol=1e-6)
+    assert len(pil) == 3 and pil[0].size == (16, 16) and pil[0].mode == "RGB"
+    np.testing.assert_array_equal(np.asarray(pil[0]), (npy[0] * 255).round().astype(np.uint8))
+    as_tuple = pipe(**kwargs, generator=seeded(), output_type="np", return_dict=False)
+    assert isinstance(as_tuple, tuple) and np.array_equal(as_tuple[0], npy)
+    assert isinstance(pipe(**kwargs, output_type="np"), ImagePipelineOutput)
+
+
+def test_pixel_pipeline_returns_the_transformer_sample(make_pipeline, tmp_path):
+    pipe = make_pipeline(pixel=True)
+    assert pipe.vae is None
+    images = pipe([0, 5], num_inference_steps=STEPS, generator=seeded(2), output_type="pt").images
+    assert images.shape == (2, 3, 8, 8)
+    generators = seeded(2)  # the pipeline draws the noise, then the DDPM step noise, from each image's generator
+    noise = torch.cat([torch.randn(1, 3, 8, 8, generator=g) for g in generators])
+    ref = reference_loop(pipe.transformer, dit_scheduler(), torch.tensor([0, 5]), noise, 4.0, generators)
+    torch.testing.assert_close(images, (ref[-1] / 2 + 0.5).clamp(0, 1))
+    pipe.save_pretrained(tmp_path / "pixel")
+    index = json.loads((tmp_path / "pixel" / "model_index.json").read_text())
+    assert index["vae"] == [None, None] and not (tmp_path / "pixel" / "vae").exists()
+    loaded = SDTPipeline.from_pretrained(tmp_path / "pixel")
+    assert loaded.vae is None
+    loaded.set_progress_bar_config(disable=True)
+    assert torch.equal(loaded([0, 5], num_inference_steps=STEPS, generator=seeded(2), output_type="pt").images, images)
+
+
+# ---------------------------------------------------------------------- save / load
+
+
+def test_save_then_load_in_a_fresh_process(make_pipeline, tmp_path):
+    pipe = make_pipeline()
+    folder = tmp_path / "pipe"
+    pipe.save_pretrained(folder)
+    index = json.loads((folder / "model_index.json").read_text())
+    assert index["_class_name"] == "SDTPipeline"
+    assert index["transformer"] == ["sdt_gen.models.transformer_sdt", "SDTTransformer2DModel"]
+    assert index["vae"] == ["diffusers", "AutoencoderKL"] and index["scheduler"] == ["diffusers", "DDPMScheduler"]
+    assert index["id2label"]["3"] == "Golden Retriever, retriever"
+
+    expected = pipe([3, "otter", 7], num_inference_steps=STEPS, generator=seeded(), output_type="np").images
+    script = textwrap.dedent(
+        f"""
+        import json, sys
+        import numpy as np, torch
+        from sdt_gen import SDTPipeline
+        pipe = SDTPipeline.from_pretrained({str(folder)!r})
+        pipe.set_progress_bar_config(disable=True)
+        images = pipe([3, "otter", 7], num_inference_steps={STEPS}, generator=torch.Generator().manual_seed(0),
+                      output_type="np").images
+        np.save({str(tmp_path / "fresh.npy")!r}, images)
+        print(json.dumps(pipe.config.id2label))
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    np.testing.assert_array_equal(np.load(tmp_path / "fresh.npy"), expected)
+    id2label = json.loads(done.stdout.strip().splitlines()[-1])
+    assert id2label == {str(k): v for k, v in pipe.id2label.items()}
+
+
+def test_swapped_scheduler_saves_and_loads(make_pipeline, tmp_path):
+    pipe = make_pipeline()
+    pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
+    pipe.save_pretrained(tmp_path / "dpm")
+    loaded = SDTPipeline.from_pretrained(tmp_path / "dpm")
+    assert isinstance(loaded.scheduler, DPMSolverMultistepScheduler)
+    assert loaded.id2label == pipe.id2label and loaded.labels["otter"] == 4
+
+
+# ---------------------------------------------------------------------- sampling
+
+
+@pytest.mark.parametrize("pixel", [False, True])
+def test_ddpm_learned_range_equals_reference_loop_step_for_step(make_pipeline, pixel):
+    pipe = make_pipeline(pixel=pixel)
+    channels = 3 if pixel else 4
+    labels = torch.tensor([1, 4, 9])
+    noise = torch.randn(3, channels, 8, 8, generator=seeded(seed=5))
+    trajectory = recording_steps(pipe.scheduler)
+    pipe(labels.tolist(), guidance_scale=3.0, latents=noise, num_inference_steps=STEPS, generator=seeded(3),
+         output_type="pt")
+    ref = reference_loop(pipe.transformer, dit_scheduler(), labels, noise, 3.0, seeded(3))
+    assert len(trajectory) == len(ref) == STEPS
+    for got, want in zip(trajectory, ref):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    # the learned variance reaches the scheduler: without it the samples differ
+    fixed = reference_loop(pipe.transformer, dit_scheduler(learn_sigma=False), labels, noise, 3.0, seeded(3))
+    assert not torch.allclose(fixed[-1], ref[-1], atol=1e-4)
+
+
+def test_guidance_scale_one_is_a_single_conditional_pass(make_pipeline):
+    pipe = make_pipeline(pixel=True)
+    calls, handle = record_calls(pipe.transformer)
+    noise = torch.randn(2, 3, 8, 8, generator=seeded())
+    images = pipe([2, 6], guidance_scale=1.0, latents=noise, num_inference_steps=STEPS, generator=seeded(2),
+                  output_type="pt").images
+    handle.remove()
+    assert len(calls) == STEPS
+    assert all(batch == 2 and labels.tolist() == [2, 6] for batch, labels in calls)
+    ref = reference_loop(pipe.transformer, dit_scheduler(), torch.tensor([2, 6]), noise, 1.0, seeded(2))
+    torch.testing.assert_close(images, (ref[-1] / 2 + 0.5).clamp(0, 1), rtol=0, atol=0)
+
+
+def test_guidance_uses_the_models_null_class(make_pipeline):
+    pipe = make_pipeline()
+    assert pipe.transformer.config.num_classes == 10
+    calls, handle = record_calls(pipe.transformer)
+    pipe([2, 6], guidance_scale=4.0, num_inference_steps=STEPS, output_type="pt")
+    handle.remove()
+    assert len(calls) == STEPS
+    for batch, labels in calls:
+        assert batch == 4 and labels.tolist() == [2, 6, 10, 10]
+
+
+def test_guidance_zero_is_a_single_unconditional_pass(make_pipeline):
+    pipe = make_pipeline(pixel=True)
+    noise = torch.randn(2, 3, 8, 8, generator=seeded())
+    calls, handle = record_calls(pipe.transformer)
+    kwargs = dict(guidance_scale=0.0, latents=noise, num_inference_steps=STEPS, output_type="pt")
+    a = pipe([2, 6], generator=seeded(2), **kwargs)
+    handle.remove()
+    assert len(calls) == STEPS and all(labels.tolist() == [10, 10] for _, labels in calls)
+    b = pipe([7, 1], generator=seeded(2), **kwargs)
+    torch.testing.assert_close(a.images, b.images, rtol=0, atol=0)
+
+
+def test_guided_channels_opt_in_reproduces_dits_protocol(make_pipeline):
+    pipe = make_pipeline()
+    labels, noise = torch.tensor([0, 8]), torch.randn(2, 4, 8, 8, generator=seeded())
+
+    def run(**kwargs):
+        pipe(labels.tolist(), latents=noise, num_inference_steps=STEPS, generator=seeded(2), output_type="pt", **kwargs)
+
+    trajectory = recording_steps(pipe.scheduler)
+    run(guided_channels=3)
+    ref3 = reference_loop(pipe.transformer, dit_scheduler(), labels, noise, 4.0, seeded(2), guided_channels=3)
+    torch.testing.assert_close(trajectory[-1], ref3[-1], rtol=0, atol=0)
+    trajectory.clear()
+    run()
+    ref_all = reference_loop(pipe.transformer, dit_scheduler(), labels, noise, 4.0, seeded(2))
+    torch.testing.assert_close(trajectory[-1], ref_all[-1], rtol=0, atol=0)
+    assert not torch.allclose(ref3[-1], ref_all[-1], atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["ddpm", "ddim", "dpm"])
+@pytest.mark.parametrize("learn_sigma", [True, False])
+def test_schedulers_from_the_dit_config(make_pipeline, name, learn_sigma):
+    pipe = make_pipeline(learn_sigma=learn_sigma)
+    pipe.scheduler = scheduler_by_name(name, dit_scheduler(learn_sigma).config)
+    config_before = dict(pipe.scheduler.config)
+    images = pipe([1, 2], num_inference_steps=STEPS, generator=seeded(2), output_type="pt").images
+    assert images.shape == (2, 3, 16, 16) and torch.isfinite(images).all()
+    assert dict(pipe.scheduler.config) == config_before  # the user's scheduler is left as set
+
+
+def test_dpm_solver_with_learned_range_config_on_4_channels(make_pipeline):
+    """diffusers' DPM-Solver slices a learned-variance output to 3 channels; 4-channel latents must still work."""
+    pipe = make_pipeline()
+    pipe.scheduler = DPMSolverMultistepScheduler.from_config(dit_scheduler().config)
+    assert pipe.scheduler.config.variance_type == "learned_range"
+    got = pipe([1, 2], num_inference_steps=STEPS, generator=seeded(), output_type="pt").images
+    pipe.scheduler = DPMSolverMultistepScheduler.from_config(dit_scheduler().config, variance_type=None)
+    want = pipe([1, 2], num_inference_steps=STEPS, generator=seeded(), output_type="pt").images
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_learned_range_ddpm_on_a_model_without_learned_sigma(make_pipeline):
+    """DiTPipeline crashes here; the scheduler falls back to its fixed variance."""
+    pipe = make_pipeline(learn_sigma=False, scheduler=dit_scheduler(learn_sigma=True))
+    got = pipe([1], num_inference_steps=STEPS, generator=seeded(1), output_type="pt").images
+    pipe.scheduler = dit_scheduler(learn_sigma=False)
+    want = pipe([1], num_inference_steps=STEPS, generator=seeded(1), output_type="pt").images
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_batch_size_splits_without_changing_images(make_pipeline):
+    pipe = make_pipeline()
+    labels = [0, 1, 2, 3, 4]
+    whole = pipe(labels, num_inference_steps=STEPS, generator=seeded(5), output_type="np").images
+    calls, handle = record_calls(pipe.transformer)
+    split = pipe(labels, num_inference_steps=STEPS, generator=seeded(5), batch_size=2, output_type="np").images
+    handle.remove()
+    assert sorted({batch for batch, _ in calls}) == [2, 4]  # 2 + 2 + 1 images, doubled for guidance
+    np.testing.assert_allclose(split, whole, atol=1e-5)
+
+
+def test_one_generator_is_reproducible(make_pipeline):
+    pipe = make_pipeline()
+    a = pipe([1, 2], num_inference_steps=STEPS, generator=seeded(), output_type="np").images
+    b = pipe([1, 2], num_inference_steps=STEPS, generator=seeded(), output_type="np").images
+    c = pipe([1, 2], num_inference_steps=STEPS, generator=seeded(seed=1), output_type="np").images
+    assert np.array_equal(a, b) and not np.allclose(a, c)
+
+
+# ---------------------------------------------------------------------- labels
+
+
+def test_labels_by_name_case_insensitive_and_synonyms(make_pipeline):
+    pipe = make_pipeline()
+    assert pipe.get_label_ids(["golden retriever", "RETRIEVER", "Golden Retriever, retriever", "Otter", 5, "7"]) == [
+        3, 3, 3, 4, 5, 7,
+    ]
+    assert pipe.get_label_ids(torch.tensor([1, 2])) == [1, 2]
+    assert pipe.label_name(3) == "Golden Retriever" and pipe.labels["synonym0"] == 0
+    by_name = pipe(["otter", "golden retriever"], num_inference_steps=STEPS, generator=seeded(), output_type="np")
+    by_id = pipe([4, 3], num_inference_steps=STEPS, generator=seeded(), output_type="np")
+    np.testing.assert_array_equal(by_name.images, by_id.images)
+
+
+def test_ambiguous_name_asks_for_the_id(make_pipeline):
+    pipe = make_pipeline(id2label={0: "crane", 1: "crane, derrick"})
+    assert pipe.get_label_ids(["derrick"]) == [1]
+    with pytest.raises(ValueError, match=r"ambiguous.*0 \(crane\).*1 \(crane, derrick\)"):
+        pipe.get_label_ids(["crane"])
+
+
+# ---------------------------------------------------------------------- bad input
+
+
+def test_unknown_class_name_suggests_closest(make_pipeline):
+    pipe = make_pipeline()
+    with pytest.raises(ValueError, match=r"unknown class name 'golden retreiver'.*'golden retriever'"):
+        pipe(["golden retreiver"], num_inference_steps=STEPS)
+
+
+def test_name_without_id2label(make_pipeline):
+    pipe = make_pipeline(id2label=None)
+    assert pipe.config.id2label is None and pipe.id2label == {}
+    with pytest.raises(ValueError, match="no id2label"):
+        pipe(["otter"], num_inference_steps=STEPS)
+
+
+@pytest.mark.parametrize("bad", [10, -1, 1000])
+def test_class_id_out_of_range(make_pipeline, bad):
+    pipe = make_pipeline()
+    with pytest.raises(ValueError, match=rf"class id {bad} is out of range.*0\.\.9"):
+        pipe([1, bad], num_inference_steps=STEPS)
+
+
+def test_id2label_outside_the_model(make_transformer):
+    with pytest.raises(ValueError, match="class id 10"):
+        SDTPipeline(make_transformer(), dit_scheduler(), id2label={10: "extra"})
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(num_inference_steps=0), "num_inference_steps"),
+        (dict(num_inference_steps=-3), "num_inference_steps"),
+        (dict(guidance_scale=-0.5), "guidance_scale"),
+        (dict(output_type="jpg"), "output_type"),
+        (dict(batch_size=0), "batch_size"),
+        (dict(guided_channels=5), "guided_channels"),
+        (dict(generator=[torch.Generator()]), "generators"),
+        (dict(latents=torch.zeros(2, 4, 4, 4)), "latents"),
+    ],
+)
+def test_bad_arguments(make_pipeline, kwargs, match):
+    pipe = make_pipeline()
+    with pytest.raises(ValueError, match=match):
+        pipe([1, 2], **kwargs)
+
+
+def test_empty_labels(make_pipeline):
+    with pytest.raises(ValueError, match="empty"):
+        make_pipeline()([])
+
+
+@pytest.fixture
+def saved(make_pipeline, tmp_path):
+    folder = tmp_path / "saved"
+    make_pipeline().save_pretrained(folder)
+    return folder
+
+
+def test_missing_model_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        SDTPipeline.from_pretrained(tmp_path / "nowhere")
+
+
+def test_folder_without_model_index(saved):
+    (saved / "model_index.json").unlink()
+    with pytest.raises(FileNotFoundError, match="no model_index.json"):
+        SDTPipeline.from_pretrained(saved)
+
+
+@pytest.mark.parametrize("component", ["transformer", "vae", "scheduler"])
+def test_folder_missing_a_component(saved, component):
+    shutil.rmtree(saved / component)
+    with pytest.raises(FileNotFoundError, match=f"lacks the '{component}' component"):
+        SDTPipeline.from_pretrained(saved)
+
+
+def test_folder_missing_weights(saved):
+    (saved / "transformer" / "diffusion_pytorch_model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="'transformer' component's weights"):
+        SDTPipeline.from_pretrained(saved)
+
+
+def test_model_index_without_transformer(saved):
+    index = json.loads((saved / "model_index.json").read_text())
+    del index["transformer"]
+    (saved / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(FileNotFoundError, match="lacks the 'transformer' component"):
+        SDTPipeline.from_pretrained(saved)
+
+
+def test_ddim_scheduler_name_lookup():
+    assert isinstance(scheduler_by_name("ddim", dit_scheduler().config), DDIMScheduler)
+    with pytest.raises(ValueError, match="unknown scheduler"):
+        scheduler_by_name("euler")

@@ -1,0 +1,310 @@
+"""eval_fid.py end to end: a tiny pixel-space pipeline, a random-weights Inception, no network.
+
+``main`` runs in-process except for the two-process run, which goes through ``accelerate launch``.
+The fixtures of tests/metrics/conftest.py are reused: ``offline`` (autouse: any internet access
+fails, TORCH_HOME is an empty folder), ``inception_weights`` (torch-fidelity's own Inception class
+saved with random weights) and ``make_image_folder``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+import json
+import os
+import runpy
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch_fidelity
+from PIL import Image
+from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
+
+from sdt_gen import SDTPipeline, SDTTransformer2DModel
+from sdt_gen.metrics import WeightsNotFoundError, labels_from_file_names, sample_labels
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "eval_fid.py"
+
+
+def _load_module(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+eval_fid = _load_module("eval_fid", SCRIPT)
+_metrics_fixtures = _load_module("tests_metrics_conftest", ROOT / "tests" / "metrics" / "conftest.py")
+offline = _metrics_fixtures.offline
+inception_weights = _metrics_fixtures.inception_weights
+make_image_folder = _metrics_fixtures.make_image_folder
+
+NUM_SAMPLES = 6
+# The one-process run every other sampling run is compared with: 6 images of 8x8 in 2 DDPM steps.
+SAMPLING = ["--num-samples", NUM_SAMPLES, "--steps", 2, "--seed", 0, "--device", "cpu"]
+
+
+def run(*argv) -> dict | None:
+    """Runs eval_fid's main in this process."""
+    return eval_fid.main(eval_fid.build_parser().parse_args([str(a) for a in argv]))
+
+
+def pngs(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.glob("*.png"))}
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny pixel-space SDTPipeline (8x8 RGB, 10 classes) with perturbed random weights, saved."""
+    torch.manual_seed(0)
+    transformer = SDTTransformer2DModel(
+        sample_size=8, patch_size=2, in_channels=3, hidden_size=32, depth=2, num_heads=2, num_classes=10,
+        attention_backend="sdpa",
+    )
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # a fresh adaLN-Zero model outputs zeros
+        for p in transformer.parameters():
+            p.add_(torch.randn(p.shape, generator=generator) * 0.05)
+    id2label = {i: f"Digit {i}" for i in range(10)}
+    pipe = SDTPipeline(transformer.eval(), SDTPipeline.dit_scheduler(), None, id2label=id2label)
+    folder = tmp_path_factory.mktemp("eval") / "pipeline"
+    pipe.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def reference_16(make_image_folder) -> Path:
+    """Eight 16x16 reference images: twice the samples' size."""
+    return make_image_folder(8, size=16, seed=7, brightness=40.0)
+
+
+@pytest.fixture(scope="module")
+def single_run(model_dir: Path, reference_16: Path, inception_weights: Path, tmp_path_factory) -> dict:
+    """One process, batches of 4: KID against a resized reference, with the ADM npz."""
+    out = tmp_path_factory.mktemp("single") / "eval"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        results = run("--model", model_dir, *SAMPLING, "--batch-size", 4, "--ref", reference_16, "--resize-ref",
+                      "--metrics", "kid", "--inception-weights", inception_weights, "--npz", "--out", out)
+    return {"out": out, "results": results, "printed": printed.getvalue(), "pngs": pngs(out / "samples")}
+
+
+def test_samples_dir_fid_equals_a_direct_torch_fidelity_call(make_image_folder, inception_weights, tmp_path, capsys):
+    samples, reference = make_image_folder(4, size=16, seed=1), make_image_folder(5, size=16, seed=2, brightness=60.0)
+    out = tmp_path / "eval"
+    results = run("--samples-dir", samples, "--ref", reference, "--metrics", "fid",
+                  "--inception-weights", inception_weights, "--out", out, "--device", "cpu")
+    direct = torch_fidelity.calculate_metrics(
+        input1=str(samples), input2=str(reference), fid=True, feature_extractor_weights_path=str(inception_weights),
+        cuda=False, cache=False, verbose=False,
+    )
+    fid = torch_fidelity.KEY_METRIC_FID
+    assert results[fid] == pytest.approx(direct[fid], rel=1e-6) and results[fid] > 1.0
+    recorded = json.loads((out / "results.json").read_text())
+    assert recorded["metrics"][fid] == pytest.approx(direct[fid], rel=1e-6)
+    protocol = recorded["protocol"]
+    assert protocol["model"] is None and protocol["sampling"]["scheduler"] is None
+    assert protocol["samples_path"] == str(samples.resolve()) and protocol["reference"]["kind"] == "folder"
+    assert list(protocol["feature_extractors"]) == ["inception-v3-compat"]
+    assert capsys.readouterr().out.splitlines()[0].split()[0] == "FID"
+
+
+def test_sampling_writes_n_labelled_pngs_and_the_adm_npz(single_run: dict):
+    samples = single_run["out"] / "samples"
+    names = list(single_run["pngs"])
+    assert len(names) == NUM_SAMPLES and [int(n[:6]) for n in names] == list(range(NUM_SAMPLES))
+    assert labels_from_file_names(names) == sample_labels(NUM_SAMPLES, 10, "random", seed=0)
+    assert all(f"_{n.split('_')[1]}_digit_{n.split('_')[1]}.png" in n for n in names)
+    with np.load(single_run["out"] / "samples.npz") as npz:
+        assert npz.files == ["arr_0"]
+        arr = npz["arr_0"]
+    assert arr.dtype == np.uint8 and arr.shape == (NUM_SAMPLES, 8, 8, 3)
+    for index, name in enumerate(names):
+        np.testing.assert_array_equal(arr[index], np.array(Image.open(samples / name)))
+    assert len({image.tobytes() for image in arr}) == NUM_SAMPLES and arr.std() > 10
+
+
+def test_results_hold_metrics_and_protocol_and_kid_adapts_to_few_samples(single_run: dict, model_dir: Path):
+    results = single_run["results"]
+    assert results["kernel_inception_distance_mean"] > 0 and results["kid_subset_size"] == NUM_SAMPLES
+    assert any("KID subset size lowered from 1000 to 6" in note for note in results["notes"])
+    assert "note: KID subset size lowered from 1000 to 6" in single_run["printed"]
+    assert "KID" in single_run["printed"] and "results.json" in single_run["printed"]
+
+    recorded = json.loads((single_run["out"] / "results.json").read_text())
+    assert recorded["metrics"]["kernel_inception_distance_mean"] == pytest.approx(
+        results["kernel_inception_distance_mean"]
+    )
+    protocol = recorded["protocol"]
+    assert protocol["model"]["path"] == str(model_dir.resolve())
+    assert set(protocol["model"]["config_sha256"]) == {
+        "model_index.json", "transformer/config.json", "scheduler/scheduler_config.json"
+    }
+    sampling = protocol["sampling"]
+    assert sampling["scheduler"] == "DDPMScheduler"
+    assert sampling["scheduler_config"]["variance_type"] == "learned_range"  # DiT's sampler, as saved
+    assert (sampling["num_inference_steps"], sampling["guidance_scale"]) == (2, 1.5)
+    assert sampling["guidance_channels"] == "all"
+    assert (sampling["label_mode"], sampling["seed"], protocol["num_samples"]) == ("random", 0, NUM_SAMPLES)
+    assert protocol["reference"]["kind"] == "folder" and protocol["reference"]["resize"] is True
+    assert protocol["feature_extractors"]["inception-v3-compat"]["sha256"]
+    assert {"torch-fidelity", "sdt-gen", "torch", "diffusers"} <= set(protocol["versions"])
+    assert len(protocol["extra"]["weights_sha256"]) == 64 and protocol["extra"]["num_processes"] == 1
+    assert len((single_run["out"] / "history.jsonl").read_text().splitlines()) == 1
+
+
+def test_rerun_draws_nothing_new_and_appends_history(single_run: dict, model_dir, constant_classifier):
+    out = single_run["out"]
+    stamps = {p.name: p.stat().st_mtime_ns for p in (out / "samples").glob("*.png")}
+    # Scored by the classifier alone this time: no torch-fidelity metric, no reference.
+    results = run("--model", model_dir, *SAMPLING, "--metrics", "--classifier", constant_classifier, "--out", out)
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "samples").glob("*.png")} == stamps
+    labels = np.array(labels_from_file_names(list(single_run["pngs"])))
+    assert results["classifier_accuracy"] == pytest.approx((labels == 3).mean())
+    assert "classifier Fréchet distance skipped: it needs reference images (--ref)" in results["notes"]
+    history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    assert len(history) == 2 and history[1] == json.loads((out / "results.json").read_text())
+    assert "kernel_inception_distance_mean" in history[0]["metrics"] and history[1]["protocol"]["reference"] is None
+
+
+def test_interrupted_run_continues_in_the_same_folder(single_run: dict, model_dir, tmp_path, monkeypatch):
+    out = tmp_path / "eval"
+    real_call, calls = SDTPipeline.__call__, []
+
+    def interrupted(self, *args, **kwargs):
+        calls.append(len(kwargs["class_labels"]))
+        if len(calls) > 1:
+            raise KeyboardInterrupt  # as if the job were killed after the first batch
+        return real_call(self, *args, **kwargs)
+
+    monkeypatch.setattr(SDTPipeline, "__call__", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run("--model", model_dir, *SAMPLING, "--batch-size", 2, "--metrics", "--out", out)
+    first = pngs(out / "samples")
+    assert len(first) == 2
+    stamps = {p.name: p.stat().st_mtime_ns for p in (out / "samples").glob("*.png")}
+
+    monkeypatch.setattr(SDTPipeline, "__call__", real_call)
+    run("--model", model_dir, *SAMPLING, "--batch-size", 2, "--metrics", "--out", out)
+    assert pngs(out / "samples") == single_run["pngs"]  # exactly N, identical to the uninterrupted run
+    assert {n: (out / "samples" / n).stat().st_mtime_ns for n in first} == stamps  # the first two untouched
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_cpu_processes_sample_the_same_images_as_one(single_run: dict, model_dir, tmp_path):
+    out = tmp_path / "eval"
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1", "--cpu",
+        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()), str(SCRIPT),
+        "--model", str(model_dir), *map(str, SAMPLING), "--batch-size", "4", "--metrics", "--out", str(out),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert pngs(out / "samples") == single_run["pngs"]  # exactly N unique images, byte-identical
+    assert f"wrote {NUM_SAMPLES} samples" in done.stdout and done.stdout.count("wrote") == 1  # main process only
+
+
+def test_bad_input_fails_before_sampling_with_a_clear_error(
+    model_dir, reference_16, inception_weights, make_image_folder, tmp_path, monkeypatch
+):
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("sampled despite bad input")
+
+    monkeypatch.setattr(SDTPipeline, "__call__", no_sampling)
+    out = tmp_path / "eval"
+    base = ["--model", model_dir, *SAMPLING, "--out", out, "--inception-weights", inception_weights]
+
+    with pytest.raises(FileNotFoundError, match="model folder .*missing does not exist"):
+        run("--model", tmp_path / "missing", "--ref", reference_16, "--out", out)
+    broken = shutil.copytree(model_dir, tmp_path / "broken")
+    (broken / "transformer" / "diffusion_pytorch_model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="lacks the 'transformer' component's weights"):
+        run("--model", broken, "--ref", reference_16, "--out", out)
+    with pytest.raises(FileNotFoundError, match="reference .*nowhere does not exist \\(--ref\\)"):
+        run(*base, "--ref", tmp_path / "nowhere")
+    with pytest.raises(ValueError, match="fid compare against a reference: pass --ref"):
+        run(*base, "--metrics", "fid")
+    with pytest.raises(ValueError, match="holds 16x16 images but the samples are 8x8; pass --resize-ref"):
+        run(*base, "--ref", reference_16, "--metrics", "kid")
+    with pytest.raises(FileNotFoundError, match="reference cache 'imagenet' .* lacks"):
+        run(*base, "--ref-cache", "imagenet", "--cache-root", tmp_path)
+    with pytest.raises(ValueError, match="000.png does not name a sample"):  # labels unknown for --classifier
+        run("--samples-dir", make_image_folder(2, size=8), "--metrics", "--classifier", tmp_path, "--out", out)
+    assert not out.exists()
+
+    # The script itself turns these into a one-line error and a non-zero exit.
+    monkeypatch.setattr(sys, "argv", [str(SCRIPT), "--model", str(tmp_path / "missing"), "--out", str(out)])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(SCRIPT), run_name="__main__")
+    assert str(exit_info.value).startswith("eval_fid.py: error: model folder") and "does not exist" in str(
+        exit_info.value
+    )
+
+
+def test_missing_inception_weights_stop_at_once_offline(model_dir, reference_16, tmp_path, monkeypatch):
+    monkeypatch.setattr(SDTPipeline, "from_pretrained", lambda *a, **k: pytest.fail("loaded the model first"))
+    start = time.monotonic()
+    with pytest.raises(WeightsNotFoundError) as missing:  # TORCH_HOME is empty; the network is refused
+        run("--model", model_dir, *SAMPLING, "--ref", reference_16, "--resize-ref", "--out", tmp_path / "eval")
+    assert time.monotonic() - start < 5.0
+    message = str(missing.value)
+    assert "weights-inception-2015-12-05-6726825d.pth" in message
+    assert URL_INCEPTION_V3 in message and "--inception-weights PATH" in message
+    assert not (tmp_path / "eval").exists()
+
+
+def _save_constant_vit(folder: Path, num_labels: int = 10, predicted: int = 3) -> Path:
+    """A tiny ViT classifier whose head always predicts class ``predicted`` (its features stay informative)."""
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    torch.manual_seed(0)
+    config = ViTConfig(
+        image_size=16, patch_size=8, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=32, num_labels=num_labels, id2label={i: f"digit {i}" for i in range(num_labels)},
+    )
+    model = ViTForImageClassification(config)
+    with torch.no_grad():
+        model.classifier.weight.zero_()
+        model.classifier.bias.copy_(torch.nn.functional.one_hot(torch.tensor(predicted), num_labels) * 10.0)
+    model.save_pretrained(folder)
+    ViTImageProcessor(size={"height": 16, "width": 16}).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def constant_classifier(tmp_path_factory) -> Path:
+    """A tiny ViT classifier folder that always predicts class 3."""
+    return _save_constant_vit(tmp_path_factory.mktemp("classifier") / "vit", predicted=3)
+
+
+def test_classifier_gives_conditional_accuracy_and_frechet_distance(
+    single_run: dict, model_dir, reference_16, constant_classifier, tmp_path
+):
+    out = tmp_path / "eval"
+    results = run("--samples-dir", single_run["out"] / "samples", "--metrics", "--classifier", constant_classifier,
+                  "--ref", reference_16, "--resize-ref", "--out", out, "--device", "cpu")
+    labels = np.array(labels_from_file_names(list(single_run["pngs"])))
+    assert 0 < (labels == 3).mean() < 1
+    assert results["classifier_accuracy"] == pytest.approx((labels == 3).mean())
+    assert np.isfinite(results["classifier_frechet_distance"]) and results["classifier_frechet_distance"] > 0
+    protocol = json.loads((out / "results.json").read_text())["protocol"]
+    assert protocol["extra"]["classifier"]["path"] == str(constant_classifier.resolve())
+
+    too_few = _save_constant_vit(tmp_path / "five", num_labels=5)
+    with pytest.raises(ValueError, match="has 5 labels but the model has 10 classes"):
+        run("--model", model_dir, *SAMPLING, "--metrics", "--classifier", too_few, "--out", tmp_path / "other")

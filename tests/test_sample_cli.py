@@ -1,0 +1,74 @@
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import AutoencoderKL
+from PIL import Image
+
+from sdt_gen import SDTPipeline, SDTTransformer2DModel
+
+SCRIPT = Path(__file__).resolve().parents[1] / "sample.py"
+ID2LABEL = {i: f"class {i}" for i in range(10)}
+ID2LABEL[4] = "otter"
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A tiny latent pipeline: 8x8x4 latents decoded to 16x16 images."""
+    torch.manual_seed(0)
+    transformer = SDTTransformer2DModel(
+        sample_size=8, patch_size=2, in_channels=4, hidden_size=32, depth=2, num_heads=2, num_classes=10,
+        attention_backend="sdpa",
+    )
+    with torch.no_grad():
+        for p in transformer.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8), norm_num_groups=4,
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, sample_size=16,
+    )
+    pipe = SDTPipeline(transformer.eval(), SDTPipeline.dit_scheduler(), vae.eval(), id2label=ID2LABEL)
+    folder = tmp_path_factory.mktemp("cli") / "model"
+    pipe.save_pretrained(folder)
+    return folder
+
+
+def run_cli(monkeypatch, *argv):
+    monkeypatch.setattr(sys, "argv", [str(SCRIPT), *map(str, argv)])
+    runpy.run_path(str(SCRIPT), run_name="__main__")
+
+
+def test_grid_png_one_row_per_class(model_dir, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "grid.png"
+    run_cli(monkeypatch, "--model", model_dir, "--classes", 7, "otter", "Class 2", "--per-class", 3,
+            "--guidance-scale", 4, "--steps", 2, "--scheduler", "ddim", "--seed", 0, "--out", out,
+            "--batch-size", 4, "--device", "cpu")
+    grid = Image.open(out)
+    padding, tile = 2, 16
+    assert grid.format == "PNG"
+    assert grid.height == 3 * (tile + padding) + padding  # one row per class
+    assert grid.width > 3 * (tile + padding) + padding  # three columns plus the row labels
+    printed = capsys.readouterr().out
+    assert str(out) in printed and "took" in printed
+
+
+def test_out_dir_one_png_per_image_with_label(model_dir, tmp_path, monkeypatch):
+    out_dir = tmp_path / "samples"
+    run_cli(monkeypatch, "--model", model_dir, "--classes", "all", "--per-class", 1, "--steps", 1,
+            "--scheduler", "dpm", "--out-dir", out_dir)
+    files = sorted(out_dir.glob("*.png"))
+    assert len(files) == 10
+    assert files[4].name == "00004_4_otter.png"
+    assert all(Image.open(f).size == (16, 16) for f in files)
+
+
+def test_unknown_class_is_an_error(model_dir, tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match="'otter'"):
+        run_cli(monkeypatch, "--model", model_dir, "--classes", "oter", "--steps", 1, "--out", tmp_path / "g.png")
+
+
+def test_missing_model_is_an_error(tmp_path, monkeypatch):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        run_cli(monkeypatch, "--model", tmp_path / "missing", "--classes", 1, "--out", tmp_path / "g.png")

@@ -1,0 +1,195 @@
+"""train_dit.py end to end: bundled default, resume, atomic checkpoints, NaN guard, latents, 2 processes."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import train_dit  # noqa: E402
+
+from sdt_gen import SDTPipeline  # noqa: E402
+
+# A few cheap steps of the bundled default: tiny batches, grids of 2 classes x 1 sample, 2 sampling steps.
+FAST = [
+    "--global-batch-size", "8", "--log-every", "1", "--ckpt-every", "2", "--sample-steps", "2",
+    "--samples-per-class", "1", "--sample-classes", "0", "1", "--num-workers", "0",
+]
+
+
+def run(tmp_path, *extra):
+    args = train_dit.parse_args(["--results-dir", str(tmp_path / "results"), *FAST, *extra])
+    return train_dit.main(args)
+
+
+def env_one_thread():
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+
+
+def test_short_default_run_writes_a_loadable_pipeline_and_grid(tmp_path):
+    run_dir = run(tmp_path, "--max-steps", "2")
+    assert run_dir.name == "000-SDT-Ti-2-digits"
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["model"] == "SDT-Ti/2" and config["lr"] == 1e-3  # the digits defaults were applied
+    assert "step 0000002 loss" in (run_dir / "log.txt").read_text()
+    grid = Image.open(run_dir / "samples" / "step-0000002.png")
+    assert grid.height >= 2 * 64  # two rows of 16 px samples shown at 4x
+
+    pipe = SDTPipeline.from_pretrained(run_dir / "pipeline")
+    assert pipe.id2label == {i: str(i) for i in range(10)}
+    assert pipe.scheduler.config.variance_type == "learned_range"
+    images = pipe(class_labels=[3], num_inference_steps=2, output_type="np").images
+    assert images.shape == (1, 16, 16, 1)
+
+
+def final_weights(run_dir: Path) -> dict:
+    return load_file(str(sorted((run_dir / "checkpoints").iterdir())[-1] / "model.safetensors"))
+
+
+def test_exact_resume_equals_uninterrupted_run(tmp_path):
+    straight = run(tmp_path / "a", "--max-steps", "4")
+    run(tmp_path / "b", "--max-steps", "2")
+    resumed = run(tmp_path / "b", "--max-steps", "4", "--resume", "latest")
+    assert resumed.name == "000-SDT-Ti-2-digits", "resume latest must continue the same run folder"
+    a, b = final_weights(straight), final_weights(resumed)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert (a[key] - b[key]).abs().max() <= 1e-6, key
+    ema_a = torch.load(straight / "checkpoints" / "step-0000004" / "custom_checkpoint_0.pkl", weights_only=False)
+    ema_b = torch.load(resumed / "checkpoints" / "step-0000004" / "custom_checkpoint_0.pkl", weights_only=False)
+    for x, y in zip(ema_a["shadow_params"], ema_b["shadow_params"]):
+        assert (x - y).abs().max() <= 1e-6
+
+
+def test_run_killed_while_checkpointing_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    import accelerate
+
+    real_save = accelerate.Accelerator.save_state
+
+    def dying_save(self, output_dir=None, **kwargs):
+        if output_dir.endswith("step-0000004"):
+            real_save(self, output_dir, **kwargs)  # the files land ...
+            raise KeyboardInterrupt("killed")  # ... but the process dies before the rename
+        return real_save(self, output_dir, **kwargs)
+
+    monkeypatch.setattr(accelerate.Accelerator, "save_state", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, "--max-steps", "6")
+    monkeypatch.setattr(accelerate.Accelerator, "save_state", real_save)
+    run_dir = tmp_path / "results" / "000-SDT-Ti-2-digits"
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir() if not p.name.startswith(".")) == ["step-0000002"]
+    resumed = run(tmp_path, "--max-steps", "4", "--resume", "latest")
+    assert (resumed / "checkpoints" / "step-0000004" / "model.safetensors").is_file()
+
+
+def test_nan_loss_stops_and_names_the_step_and_last_checkpoint(tmp_path, monkeypatch):
+    from sdt_gen import SDTTransformer2DModel
+
+    real_forward = SDTTransformer2DModel.forward
+    calls = {"n": 0}
+
+    def forward(self, *args, **kwargs):
+        calls["n"] += self.training
+        out = real_forward(self, *args, **kwargs)
+        return (out[0] * float("nan"),) if self.training and calls["n"] > 2 else out
+
+    monkeypatch.setattr(SDTTransformer2DModel, "forward", forward)
+    with pytest.raises(FloatingPointError, match=r"loss is nan at step 3; the last good checkpoint is .*step-0000002"):
+        run(tmp_path, "--max-steps", "6")
+
+
+def test_bad_inputs_are_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        run(tmp_path, "--data-path", str(tmp_path / "missing"), "--vae", str(tmp_path))
+    empty = tmp_path / "empty"
+    (empty / "cls").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="no images found"):
+        run(tmp_path, "--data-path", str(empty), "--vae", str(tmp_path))
+    with pytest.raises(ValueError, match="--image-size 15 is not divisible by the patch size 2"):
+        run(tmp_path, "--image-size", "15")
+    with pytest.raises(ValueError, match="unknown --model 'SDT-M/2'"):
+        run(tmp_path, "--model", "SDT-M/2")
+
+
+@pytest.fixture
+def image_folder_and_vae(tmp_path):
+    """Six 32 px RGB images in 2 classes, one corrupt file, and a tiny random VAE (downsampling 2)."""
+    from diffusers import AutoencoderKL
+
+    root = tmp_path / "images"
+    g = torch.Generator().manual_seed(0)
+    for c, name in enumerate(["cat", "dog"]):
+        (root / name).mkdir(parents=True)
+        for i in range(3):
+            pixels = (torch.rand(32, 32, 3, generator=g) * 255).to(torch.uint8).numpy()
+            Image.fromarray(pixels).save(root / name / f"{i}.png")
+    (root / "dog" / "broken.png").write_bytes(b"not a png")
+    vae = AutoencoderKL(
+        block_out_channels=(8, 8), layers_per_block=1, latent_channels=4, norm_num_groups=8,
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, sample_size=32,
+    )
+    vae.save_pretrained(tmp_path / "vae")
+    return root, tmp_path / "vae"
+
+
+def test_image_folder_training_in_latent_space(tmp_path, image_folder_and_vae):
+    root, vae = image_folder_and_vae
+    with pytest.raises(ValueError, match="needs --vae PATH"):
+        run(tmp_path, "--data-path", str(root), "--image-size", "32")
+    with pytest.raises(FileNotFoundError, match="expected a local diffusers AutoencoderKL folder"):
+        run(tmp_path, "--data-path", str(root), "--image-size", "32", "--vae", str(tmp_path / "nope"))
+    with pytest.raises(ValueError, match="divisible by the VAE's downsampling 2 times the patch size 2"):
+        run(tmp_path, "--data-path", str(root), "--image-size", "30", "--vae", str(vae), "--model", "SDT-Ti/2")
+    with pytest.warns(UserWarning, match="broken.png"):
+        run_dir = run(
+            tmp_path, "--data-path", str(root), "--image-size", "32", "--vae", str(vae), "--model", "SDT-Ti/2",
+            "--global-batch-size", "2", "--max-steps", "2", "--sample-classes", "0",
+        )
+    pipe = SDTPipeline.from_pretrained(run_dir / "pipeline")
+    assert pipe.vae is not None and pipe.id2label == {0: "cat", 1: "dog"}
+    assert pipe.transformer.config.in_channels == 4 and pipe.transformer.sample_hw == (16, 16)
+    assert pipe(class_labels=["dog"], num_inference_steps=2, output_type="np").images.shape == (1, 32, 32, 3)
+
+
+def accelerate_launch(*args, timeout=900):
+    # accelerate's --cpu launcher starts one process; --multi_gpu starts torchrun, and the script's --cpu picks gloo.
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", str(ROOT / "train_dit.py"), "--cpu", *args]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env_one_thread(), timeout=timeout, cwd=ROOT)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    return result
+
+
+@pytest.mark.slow
+def test_two_process_latent_extraction_then_training(tmp_path, image_folder_and_vae):
+    from sdt_gen.data import LatentDataset
+
+    root, vae = image_folder_and_vae
+    latents = tmp_path / "latents"
+    accelerate_launch("--extract-latents", "--data-path", str(root), "--vae", str(vae), "--latents-path",
+                      str(latents), "--image-size", "32", "--extract-batch-size", "2", "--num-workers", "0")
+    data = LatentDataset(latents)
+    assert len(data) == 6 and sorted(data.targets) == [0, 0, 0, 1, 1, 1]  # each good image exactly once
+    indices = torch.cat([load_file(str(p))["indices"] for p in latents.glob("shard-*.safetensors")])
+    assert sorted(indices.tolist()) == sorted(set(indices.tolist()))
+
+    accelerate_launch("--latents-path", str(latents), "--vae", str(vae), "--model", "SDT-Ti/2",
+                      "--results-dir", str(tmp_path / "results"), *FAST, "--global-batch-size", "4", "--max-steps", "2")
+    pipe = SDTPipeline.from_pretrained(next((tmp_path / "results").glob("*-latents16")) / "pipeline")
+    assert pipe(class_labels=[1], num_inference_steps=2, output_type="np").images.shape == (1, 32, 32, 3)
+
+
+@pytest.mark.slow
+def test_two_process_training_on_the_bundled_default(tmp_path):
+    accelerate_launch("--results-dir", str(tmp_path / "results"), *FAST, "--max-steps", "2")
+    run_dir = tmp_path / "results" / "000-SDT-Ti-2-digits"
+    assert (run_dir / "checkpoints" / "step-0000002" / "random_states_1.pkl").is_file()  # both processes saved
+    pipe = SDTPipeline.from_pretrained(run_dir / "pipeline")
+    assert pipe(class_labels=[7], num_inference_steps=2, output_type="np").images.shape == (1, 16, 16, 1)

@@ -1,0 +1,272 @@
+"""Train an SDT image classifier (a transformers model) with accelerate.
+
+    python train_classifier.py                                   # bundled default: SDT-H-XT on digits, CPU, minutes
+    accelerate launch train_classifier.py --data-path /data/imagenet --model SDT-H-T --epochs 300 --mixed-precision bf16
+    python train_classifier.py --denoiser results/003/pipeline --timestep 100   # linear probe of a denoiser
+
+``--data-path`` holds ``train/<class>/<image>`` and ``val/<class>/<image>``. Every run writes
+``results/NNN-<model>-<data>/`` with ``config.json``, ``log.txt``, TensorBoard logs,
+``checkpoints/`` (``--resume latest|PATH``) and ``model/``: a transformers folder with its image
+processor, ready for ``pipeline("image-classification", model=...)``.
+"""
+
+import argparse
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, default_collate
+from torchvision import datasets
+from torchvision.transforms import v2
+from tqdm.auto import tqdm
+from transformers import get_cosine_schedule_with_warmup
+
+from sdt_gen import SDTConfig, SDTForImageClassification
+from sdt_gen.data import DIGITS_ID2LABEL, DigitsDataset
+from sdt_gen.layers import ATTENTION_BACKENDS, DECAY_MODES
+from sdt_gen.models.configuration_sdt import SDT_CLASSIFIER_PRESETS
+from sdt_gen.models.modeling_sdt import default_normalization, save_classifier
+from sdt_gen.training import (
+    DiTEMA,
+    TrainState,
+    check_finite,
+    create_accelerator,
+    open_run,
+    save_checkpoint,
+    skip_consumed_batches,
+)
+
+# Digits are tiny and clean: no mixing or label noise, a short schedule, a larger learning rate.
+DIGITS_DEFAULTS = dict(
+    model="SDT-H-XT", image_size=32, batch_size=64, lr=1e-3, weight_decay=0.05, epochs=8, warmup_epochs=1,
+    label_smoothing=0.0, mixup=0.0, cutmix=0.0, num_workers=0,
+)
+# RMT's ImageNet recipe.
+IMAGENET_DEFAULTS = dict(
+    model="SDT-H-T", image_size=224, batch_size=128, lr=5e-4, weight_decay=0.05, epochs=300, warmup_epochs=5,
+    label_smoothing=0.1, mixup=0.8, cutmix=1.0, num_workers=8,
+)
+
+
+#################################################################################
+#                                     Data                                      #
+#################################################################################
+
+def class_names(args) -> tuple[dict[int, str], str]:
+    """``(id2label, data name)``: the class folders of ``--data-path`` (ImageFolder's order), or the digits."""
+    if not args.data_path:
+        return dict(DIGITS_ID2LABEL), "digits"
+    root = Path(args.data_path)
+    found = {split: sorted(d.name for d in (root / split).iterdir() if d.is_dir()) for split in ("train", "val")
+             if (root / split).is_dir()}
+    if not found.get("train") or not found.get("val"):
+        raise FileNotFoundError(f"--data-path {args.data_path!r} must hold train/<class>/ and val/<class>/ image folders")
+    if found["train"] != found["val"]:
+        raise ValueError(f"train/ and val/ of {args.data_path!r} hold different class folders")
+    return dict(enumerate(found["train"])), f"{root.name}{args.image_size}"
+
+
+def build_datasets(args, config: SDTConfig):
+    """Train and val sets of images normalised as ``config`` expects."""
+    size = config.image_size if isinstance(config.image_size, int) else config.image_size[0]
+    if not args.data_path:
+        # Digits come in [-1, 1]: what the 1-channel processor (mean 0.5, std 0.5) makes of pixels too.
+        return DigitsDataset("train", image_size=size), DigitsDataset("val", image_size=size)
+    mean, std = default_normalization(config)
+    normalize = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
+    train_tf = v2.Compose([
+        v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip(), v2.RandAugment(num_ops=2, magnitude=9),
+        *normalize,
+    ])
+    val_tf = v2.Compose([v2.Resize(int(size / 0.875), antialias=True), v2.CenterCrop(size), *normalize])
+    return (datasets.ImageFolder(f"{args.data_path}/train", transform=train_tf),
+            datasets.ImageFolder(f"{args.data_path}/val", transform=val_tf))
+
+
+def build_model(args, id2label: dict) -> SDTForImageClassification:
+    if args.denoiser:
+        return SDTForImageClassification.from_denoiser(
+            args.denoiser, timestep=args.timestep, layer=args.layer, freeze=not args.finetune,
+            id2label=id2label, num_labels=len(id2label),
+        )
+    if args.model not in SDT_CLASSIFIER_PRESETS:
+        raise ValueError(f"unknown --model {args.model!r}; expected one of {', '.join(SDT_CLASSIFIER_PRESETS)}")
+    overrides = dict(image_size=args.image_size, decay_mode=args.decay_mode, attention_backend=args.attention_backend)
+    if not args.data_path:
+        overrides.update(num_channels=1, drop_path_rate=0.0)
+    if args.drop_path is not None:
+        overrides["drop_path_rate"] = args.drop_path
+    config = SDTConfig.from_preset(args.model, id2label=id2label, num_labels=len(id2label), **overrides)
+    return SDTForImageClassification(config)
+
+
+#################################################################################
+#                                  Training                                     #
+#################################################################################
+
+@torch.no_grad()
+def evaluate(model, loader, accelerator) -> dict[str, float]:
+    """Top-1 and top-5 accuracy (top-k capped at the class count) over the whole validation set."""
+    model.eval()
+    correct1 = correct5 = total = 0
+    for pixels, labels in loader:
+        logits = model(pixel_values=pixels).logits
+        logits, labels = accelerator.gather_for_metrics((logits, labels))
+        topk = logits.topk(min(5, logits.shape[-1]), dim=-1).indices  # (B, k)
+        correct1 += (topk[:, 0] == labels).sum().item()
+        correct5 += (topk == labels[:, None]).any(-1).sum().item()
+        total += labels.numel()
+    model.train()
+    return {"top1": correct1 / total, "top5": correct5 / total}
+
+
+def main(args):
+    defaults = IMAGENET_DEFAULTS if args.data_path else DIGITS_DEFAULTS
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+
+    accelerator = create_accelerator(args.mixed_precision, args.gradient_accumulation_steps, args.cpu, args.seed)
+    device = accelerator.device
+
+    # The model before the images: its config fixes their size and normalisation.
+    id2label, data_name = class_names(args)
+    model = build_model(args, id2label)
+    train_set, val_set = build_datasets(args, model.config)
+    if len(train_set) == 0 or len(val_set) == 0:
+        raise ValueError(f"the data ({data_name}) has an empty train or val split")
+    model_name = "denoiser-probe" if args.denoiser else args.model
+    run_dir, checkpoint, logger = open_run(accelerator, args.results_dir, model_name, data_name, args.resume, args)
+    logger.info(f"{model_name}: {sum(p.numel() for p in model.parameters()):,} parameters, decay {model.config.decay_mode}")
+
+    mixing = [m for m in (
+        v2.MixUp(alpha=args.mixup, num_classes=len(id2label)) if args.mixup > 0 else None,
+        v2.CutMix(alpha=args.cutmix, num_classes=len(id2label)) if args.cutmix > 0 else None,
+    ) if m is not None]
+    mix = v2.RandomChoice(mixing) if mixing else None
+
+    def collate(batch):
+        pixels, labels = default_collate(batch)
+        return mix(pixels, labels) if mix is not None else (pixels, labels)
+
+    per_process = args.batch_size // accelerator.num_processes
+    train_loader = DataLoader(
+        train_set, batch_size=per_process, shuffle=True, drop_last=True, num_workers=args.num_workers,
+        collate_fn=collate, generator=torch.Generator().manual_seed(args.seed),  # see train_dit.py: exact resume
+    )
+    val_loader = DataLoader(val_set, batch_size=per_process, num_workers=args.num_workers)
+
+    decay, no_decay = [], []
+    skip = model.no_weight_decay()
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (no_decay if name in skip else decay).append(param)
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=args.lr
+    )
+    steps_per_epoch = math.ceil(len(train_loader) / args.gradient_accumulation_steps)
+    scheduler = get_cosine_schedule_with_warmup(
+        optimizer, args.warmup_epochs * steps_per_epoch, args.epochs * steps_per_epoch
+    )
+    ema = DiTEMA(model.parameters(), decay=args.ema_decay, warmup=True) if args.ema_decay else None
+    model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
+        model, optimizer, train_loader, val_loader, scheduler
+    )
+    state = TrainState()
+    accelerator.register_for_checkpointing(state, *([ema] if ema else []))
+    if checkpoint is not None:
+        accelerator.load_state(str(checkpoint))
+        logger.info(f"resumed from {checkpoint} at step {state.step}, epoch {state.epoch}")
+    if ema is not None:
+        ema.to(device)
+
+    progress = tqdm(total=args.epochs * steps_per_epoch, initial=state.step, desc="train",
+                    disable=not accelerator.is_local_main_process)
+    metrics = {}
+    while state.epoch < args.epochs:
+        for pixels, labels in skip_consumed_batches(accelerator, train_loader, state):
+            state.batch_in_epoch += 1
+            with accelerator.accumulate(model):
+                logits = model(pixel_values=pixels).logits
+                loss = F.cross_entropy(logits, labels, label_smoothing=args.label_smoothing)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and args.max_grad_norm:
+                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            if not accelerator.sync_gradients:
+                continue
+            state.step += 1
+            if ema is not None:
+                ema.step(accelerator.unwrap_model(model).parameters())
+            mean_loss = accelerator.reduce(loss.detach(), reduction="mean")
+            check_finite(mean_loss, state.step, run_dir)
+            progress.update(1)
+            if state.step % args.log_every == 0:
+                accelerator.log({"loss": mean_loss.item(), "lr": scheduler.get_last_lr()[0]}, step=state.step)
+                progress.set_postfix(loss=f"{mean_loss.item():.4f}")
+        state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+
+        if ema is not None:
+            ema.store(model.parameters())
+            ema.copy_to(model.parameters())
+        metrics = evaluate(model, val_loader, accelerator)
+        if ema is not None:
+            ema.restore(model.parameters())
+        accelerator.log({f"val/{k}": v for k, v in metrics.items()}, step=state.step)
+        logger.info(f"epoch {state.epoch}/{args.epochs} step {state.step} loss {mean_loss.item():.4f} "
+                    f"val top-1 {metrics['top1']:.4f} top-5 {metrics['top5']:.4f}")
+        if state.epoch % args.ckpt_every_epochs == 0 or state.epoch == args.epochs:
+            save_checkpoint(accelerator, run_dir, state.step, keep_last=args.keep_checkpoints)
+
+    progress.close()
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        final = accelerator.unwrap_model(model)
+        if ema is not None:
+            ema.copy_to(final.parameters())
+        save_classifier(final, run_dir / "model")
+        logger.info(f"done: val top-1 {metrics.get('top1', float('nan')):.4f}; model in {run_dir / 'model'}")
+    accelerator.end_training()
+    return run_dir, metrics
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-path", help="root with train/<class>/ and val/<class>/ image folders (none: bundled digits)")
+    p.add_argument("--image-size", type=int, help="input side in pixels (default: 224, digits: 32)")
+    p.add_argument("--num-workers", type=int, help="data loader workers (default: 8, digits: 0)")
+    p.add_argument("--model", help=f"preset, one of {', '.join(SDT_CLASSIFIER_PRESETS)} (default: SDT-H-T, digits: SDT-H-XT)")
+    p.add_argument("--decay-mode", default="cag", choices=DECAY_MODES, help="none = ViT, fixed = RMT, cag = SDT")
+    p.add_argument("--attention-backend", default="auto", choices=ATTENTION_BACKENDS, help="attention implementation")
+    p.add_argument("--drop-path", type=float, help="stochastic depth rate (default: the preset's; digits: 0)")
+    p.add_argument("--denoiser", help="probe a trained SDT denoiser (pipeline or transformer folder) instead of a preset")
+    p.add_argument("--timestep", type=int, default=100, help="diffusion timestep the denoiser probe is conditioned on")
+    p.add_argument("--layer", type=int, help="denoiser block whose features are pooled (default: the last)")
+    p.add_argument("--finetune", action="store_true", help="train the denoiser backbone too (default: linear probe)")
+    p.add_argument("--batch-size", type=int, help="global batch size (default: 128, digits: 64)")
+    p.add_argument("--gradient-accumulation-steps", type=int, default=1, help="micro-batches per optimizer step")
+    p.add_argument("--epochs", type=int, help="training epochs (default: 300, digits: 8)")
+    p.add_argument("--warmup-epochs", type=int, help="linear warm-up epochs before the cosine decay (default: 5, digits: 1)")
+    p.add_argument("--lr", type=float, help="peak AdamW learning rate (default: 5e-4, digits: 1e-3)")
+    p.add_argument("--weight-decay", type=float, help="AdamW weight decay, not on norms, biases and gate scales (default: 0.05)")
+    p.add_argument("--label-smoothing", type=float, help="label smoothing (default: 0.1, digits: 0)")
+    p.add_argument("--mixup", type=float, help="mixup alpha, 0 = off (default: 0.8, digits: 0)")
+    p.add_argument("--cutmix", type=float, help="cutmix alpha, 0 = off (default: 1.0, digits: 0)")
+    p.add_argument("--max-grad-norm", type=float, default=0.0, help="gradient clipping norm, 0 = off")
+    p.add_argument("--ema-decay", type=float, default=0.0, help="EMA decay of the weights, 0 = no EMA")
+    p.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"], help="autocast precision")
+    p.add_argument("--seed", type=int, default=0, help="global seed (each process adds its rank)")
+    p.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is present")
+    p.add_argument("--results-dir", default="results", help="parent folder of the numbered run folders")
+    p.add_argument("--resume", help="'latest' (newest run of this model and data) or a run/checkpoint folder")
+    p.add_argument("--ckpt-every-epochs", type=int, default=1, help="epochs between checkpoints")
+    p.add_argument("--keep-checkpoints", type=int, default=2, help="newest checkpoints to keep")
+    p.add_argument("--log-every", type=int, default=20, help="steps between TensorBoard points")
+    return p.parse_args(argv)
+
+
+if __name__ == "__main__":
+    main(parse_args())
