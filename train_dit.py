@@ -24,7 +24,16 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from sdt_gen import SDT_PRESETS, SDTPipeline, SDTTransformer2DModel
-from sdt_gen.data import DigitsDataset, ImageFolderDataset, LatentDataset, collate_skip_none, extract_latents
+from sdt_gen.data import (
+    DigitsDataset,
+    ImageFolderDataset,
+    LatentDataset,
+    collate_skip_none,
+    encode_images,
+    extract_latents,
+    load_vae,
+    vae_downsampling,
+)
 from sdt_gen.diffusion import DiffusionLoss, make_scheduler, uniform_timesteps
 from sdt_gen.layers import ATTENTION_BACKENDS, DECAY_LAYOUTS, DECAY_MODES
 from sdt_gen.pipelines import dit_scheduler, scheduler_by_name
@@ -42,8 +51,8 @@ from sdt_gen.visualize import make_grid_png
 # What the bundled digits run needs instead of DiT's ImageNet recipe: a CPU-sized model, a larger
 # learning rate and an EMA that ramps up, so a few thousand steps give clean digits.
 DIGITS_DEFAULTS = dict(
-    model="SDT-Ti/2", image_size=16, global_batch_size=64, lr=1e-3, max_grad_norm=1.0, max_steps=1200,
-    ema_decay=0.999, ema_warmup=True, ckpt_every=400, sample_every=400, log_every=50, num_workers=0,
+    model="SDT-Ti/2", image_size=16, global_batch_size=64, lr=2e-3, max_grad_norm=1.0, max_steps=1400,
+    ema_decay=0.999, ema_warmup=True, ckpt_every=700, sample_every=700, log_every=50, num_workers=0,
 )
 IMAGENET_DEFAULTS = dict(
     model="SDT-XL/2", image_size=256, global_batch_size=256, lr=1e-4, max_grad_norm=0.0, max_steps=400_000,
@@ -54,23 +63,6 @@ IMAGENET_DEFAULTS = dict(
 #################################################################################
 #                                     Data                                      #
 #################################################################################
-
-def load_vae(path: str, device: torch.device):
-    """A local diffusers ``AutoencoderKL`` folder, frozen; a clear error when it is not there."""
-    from diffusers import AutoencoderKL
-
-    if not os.path.isfile(os.path.join(path, "config.json")):
-        raise FileNotFoundError(
-            f"--vae {path!r}: expected a local diffusers AutoencoderKL folder (config.json + "
-            "diffusion_pytorch_model.safetensors), e.g. stabilityai/sd-vae-ft-ema downloaded with "
-            "`huggingface-cli download stabilityai/sd-vae-ft-ema --local-dir PATH` on a machine with internet"
-        )
-    return AutoencoderKL.from_pretrained(path).to(device).eval().requires_grad_(False)
-
-
-def vae_downsampling(vae) -> int:
-    return 2 ** (len(vae.config.block_out_channels) - 1)
-
 
 def build_dataset(args, patch_size: int):
     """The training set and what the model needs to know of it: ``(dataset, shape (C, H, W), data name)``."""
@@ -84,14 +76,6 @@ def build_dataset(args, patch_size: int):
         raise ValueError(f"--image-size {args.image_size} is not divisible by the patch size {patch_size} of {args.model}")
     dataset = DigitsDataset(image_size=args.image_size)
     return dataset, tuple(dataset.images.shape[1:]), "digits"
-
-
-@torch.no_grad()
-def encode(vae, images: torch.Tensor) -> torch.Tensor:
-    """Images in [-1, 1] to the scaled latents the denoiser sees."""
-    latents = vae.encode(images.to(vae.dtype)).latent_dist.sample()
-    shift = getattr(vae.config, "shift_factor", None) or 0.0
-    return (latents - shift) * vae.config.scaling_factor
 
 
 #################################################################################
@@ -145,8 +129,7 @@ def save_sample_grid(pipe: SDTPipeline, args, path: Path, device: torch.device) 
         class_labels=labels, guidance_scale=args.sample_guidance_scale, num_inference_steps=args.sample_steps,
         generator=torch.Generator(device).manual_seed(args.seed),
     ).images
-    scale = max(1, 64 // images[0].height)  # small samples (digits: 16 px) enlarged to be seen
-    make_grid_png(images, args.samples_per_class, path, [pipe.label_name(c) for c in classes], scale=scale)
+    make_grid_png(images, args.samples_per_class, path, [pipe.label_name(c) for c in classes])
 
 
 #################################################################################
@@ -258,7 +241,7 @@ def main(args):
             state.batch_in_epoch += 1
             skipped += per_process - len(y)
             if vae is not None and args.data_path:
-                x = encode(vae, x)  # (B, C, H/8, W/8)
+                x = encode_images(vae, x)  # (B, C, H/8, W/8)
             with accelerator.accumulate(model):
                 t = uniform_timesteps(x.shape[0], loss_fn.num_timesteps, device)
                 losses = loss_fn(model, x, t, model_kwargs=dict(class_labels=y))
@@ -335,10 +318,10 @@ def parse_args(argv=None):
     opt = p.add_argument_group("optimisation")
     opt.add_argument("--global-batch-size", type=int, help="images per optimizer step over all processes (default: 256, digits: 64)")
     opt.add_argument("--gradient-accumulation-steps", type=int, default=1, help="micro-batches per optimizer step")
-    opt.add_argument("--lr", type=float, help="AdamW learning rate, constant (default: 1e-4, digits: 1e-3)")
+    opt.add_argument("--lr", type=float, help="AdamW learning rate, constant (default: 1e-4, digits: 2e-3)")
     opt.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
     opt.add_argument("--max-grad-norm", type=float, help="gradient clipping norm, 0 = off (default: off, digits: 1.0)")
-    opt.add_argument("--max-steps", type=int, help="optimizer steps to train (default: 400000, digits: 1200)")
+    opt.add_argument("--max-steps", type=int, help="optimizer steps to train (default: 400000, digits: 1400)")
     opt.add_argument("--ema-decay", type=float, help="EMA decay (default: DiT's 0.9999, digits: 0.999)")
     opt.add_argument("--ema-warmup", action=argparse.BooleanOptionalAction, default=None,
                      help="ramp the EMA decay up as diffusers does (default: off = DiT's constant decay; digits: on)")
@@ -349,10 +332,10 @@ def parse_args(argv=None):
     run = p.add_argument_group("run folder, checkpoints and samples")
     run.add_argument("--results-dir", default="results", help="parent folder of the numbered run folders")
     run.add_argument("--resume", help="'latest' (newest run of this model and data) or a run/checkpoint folder")
-    run.add_argument("--ckpt-every", type=int, help="steps between checkpoints and pipeline exports (default: 50000, digits: 400)")
+    run.add_argument("--ckpt-every", type=int, help="steps between checkpoints and pipeline exports (default: 50000, digits: 700)")
     run.add_argument("--keep-checkpoints", type=int, default=3, help="newest checkpoints to keep")
     run.add_argument("--log-every", type=int, help="steps between log lines (default: 100, digits: 50)")
-    run.add_argument("--sample-every", type=int, help="steps between EMA sample grids, at checkpoints (default: 10000, digits: 400)")
+    run.add_argument("--sample-every", type=int, help="steps between EMA sample grids, at checkpoints (default: 10000, digits: 700)")
     run.add_argument("--sample-classes", type=int, nargs="*", help="class ids of the grid rows (default: the first 10)")
     run.add_argument("--samples-per-class", type=int, default=8, help="grid columns")
     run.add_argument("--sample-steps", type=int, default=50, help="sampling steps of the grids")

@@ -45,7 +45,7 @@ def make_grid_png(
     path: str | os.PathLike | None = None,
     row_labels: Sequence[str] | None = None,
     value_range: tuple[float, float] = (-1.0, 1.0),
-    scale: int = 1,
+    scale: int | None = None,
     padding: int = 2,
 ) -> Image.Image:
     """Tile images into a grid, ``nrow`` per row, with an optional label left of each row; save as PNG.
@@ -56,7 +56,8 @@ def make_grid_png(
         path: where to write the PNG (parent folders are created); ``None`` only returns the image.
         row_labels: one text per grid row, e.g. the class name of the samples in that row.
         value_range: float values mapped to black and white.
-        scale: integer nearest-neighbour magnification, so 16x16 samples are visible.
+        scale: integer nearest-neighbour magnification; by default small images (e.g. 16 px digits)
+            are enlarged to about 64 px so they can be seen, larger ones are kept as they are.
         padding: white pixels between and around the images.
 
     Returns:
@@ -64,11 +65,12 @@ def make_grid_png(
     """
     if nrow < 1:
         raise ValueError(f"nrow must be at least 1, got {nrow}")
-    if scale < 1:
+    if scale is not None and scale < 1:
         raise ValueError(f"scale must be a positive integer, got {scale}")
     tiles = to_uint8_images(images, value_range)  # (N, H, W, 3)
     if len(tiles) == 0:
         raise ValueError("no images to put in the grid")
+    scale = scale or max(1, 64 // max(tiles.shape[1:3]))
     tiles = tiles.repeat(scale, axis=1).repeat(scale, axis=2)
     num_rows = math.ceil(len(tiles) / nrow)
     if row_labels is not None and len(row_labels) != num_rows:
@@ -116,7 +118,7 @@ def save_decay_maps(
         path: where to write the PNG.
         sample: which batch element to draw.
         colormap: a matplotlib colormap name; 0 and 1 map to its ends, so layers compare by colour.
-        scale: nearest-neighbour magnification (default: grids enlarged to about 96 px).
+        scale: nearest-neighbour magnification (default: token grids enlarged to about 96 px).
     """
     from matplotlib import colormaps
 

@@ -46,7 +46,7 @@ def test_grid_png_one_row_per_class(model_dir, tmp_path, monkeypatch, capsys):
             "--guidance-scale", 4, "--steps", 2, "--scheduler", "ddim", "--seed", 0, "--out", out,
             "--batch-size", 4, "--device", "cpu")
     grid = Image.open(out)
-    padding, tile = 2, 16
+    padding, tile = 2, 16 * 4  # 16 px samples are shown at 4x
     assert grid.format == "PNG"
     assert grid.height == 3 * (tile + padding) + padding  # one row per class
     assert grid.width > 3 * (tile + padding) + padding  # three columns plus the row labels

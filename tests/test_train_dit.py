@@ -37,7 +37,7 @@ def test_short_default_run_writes_a_loadable_pipeline_and_grid(tmp_path):
     run_dir = run(tmp_path, "--max-steps", "2")
     assert run_dir.name == "000-SDT-Ti-2-digits"
     config = json.loads((run_dir / "config.json").read_text())
-    assert config["model"] == "SDT-Ti/2" and config["lr"] == 1e-3  # the digits defaults were applied
+    assert config["model"] == "SDT-Ti/2" and config["lr"] == 2e-3  # the digits defaults were applied
     assert "step 0000002 loss" in (run_dir / "log.txt").read_text()
     grid = Image.open(run_dir / "samples" / "step-0000002.png")
     assert grid.height >= 2 * 64  # two rows of 16 px samples shown at 4x

@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .image_folder import collate_skip_none
+from .vae import encode_images
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -93,8 +94,6 @@ def _encode_range(
     )
     # A CPU generator gives the same posterior samples on any device and any process count.
     generator = torch.Generator().manual_seed(seed + start)
-    shift = getattr(vae.config, "shift_factor", None) or 0.0
-    scale = vae.config.scaling_factor
     parts: dict[str, list[torch.Tensor]] = {key: [] for key in SHARD_KEYS}
     for batch in loader:
         if batch is None:  # every image of the batch was corrupt
@@ -102,9 +101,8 @@ def _encode_range(
         indices, images, labels = batch
         images = images.to(device=device, dtype=vae.dtype)  # (B, 3, H, W)
         both = torch.cat([images, images.flip(-1)])  # (2B, 3, H, W): originals, then mirrored
-        latents = vae.encode(both).latent_dist.sample(generator=generator)  # (2B, C, h, w)
         # contiguous(): the encoder may hand back a channels-last layout, which safetensors refuses.
-        latents = ((latents - shift) * scale).float().cpu().contiguous()
+        latents = encode_images(vae, both, generator).float().cpu().contiguous()  # (2B, C, h, w)
         parts["latents"].append(latents[: len(images)])
         parts["latents_flip"].append(latents[len(images) :])
         parts["labels"].append(labels.long())

@@ -167,6 +167,7 @@ class SpatialDecayAttention(nn.Module):
         if dim % num_heads:
             raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
+        self.initial_value, self.heads_range = initial_value, heads_range  # to rebuild the gammas buffer
         self.decay_mode = check_choice("decay_mode", decay_mode, DECAY_MODES)
         self.decay_layout = check_choice("decay_layout", decay_layout, DECAY_LAYOUTS)
         self.attention_backend = check_choice("attention_backend", attention_backend, ATTENTION_BACKENDS)

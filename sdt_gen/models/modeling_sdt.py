@@ -177,7 +177,6 @@ class SDTLayer(nn.Module):
             heads_range=heads_range,
             lepe_kernel_size=lepe_kernel_size,
         )
-        remember_decay_args(self.attn, initial_value, heads_range)
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = SDTMlp(dim, int(dim * mlp_ratio), mlp_dwconv)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
@@ -425,8 +424,6 @@ class SDTModel(SDTPreTrainedModel):
             )
             for _ in range(config.depth)
         )
-        for block in self.blocks:
-            remember_decay_args(block.attn, config.initial_value, config.heads_range)
         # The denoiser's adaLN input t_emb(timestep) + y_emb(null label), computed once (from_denoiser).
         self.register_buffer("conditioning", torch.zeros(1, config.hidden_size))
         self.norm = nn.Identity()  # the features are the denoiser's hidden states, untouched
@@ -895,20 +892,9 @@ def _copy_(tensor: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
         return tensor.copy_(value)
 
 
-def remember_decay_args(attn: SpatialDecayAttention, initial_value: float, heads_range: float) -> None:
-    """Record RMT's ``a`` and ``b`` on an attention module, so ``_init_weights`` can rebuild its gammas.
-
-    transformers >= 5 loads a checkpoint into a model built on the meta device and leaves
-    non-persistent buffers (the gammas) to ``_init_weights``; the attention module itself does not
-    keep ``a`` and ``b``.
-    """
-    attn.rmt_initial_value = float(initial_value)
-    attn.rmt_heads_range = float(heads_range)
-
-
 def _init_decay(attn: SpatialDecayAttention) -> None:
     """RMT gammas (a non-persistent buffer shared with the gate) and the CAG's start values."""
-    gammas = rmt_gammas(attn.num_heads, attn.rmt_initial_value, attn.rmt_heads_range)
+    gammas = rmt_gammas(attn.num_heads, attn.initial_value, attn.heads_range)
     if attn.gammas.is_meta:  # left on meta by a checkpoint load
         attn.gammas = torch.empty_like(gammas)
     _copy_(attn.gammas, gammas.to(attn.gammas.device))

@@ -10,7 +10,7 @@ from sdt_gen.visualize import make_grid_png, to_uint8_images
 
 def test_grid_size_without_labels(tmp_path):
     path = tmp_path / "samples" / "grid.png"
-    grid = make_grid_png(torch.rand(10, 3, 8, 8) * 2 - 1, nrow=4, path=path, padding=2)
+    grid = make_grid_png(torch.rand(10, 3, 8, 8) * 2 - 1, nrow=4, path=path, padding=2, scale=1)
     # 4 columns and ceil(10 / 4) = 3 rows of 8x8 tiles with 2-pixel padding around each.
     assert grid.size == (4 * 10 + 2, 3 * 10 + 2)
     with Image.open(path) as saved:

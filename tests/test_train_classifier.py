@@ -1,0 +1,63 @@
+"""train_classifier.py end to end on the bundled digits, and the classifier as an evaluation tool."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import train_classifier  # noqa: E402
+
+
+def run(tmp_path, *extra):
+    args = train_classifier.parse_args(["--results-dir", str(tmp_path / "results"), *extra])
+    return train_classifier.main(args)
+
+
+def test_one_epoch_then_resume_writes_a_pipeline_ready_model(tmp_path):
+    from transformers import pipeline
+
+    run_dir, metrics = run(tmp_path, "--epochs", "1")
+    assert run_dir.name == "000-SDT-H-XT-digits" and 0.0 <= metrics["top1"] <= 1.0
+    assert (run_dir / "checkpoints" / "step-0000025").is_dir()  # 1617 training digits / 64 per batch
+
+    resumed_dir, _ = run(tmp_path, "--epochs", "2", "--resume", "latest")
+    assert resumed_dir == run_dir
+    assert (run_dir / "checkpoints" / "step-0000050").is_dir()
+    assert "resumed from" in (run_dir / "log.txt").read_text()
+
+    clf = pipeline("image-classification", model=str(run_dir / "model"))
+    digit = Image.fromarray((np.random.default_rng(0).random((32, 32)) * 255).astype(np.uint8))
+    predictions = clf(digit)
+    assert {p["label"] for p in predictions} <= {str(i) for i in range(10)}
+
+
+def test_bad_inputs_are_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="unknown --model 'SDT-H-XXL'; expected one of"):
+        run(tmp_path, "--model", "SDT-H-XXL")
+    with pytest.raises(ValueError, match="image size 20x20"):
+        run(tmp_path, "--image-size", "20")
+    with pytest.raises(FileNotFoundError, match="must hold train/<class>/ and val/<class>/"):
+        run(tmp_path, "--data-path", str(tmp_path))
+
+
+@pytest.mark.slow
+def test_bundled_default_reaches_90_percent_and_scores_conditional_accuracy(tmp_path):
+    from sdt_gen.data import DigitsDataset
+    from sdt_gen.metrics import TransformersImageClassifier, classifier_metrics
+
+    run_dir, metrics = run(tmp_path)
+    assert metrics["top1"] >= 0.9
+
+    val = DigitsDataset("val", image_size=32)
+    images = ((val.images[:, 0] + 1) * 127.5).round().to(torch.uint8).numpy()  # (N, 32, 32) grey
+    labels = torch.tensor(val.targets)
+    classifier = TransformersImageClassifier(run_dir / "model", device="cpu")
+    true = classifier_metrics(classifier, images, labels)
+    shuffled = classifier_metrics(classifier, images, labels[torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))])
+    assert true["classifier_accuracy"] >= 0.9
+    assert 0.0 <= shuffled["classifier_accuracy"] <= 0.25
