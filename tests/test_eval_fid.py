@@ -31,6 +31,8 @@ from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
 from sdt_gen import SDTPipeline, SDTTransformer2DModel
 from sdt_gen.metrics import WeightsNotFoundError, labels_from_file_names, sample_labels
 
+from helpers import perturbed
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "eval_fid.py"
 
@@ -70,10 +72,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         sample_size=8, patch_size=2, in_channels=3, hidden_size=32, depth=2, num_heads=2, num_classes=10,
         attention_backend="sdpa",
     )
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():  # a fresh adaLN-Zero model outputs zeros
-        for p in transformer.parameters():
-            p.add_(torch.randn(p.shape, generator=generator) * 0.05)
+    perturbed(transformer)  # a fresh adaLN-Zero model outputs zeros
     id2label = {i: f"Digit {i}" for i in range(10)}
     pipe = SDTPipeline(transformer.eval(), SDTPipeline.dit_scheduler(), None, id2label=id2label)
     folder = tmp_path_factory.mktemp("eval") / "pipeline"

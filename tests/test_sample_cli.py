@@ -9,6 +9,8 @@ from PIL import Image
 
 from sdt_gen import SDTPipeline, SDTTransformer2DModel
 
+from helpers import perturbed
+
 SCRIPT = Path(__file__).resolve().parents[1] / "sample.py"
 ID2LABEL = {i: f"class {i}" for i in range(10)}
 ID2LABEL[4] = "otter"
@@ -22,9 +24,7 @@ def model_dir(tmp_path_factory):
         sample_size=8, patch_size=2, in_channels=4, hidden_size=32, depth=2, num_heads=2, num_classes=10,
         attention_backend="sdpa",
     )
-    with torch.no_grad():
-        for p in transformer.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
+    perturbed(transformer)
     vae = AutoencoderKL(
         in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8), norm_num_groups=4,
         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, sample_size=16,

@@ -15,7 +15,6 @@ where ``d`` is the Manhattan distance on the token grid (SDT_METHOD sections 2 a
 
 from __future__ import annotations
 
-import math
 from functools import lru_cache
 
 import torch

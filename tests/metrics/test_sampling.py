@@ -28,6 +28,8 @@ from sdt_gen.metrics import (
 )
 from sdt_gen.metrics.sampling import MANIFEST
 
+from helpers import perturbed
+
 NUM_CLASSES = 10
 ID2LABEL = {i: f"Digit {i}, number {i}" for i in range(NUM_CLASSES)}
 SAMPLING = dict(seed=3, guidance_scale=1.5, num_inference_steps=2)
@@ -40,10 +42,7 @@ def tiny_pipeline(seed: int = 0) -> SDTPipeline:
         sample_size=8, patch_size=2, in_channels=3, hidden_size=32, depth=2, num_heads=2,
         num_classes=NUM_CLASSES, attention_backend="sdpa",
     )
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():  # a fresh adaLN-Zero model outputs zeros
-        for p in transformer.parameters():
-            p.add_(torch.randn(p.shape, generator=generator) * 0.05)
+    perturbed(transformer, seed=seed)  # a fresh adaLN-Zero model outputs zeros
     return SDTPipeline(transformer.eval(), SDTPipeline.dit_scheduler(), None, id2label=ID2LABEL)
 
 

@@ -13,7 +13,6 @@ import torch.nn.functional as F
 from PIL import Image
 from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
 
-import sdt_gen
 from sdt_gen import (
     SDT_CLASSIFIER_PRESETS,
     SDTConfig,
@@ -23,6 +22,8 @@ from sdt_gen import (
     image_processor_for,
     save_classifier,
 )
+
+from helpers import perturbed
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -46,15 +47,6 @@ def tiny_denoiser(in_channels=3, depth=3, **overrides):
     config = dict(sample_size=8, patch_size=2, in_channels=in_channels, hidden_size=32, depth=depth, num_heads=2,
                   num_classes=10, attention_backend="sdpa", decay_layout="decomposed")
     return perturbed(SDTTransformer2DModel(**{**config, **overrides})).eval()
-
-
-def perturbed(model, scale=0.05, seed=0):
-    """Random offsets on every parameter, so zero-initialised paths (adaLN-Zero, CAG W_g) are exercised."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * scale)
-    return model
 
 
 def pixels(config, batch=2, seed=0):

@@ -4,6 +4,8 @@ from diffusers import DiTTransformer2DModel
 
 from sdt_gen import SDT_PRESETS, SDTTransformer2DModel
 
+from helpers import perturbed
+
 
 def tiny_config(**overrides):
     config = dict(
@@ -20,15 +22,6 @@ def dummy_inputs(model, batch=3, seed=0):
     t = torch.randint(0, 1000, (batch,), generator=g)
     y = torch.randint(0, model.config.num_classes + 1, (batch,), generator=g)
     return x, t, y
-
-
-def perturbed(model, scale=0.05, seed=0):
-    """Random non-zero adaLN-Zero and output weights, so every path is exercised."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * scale)
-    return model
 
 
 @pytest.mark.parametrize("sample_size, learn_sigma", [(8, True), ((8, 12), True), ((12, 4), False)])

@@ -4,19 +4,12 @@ from diffusers import AutoencoderKL
 
 from sdt_gen import SDTPipeline, SDTTransformer2DModel
 
+from helpers import perturbed
+
 NUM_CLASSES = 10
 ID2LABEL = {i: f"class {i}, synonym{i}" for i in range(NUM_CLASSES)}
 ID2LABEL[3] = "Golden Retriever, retriever"
 ID2LABEL[4] = "otter"
-
-
-def perturbed(model, scale=0.05, seed=0):
-    """Random non-zero adaLN-Zero and output weights: a fresh DiT-style model outputs zeros."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * scale)
-    return model
 
 
 def tiny_transformer(in_channels=4, learn_sigma=True, seed=0, **overrides):

@@ -8,6 +8,8 @@ from diffusers import DDIMScheduler, DiTPipeline, DiTTransformer2DModel
 
 from sdt_gen import SDTPipeline, SDTTransformer2DModel
 
+from helpers import perturbed
+
 DIT_ID2LABEL = {"0": "tench, Tinca tinca", "207": "golden retriever", "360": "otter", "999": "toilet tissue"}
 
 
@@ -18,10 +20,8 @@ def tiny_dit(seed=0):
         num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=8, num_layers=2,
         sample_size=8, patch_size=2, num_embeds_ada_norm=1000,
     ).eval()
-    g = torch.Generator().manual_seed(seed)
+    perturbed(dit, seed=seed)
     with torch.no_grad():
-        for p in dit.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * 0.05)
         state = dit.state_dict()  # one shared timestep/label embedder, as in converted DiT checkpoints
         for key, value in state.items():
             if ".norm1.emb." in key and not key.startswith("transformer_blocks.0."):
