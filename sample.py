@@ -6,22 +6,17 @@
 
 Classes are ids or names (any comma-separated synonym of the model's id2label, case-insensitive).
 A grid has one row per class with the class name beside it. Image ``i`` is drawn from its own
-generator seeded ``seed + i``, so results do not depend on ``--batch-size``.
+generator seeded ``image_seed(seed, i)`` (as in eval_fid.py), so results do not depend on ``--batch-size``.
 """
 
 import argparse
-import re
 import time
 from pathlib import Path
 
 import torch
 
 from sdt_gen import SDTPipeline
-from sdt_gen.pipelines import SCHEDULERS, scheduler_by_name
-
-
-def slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_") or "class"
+from sdt_gen.pipelines import SCHEDULERS, image_seed, label_slug, scheduler_by_name
 
 
 def main(args):
@@ -32,7 +27,7 @@ def main(args):
     num_classes = pipe.transformer.config.num_classes
     classes = list(range(num_classes)) if args.classes == ["all"] else pipe.get_label_ids(args.classes)
     labels = [c for c in classes for _ in range(args.per_class)]
-    generators = [torch.Generator().manual_seed(args.seed + i) for i in range(len(labels))]
+    generators = [torch.Generator().manual_seed(image_seed(args.seed, i)) for i in range(len(labels))]
 
     start = time.perf_counter()
     images = pipe(
@@ -49,7 +44,7 @@ def main(args):
         out_dir = Path(args.out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         for i, (image, label) in enumerate(zip(images, labels)):
-            image.save(out_dir / f"{i:05d}_{label}_{slug(pipe.label_name(label))}.png")
+            image.save(out_dir / f"{i:05d}_{label}_{label_slug(pipe.label_name(label))}.png")
         where = f"{len(images)} PNGs in {out_dir}"
     else:
         from sdt_gen.visualize import make_grid_png
@@ -73,7 +68,7 @@ if __name__ == "__main__":
     parser.add_argument("--steps", type=int, default=250, help="denoising steps")
     parser.add_argument("--scheduler", choices=sorted(SCHEDULERS), default=None,
                         help="sampler built from the saved scheduler's config; default: the saved scheduler")
-    parser.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
+    parser.add_argument("--seed", type=int, default=0, help="base seed; image i uses seed * 1_000_003 + i, as eval_fid.py")
     output = parser.add_mutually_exclusive_group()
     output.add_argument("--out", default="grid.png", help="grid PNG, one row per class")
     output.add_argument("--out-dir", default=None, help="folder for one PNG per image instead of a grid")

@@ -12,6 +12,7 @@ import difflib
 import inspect
 import json
 import os
+import re
 from collections.abc import Mapping, Sequence
 from numbers import Integral
 from pathlib import Path
@@ -71,6 +72,25 @@ def scheduler_by_name(name: str, config: Mapping | None = None) -> SchedulerMixi
         raise ValueError(f"unknown scheduler {name!r}; expected one of {', '.join(SCHEDULERS)}")
     cls = SCHEDULERS[name]
     return cls.from_config(config) if config is not None else cls()
+
+
+SEED_STRIDE = 1_000_003  # a prime larger than any sample count: seeds of different base seeds never meet
+
+
+def image_seed(seed: int, index: int) -> int:
+    """The seed of image ``index``'s own generator, ``seed * 1_000_003 + index``: sample.py and eval_fid.py
+    give image ``index`` of a run with base ``seed`` the same noise, whatever the batching or process count.
+
+    Args:
+        seed: the base seed of the run (>= 0).
+        index: the image index (< 1_000_003).
+    """
+    return seed * SEED_STRIDE + index
+
+
+def label_slug(name: str) -> str:
+    """A class name as a file-name part: lower case, runs of other characters as ``_``."""
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_") or "class"
 
 
 #################################################################################

@@ -39,13 +39,13 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from ..pipelines.pipeline_sdt import SEED_STRIDE, image_seed, label_slug
 from .datasets import ImageFolderDataset
 
 logger = logging.getLogger(__name__)
 
 LABEL_MODES = ("random", "balanced")
 MANIFEST = "sampling.json"
-SEED_STRIDE = 1_000_003  # a prime larger than any sample count: seeds of different base seeds never meet
 _SAMPLE_NAME = re.compile(r"^(\d{6,})_(\d+)_(.*)\.png$")
 _PARTIAL_SUFFIX = ".partial"
 
@@ -82,21 +82,6 @@ def sample_labels(num_samples: int, num_classes: int, mode: str = "random", seed
         return [i % num_classes for i in range(num_samples)]
     generator = torch.Generator().manual_seed(seed)
     return torch.randint(num_classes, (num_samples,), generator=generator).tolist()
-
-
-def image_seed(seed: int, index: int) -> int:
-    """The seed of image ``index``'s own generator: ``seed * 1_000_003 + index``.
-
-    Args:
-        seed: the base seed of the run (>= 0).
-        index: the image index (< 1_000_003).
-    """
-    return seed * SEED_STRIDE + index
-
-
-def label_slug(name: str) -> str:
-    """A class name as a file-name part: lower case, runs of other characters as ``_``."""
-    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_") or "class"
 
 
 def sample_file_name(index: int, label: int, name: str) -> str:
