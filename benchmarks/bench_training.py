@@ -1,7 +1,8 @@
-"""Training throughput: the bundled digits default by decay mode, and latents on the fly vs pre-extracted.
+"""Training throughput: the bundled data shapes by decay mode, and latents on the fly vs pre-extracted.
 
 Times full optimizer steps (DiT's hybrid loss, AdamW) in one run:
-1. the bundled default (SDT-Ti/2 on 16 px digits, batch 64) with decay `cag`, `fixed` and `none`;
+1. the bundled default (SDT-Ti/2 on 16 px digits, batch 64) and the decay study's shape (SDT-Ti/4 on
+   32 px MNIST, batch 32) with decay `cag`, `fixed` and `none`;
 2. an SDT-S/2 latent model fed by an SD-VAE-shaped encoder on the fly (random weights: the same
    cost as sd-vae-ft-ema) against the same model reading pre-extracted latents (fast-DiT).
 
@@ -44,16 +45,19 @@ def main(args):
     def report(name, batch, seconds, baseline):
         print(f"| {name} | {batch} | {1 / seconds:.2f} | {batch / seconds:.1f} | {seconds / baseline:.2f}x |")
 
-    digits = torch.rand(args.digits_batch, 1, 16, 16) * 2 - 1
-    labels = torch.randint(0, 10, (args.digits_batch,))
-    results = {}
-    for mode in ("none", "fixed", "cag"):
-        model = SDTTransformer2DModel.from_preset(
-            "SDT-Ti/2", sample_size=16, in_channels=1, num_classes=10, decay_mode=mode
-        )
-        results[mode] = time_steps(model, lambda: (digits, labels), args.steps)
-    for mode, seconds in results.items():
-        report(f"digits SDT-Ti/2, decay {mode}", args.digits_batch, seconds, results["none"])
+    for data, preset, size, batch in (
+        ("digits", "SDT-Ti/2", 16, args.digits_batch), ("MNIST 32px", "SDT-Ti/4", 32, args.mnist_batch)
+    ):
+        images = torch.rand(batch, 1, size, size) * 2 - 1
+        labels = torch.randint(0, 10, (batch,))
+        results = {}
+        for mode in ("none", "fixed", "cag"):
+            model = SDTTransformer2DModel.from_preset(
+                preset, sample_size=size, in_channels=1, num_classes=10, decay_mode=mode
+            )
+            results[mode] = time_steps(model, lambda: (images, labels), args.steps)
+        for mode, seconds in results.items():
+            report(f"{data} {preset}, decay {mode}", batch, seconds, results["none"])
 
     vae = AutoencoderKL(
         block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
@@ -74,6 +78,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=5, help="timed steps per setting")
     parser.add_argument("--digits-batch", type=int, default=64, help="batch of the digits runs (the default's)")
+    parser.add_argument("--mnist-batch", type=int, default=32, help="batch of the MNIST runs (the decay study's)")
     parser.add_argument("--image-size", type=int, default=128, help="pixel size of the latent runs")
     parser.add_argument("--latent-batch", type=int, default=4, help="batch of the latent runs")
     main(parser.parse_args())

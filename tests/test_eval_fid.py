@@ -28,7 +28,7 @@ import torch_fidelity
 from PIL import Image
 from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
 
-from sdt_gen import SDTPipeline, SDTTransformer2DModel
+from sdt_gen import SDTConfig, SDTForImageClassification, SDTPipeline, SDTTransformer2DModel, save_classifier
 from sdt_gen.metrics import WeightsNotFoundError, labels_from_file_names, sample_labels
 
 from helpers import perturbed
@@ -307,3 +307,32 @@ def test_classifier_gives_conditional_accuracy_and_frechet_distance(
     too_few = _save_constant_vit(tmp_path / "five", num_labels=5)
     with pytest.raises(ValueError, match="has 5 labels but the model has 10 classes"):
         run("--model", model_dir, *SAMPLING, "--metrics", "--classifier", too_few, "--out", tmp_path / "other")
+
+
+def test_one_channel_pipeline_scored_by_a_one_channel_classifier(make_image_folder, tmp_path):
+    """The README's digits evaluation: grey samples written as PNGs, then read by the digits classifier."""
+    torch.manual_seed(0)
+    transformer = SDTTransformer2DModel(
+        sample_size=8, patch_size=2, in_channels=1, hidden_size=32, depth=2, num_heads=2, num_classes=10,
+        attention_backend="sdpa",
+    )
+    id2label = {i: str(i) for i in range(10)}
+    SDTPipeline(perturbed(transformer).eval(), SDTPipeline.dit_scheduler(), None, id2label=id2label).save_pretrained(
+        tmp_path / "pipeline"
+    )
+    config = SDTConfig.from_preset(
+        "SDT-H-XT", num_labels=10, id2label=id2label, image_size=32, num_channels=1, decay_mode="none"
+    )
+    classifier = save_classifier(SDTForImageClassification(config).eval(), tmp_path / "classifier")
+
+    out = tmp_path / "eval"
+    results = run("--model", tmp_path / "pipeline", *SAMPLING, "--metrics", "--classifier", classifier,
+                  "--ref", make_image_folder(12, size=8, seed=3), "--out", out)
+    files = sorted((out / "samples").glob("*.png"))
+    assert len(files) == NUM_SAMPLES
+    with Image.open(files[0]) as image:
+        assert image.mode == "L" and image.size == (8, 8)
+    assert 0 <= results["classifier_accuracy"] <= 1
+    assert np.isfinite(results["classifier_frechet_distance"])
+    assert 0 <= results["classifier_precision"] <= 1 and 0 <= results["classifier_recall"] <= 1
+    assert json.loads((out / "results.json").read_text())["metrics"]["classifier_recall"] == results["classifier_recall"]

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -193,3 +194,28 @@ def test_two_process_training_on_the_bundled_default(tmp_path):
     assert (run_dir / "checkpoints" / "step-0000002" / "random_states_1.pkl").is_file()  # both processes saved
     pipe = SDTPipeline.from_pretrained(run_dir / "pipeline")
     assert pipe(class_labels=[7], num_inference_steps=2, output_type="np").images.shape == (1, 16, 16, 1)
+
+
+def test_mnist_run_trains_on_the_train_split_at_32_pixels(tmp_path):
+    run_dir = run(tmp_path, "--dataset", "mnist", "--max-steps", "2")
+    assert run_dir.name == "000-SDT-Ti-4-mnist32"
+    assert json.loads((run_dir / "config.json").read_text())["image_size"] == 32
+    pipe = SDTPipeline.from_pretrained(run_dir / "pipeline")
+    config = pipe.transformer.config
+    assert (config.sample_size, config.patch_size, config.in_channels, config.num_classes) == (32, 4, 1, 10)
+    assert train_dit.exported_step(run_dir / "pipeline") == 2
+
+
+def test_resume_with_nothing_left_to_train_replaces_a_stale_or_missing_pipeline(tmp_path):
+    run_dir = run(tmp_path, "--max-steps", "2")
+    exported = (run_dir / "pipeline" / "transformer" / "diffusion_pytorch_model.safetensors").read_bytes()
+    # Killed after its last checkpoint but before the export: the folder holds an older step.
+    (run_dir / "pipeline" / train_dit.EXPORT_RECORD).write_text(json.dumps({"step": 1}))
+    run(tmp_path, "--max-steps", "2", "--resume", "latest")
+    assert train_dit.exported_step(run_dir / "pipeline") == 2
+    assert (run_dir / "pipeline" / "transformer" / "diffusion_pytorch_model.safetensors").read_bytes() == exported
+    assert len(list((run_dir / "checkpoints").iterdir())) == 1  # exported again, not checkpointed again
+
+    shutil.rmtree(run_dir / "pipeline")
+    run(tmp_path, "--max-steps", "2", "--resume", "latest")
+    assert train_dit.exported_step(run_dir / "pipeline") == 2

@@ -1,6 +1,8 @@
-"""Data: the bundled digits, image class folders (ADM crop), VAE latent shards and their extraction."""
+"""Data: bundled digits (scikit-learn's, MNIST's), image class folders (ADM crop), VAE latent shards."""
 
-from .digits import DIGITS_ID2LABEL, DigitsDataset, train_val_split
+from .labeled_images import LabeledImages, train_val_split
+from .digits import DIGITS_ID2LABEL, DigitsDataset
+from .mnist import MNIST_ID2LABEL, MNISTDataset, load_mnist_5k
 from .image_folder import ImageFolderDataset, center_crop_arr, collate_skip_none, load_class_names
 from .vae import encode_images, load_vae, vae_downsampling
 from .latents import LatentDataset, extract_latents, shard_name, shard_ranges
@@ -9,12 +11,16 @@ __all__ = [
     "DIGITS_ID2LABEL",
     "DigitsDataset",
     "ImageFolderDataset",
+    "LabeledImages",
     "LatentDataset",
+    "MNIST_ID2LABEL",
+    "MNISTDataset",
     "center_crop_arr",
     "encode_images",
     "collate_skip_none",
     "extract_latents",
     "load_class_names",
+    "load_mnist_5k",
     "load_vae",
     "shard_name",
     "shard_ranges",

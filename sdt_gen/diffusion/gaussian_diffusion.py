@@ -15,6 +15,7 @@ and Nichol & Dhariwal 2021 (ADM, "improved DDPM"):
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any, Callable
 
 import torch
@@ -284,3 +285,50 @@ class DiffusionLoss:
         # Rescaled so the VLB weighs as in ADM's RESCALED_MSE, whatever T is.
         vb = self.vb_terms_bpd(frozen_output, x0, xt, t) * (self.num_timesteps / 1000.0)  # (N,)
         return {"loss": mse + vb, "mse": mse, "vb": vb}
+
+
+@torch.no_grad()
+def fixed_noise_mse(
+    model: torch.nn.Module,
+    x0: torch.Tensor,
+    class_labels: torch.Tensor,
+    timesteps: Sequence[int],
+    seed: int = 0,
+    batch_size: int = 250,
+) -> dict[int, float]:
+    """The noise-prediction MSE of ``model`` on fixed data, at fixed timesteps, with fixed noise.
+
+    A held-out loss with little variance and no sampler: the noise of timestep ``t`` is drawn
+    from ``torch.Generator().manual_seed(seed + t)`` for all of ``x0`` at once, so every model
+    (and every call) sees the same noisy inputs. The model runs in eval mode (no label dropout).
+
+    Args:
+        model: the denoiser, called as ``model(x_t, t, class_labels)``; its first ``C`` output
+            channels are the predicted noise.
+        x0: ``(N, C, H, W)`` clean data.
+        class_labels: ``(N,)`` their labels.
+        timesteps: the diffusion steps to evaluate, in ``[0, 1000)``.
+        seed: base seed of the noise.
+        batch_size: images per model call.
+
+    Returns:
+        ``{t: mean squared error over every image and pixel}``.
+    """
+    scheduler = make_scheduler(learn_sigma=False)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out = {}
+    for t in timesteps:
+        noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed + int(t)))
+        squared_error = 0.0
+        for start in range(0, len(x0), batch_size):
+            x = x0[start : start + batch_size].to(device)
+            eps = noise[start : start + batch_size].to(device)
+            t_batch = torch.full((len(x),), int(t), device=device, dtype=torch.long)
+            xt = scheduler.add_noise(x, eps, t_batch)  # (B, C, H, W)
+            prediction = model(xt, t_batch, class_labels[start : start + batch_size].to(device))[0]
+            squared_error += ((prediction[:, : x.shape[1]].float() - eps) ** 2).sum().item()
+        out[int(t)] = squared_error / x0.numel()
+    model.train(was_training)
+    return out

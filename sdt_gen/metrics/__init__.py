@@ -1,4 +1,4 @@
-"""Evaluation: sampling to a folder, torch-fidelity metrics, classifier-feature metrics and the protocol record."""
+"""Evaluation: sampling to a folder, torch-fidelity metrics, classifier-feature metrics, seed statistics, protocol."""
 
 from .datasets import (
     IMAGE_EXTENSIONS,
@@ -25,7 +25,9 @@ from .fidelity import (
     resolve_feature_extractor_weights,
     resolve_weights,
 )
-from .frechet import FeaturesAndLogits, classifier_metrics, feature_statistics, frechet_distance
+from .frechet import FeaturesAndLogits, classifier_metrics, feature_statistics, features_and_logits_of, frechet_distance
+from .manifold import knn_precision_recall
+from .statistics import mean_std, paired_difference
 from .protocol import CONFIG_FILES, build_protocol, format_table, write_results
 from .sampling import (
     LABEL_MODES,
@@ -66,10 +68,14 @@ __all__ = [
     "default_cache_root",
     "default_weights_path",
     "feature_statistics",
+    "features_and_logits_of",
     "format_table",
     "frechet_distance",
     "image_seed",
+    "knn_precision_recall",
     "labels_from_file_names",
+    "mean_std",
+    "paired_difference",
     "parse_sample_file_name",
     "preflight",
     "resolve_feature_extractor_weights",

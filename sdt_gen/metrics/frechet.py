@@ -1,8 +1,8 @@
 """The Fréchet distance between Gaussians fitted to features, and classifier-based metrics.
 
 ``frechet_distance`` is FID's formula for any feature space. ``classifier_metrics`` applies it in
-the feature space of a classifier, next to the conditional accuracy of class-conditional
-samples: how this project scores generators where Inception weights do not fit (the bundled
+the feature space of a classifier, next to k-NN precision and recall in the same features and the
+conditional accuracy of class-conditional samples: how this project scores generators where Inception weights do not fit (the bundled
 digits demo) or are not available.
 """
 
@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from .datasets import ImageSource, as_image_dataset
+from .manifold import knn_precision_recall
 
 FeaturesAndLogits = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 """Maps a uint8 image batch (B, 3, H, W) to features (B, D) and class logits (B, num_classes)."""
@@ -79,7 +80,7 @@ def frechet_distance(
 
 
 @torch.no_grad()
-def _features_and_logits_of(
+def features_and_logits_of(
     features_and_logits: FeaturesAndLogits, images: torch.utils.data.Dataset, batch_size: int, num_workers: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Runs the classifier over a dataset; returns float32 features (N, D) and logits (N, C) on the CPU.
@@ -115,12 +116,15 @@ def classifier_metrics(
     batch_size: int = 64,
     resize: bool = False,
     num_workers: int = 0,
+    reference_features: torch.Tensor | None = None,
+    neighbourhood: int = 3,
 ) -> dict[str, float]:
-    """Conditional accuracy of class-conditional samples and a Fréchet distance in a classifier's features.
+    """Conditional accuracy of class-conditional samples; Fréchet distance, precision and recall in a classifier's features.
 
     Returns ``classifier_accuracy``, the share of samples the classifier assigns to their
     conditioning label, and, when a reference is given, ``classifier_frechet_distance`` between
-    the samples' and the reference's features.
+    the samples' and the reference's features and ``classifier_precision`` / ``classifier_recall``
+    (``knn_precision_recall`` with ``neighbourhood`` neighbours).
 
     Args:
         features_and_logits: any classifier as a callable from a uint8 batch (B, 3, H, W) to
@@ -129,17 +133,22 @@ def classifier_metrics(
         samples: the generated images (folder, ``.npz``, uint8 array or ``ImageDataset``).
         labels: the conditioning label of each sample, in the samples' order (for a folder:
             ``ImageFolderDataset(folder).files``).
-        reference: real images for the Fréchet distance, or ``None`` for the accuracy alone.
+        reference: real images, or ``None`` for the accuracy alone.
         batch_size: images per classifier call.
         resize: resize and center-crop reference images of another size than the samples.
         num_workers: DataLoader workers decoding images.
+        reference_features: the reference's features, computed once with ``features_and_logits_of``
+            for many calls; instead of ``reference``.
+        neighbourhood: k of the precision / recall manifolds.
     """
+    if reference is not None and reference_features is not None:
+        raise ValueError("pass reference images or reference_features, not both")
     samples = as_image_dataset(samples)
     labels = torch.as_tensor(labels, dtype=torch.long).cpu()
     if labels.shape != (len(samples),):
         raise ValueError(f"got labels of shape {tuple(labels.shape)} for {len(samples)} samples; expected one each")
 
-    sample_features, logits = _features_and_logits_of(features_and_logits, samples, batch_size, num_workers)
+    sample_features, logits = features_and_logits_of(features_and_logits, samples, batch_size, num_workers)
     if labels.min() < 0 or labels.max() >= logits.shape[1]:
         raise ValueError(
             f"labels range over [{labels.min()}, {labels.max()}] but the classifier has {logits.shape[1]} classes; "
@@ -148,8 +157,11 @@ def classifier_metrics(
     out = {"classifier_accuracy": (logits.argmax(dim=1) == labels).double().mean().item()}
     if reference is not None:
         reference = as_image_dataset(reference, size=samples.size, resize=resize)
-        reference_features, _ = _features_and_logits_of(features_and_logits, reference, batch_size, num_workers)
+        reference_features, _ = features_and_logits_of(features_and_logits, reference, batch_size, num_workers)
+    if reference_features is not None:
         out["classifier_frechet_distance"] = frechet_distance(
             *feature_statistics(sample_features), *feature_statistics(reference_features)
         )
+        manifold = knn_precision_recall(reference_features, sample_features, k=neighbourhood)
+        out["classifier_precision"], out["classifier_recall"] = manifold["precision"], manifold["recall"]
     return out

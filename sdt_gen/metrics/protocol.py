@@ -180,6 +180,8 @@ _TABLE_ROWS = (
     ("F-score", "f_score", None),
     ("Cond. accuracy", "classifier_accuracy", None),
     ("Classifier FD", "classifier_frechet_distance", None),
+    ("Classifier precision", "classifier_precision", None),
+    ("Classifier recall", "classifier_recall", None),
 )
 
 

@@ -246,9 +246,9 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
 
 
 def _write_png_atomically(image: np.ndarray, path: Path) -> None:
-    """Writes a uint8 (H, W, 3) image to ``path`` under a temporary name first, then renames it."""
+    """Writes a uint8 (H, W, C) image, C = 1 (grey) or 3, under a temporary name first, then renames it."""
     partial = path.with_name(path.name + _PARTIAL_SUFFIX)
-    Image.fromarray(image).save(partial, format="PNG")
+    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(partial, format="PNG")
     os.replace(partial, path)
 
 
@@ -348,7 +348,7 @@ def sample_to_folder(
                 num_inference_steps=num_inference_steps,
                 batch_size=len(batch),
                 output_type="np",
-            ).images  # (B, H, W, 3) floats in [0, 1]
+            ).images  # (B, H, W, C) floats in [0, 1]
             for index, image in zip(batch, to_uint8(images)):
                 _write_png_atomically(image, paths[index])
             # The other processes advance at the same pace.

