@@ -5,7 +5,7 @@ Every decay mode is expressed through one per-token tensor of log-decay *rates* 
 
     B(n, m) = (a_n + a_m) * d(n, m)
 
-where ``d`` is the Manhattan distance on the token grid (SDT_METHOD sections 2 and 4):
+where ``d`` is the Manhattan distance on the token grid (docs/method.md, sections 2 and 4):
 
 - ``fixed`` (RMT): ``a = 0.5 * log(gamma_k)`` for every token, so ``B = d * log(gamma_k)``;
 - ``cag`` (SDT): ``a = 0.5 * alpha_k * logsigmoid(x W_g + b_g)``, so

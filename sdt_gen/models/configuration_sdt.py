@@ -2,7 +2,7 @@
 
 Model type ``"sdt"``. Presets (``SDTConfig.from_preset``, names in ``SDT_CLASSIFIER_PRESETS``):
 
-- ``SDT-H-T``, ``SDT-H-S``, ``SDT-H-B``: RMT's four-stage shapes with SDT attention (SDT_METHOD
+- ``SDT-H-T``, ``SDT-H-S``, ``SDT-H-B``: RMT's four-stage shapes with SDT attention (docs/method.md,
   section 6), about 14M, 27M and 54M parameters with 1000 labels.
 - ``SDT-ViT-Ti/16``, ``SDT-ViT-S/16``, ``SDT-ViT-B/16``: isotropic (DeiT Ti/S/B shapes, patch 16)
   built from the same attention as the denoiser, pre-norm blocks without conditioning.

@@ -3,7 +3,7 @@
 Two backbones from the same attention core (``sdt_gen.layers.SpatialDecayAttention``):
 
 - **SDT-H** (``architecture="hierarchical"``), RMT's four-stage layout with SDT attention
-  (SDT_METHOD section 6): a conv stem of stride 4, conv patch merging (3x3, stride 2) between
+  (docs/method.md, section 6): a conv stem of stride 4, conv patch merging (3x3, stride 2) between
   stages, a 3x3 depthwise CPE before each block, a 5x5 LePE on ``v``, decomposed decay in stages
   1-2 and full decay in stages 3-4, drop path and layer scale, pre-norm blocks.
 - **isotropic** (``architecture="isotropic"``), ViT-style: the denoiser's patch embedding, fixed

@@ -1,7 +1,7 @@
 """SDTTransformer2DModel: DiT's class-conditional denoiser with spatial-decay attention.
 
 DiT (Peebles & Xie 2023) unchanged except for the attention, which carries SDT's learned,
-data-dependent spatial decay (SDT_METHOD section 5). A diffusers model: ``save_pretrained`` /
+data-dependent spatial decay (docs/method.md, section 5). A diffusers model: ``save_pretrained`` /
 ``from_pretrained``, ``enable_gradient_checkpointing()``, ``return_dict``.
 """
 
