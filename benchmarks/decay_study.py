@@ -381,8 +381,9 @@ def write_summary(args, out: Path, results: dict) -> None:
         f"{eval_steps(args)[-1]}. Samples: {protocol['sampling']['num_samples']} class-balanced, "
         f"{protocol['sampling']['scheduler']} {protocol['sampling']['steps']} steps, guidance "
         f"{protocol['sampling']['guidance_scale']}. Evaluator held-out top-1: "
-        f"{evaluator.get('heldout_top1', float('nan')):.4f}. Mean ± standard deviation over seeds.", "",
-        "| mode | " + " | ".join(label for label, _ in columns) + " | steps/s | wall time |",
+        f"{evaluator.get('heldout_top1', float('nan')):.4f}. Mean ± standard deviation over seeds; steps/s and "
+        "training time are wall clock, checkpoints and exports included, evaluations not.", "",
+        "| mode | " + " | ".join(label for label, _ in columns) + " | steps/s | training time |",
         "|---" * (len(columns) + 3) + "|",
     ]
     for mode in args.modes:

@@ -7,7 +7,11 @@ from .image_folder import ImageFolderDataset, center_crop_arr, collate_skip_none
 from .vae import encode_images, load_vae, vae_downsampling
 from .latents import LatentDataset, extract_latents, shard_name, shard_ranges
 
+# The data sets that install with the project, by their command-line name (``--dataset``).
+BUNDLED_DATASETS = {"digits": DigitsDataset, "mnist": MNISTDataset}
+
 __all__ = [
+    "BUNDLED_DATASETS",
     "DIGITS_ID2LABEL",
     "DigitsDataset",
     "ImageFolderDataset",

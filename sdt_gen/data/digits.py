@@ -26,6 +26,8 @@ class DigitsDataset(LabeledImages):
         seed: seed of the split.
     """
 
+    ID2LABEL = DIGITS_ID2LABEL
+
     def __init__(
         self, split: str = "all", image_size: int = 16, channels: int = 1, val_fraction: float = 0.1, seed: int = 0
     ):
@@ -40,4 +42,4 @@ class DigitsDataset(LabeledImages):
             # Bicubic overshoots at stroke edges: clamp back to the valid intensity range.
             images = F.interpolate(images, size=image_size, mode="bicubic", align_corners=False).clamp(0, 1)
         labels = torch.from_numpy(digits.target).long()  # (1797,)
-        super().__init__(images, labels, DIGITS_ID2LABEL, split, channels, val_fraction, seed)
+        super().__init__(images, labels, self.ID2LABEL, split, channels, val_fraction, seed)

@@ -60,6 +60,8 @@ class MNISTDataset(LabeledImages):
         seed: seed of the split.
     """
 
+    ID2LABEL = MNIST_ID2LABEL
+
     def __init__(
         self, split: str = "all", image_size: int = 32, channels: int = 1, val_fraction: float = 0.1, seed: int = 0
     ):
@@ -69,4 +71,4 @@ class MNISTDataset(LabeledImages):
         before = (image_size - MNIST_SIDE) // 2
         after = image_size - MNIST_SIDE - before
         images = F.pad(images, (before, after, before, after))  # (5000, 1, size, size)
-        super().__init__(images, labels, MNIST_ID2LABEL, split, channels, val_fraction, seed)
+        super().__init__(images, labels, self.ID2LABEL, split, channels, val_fraction, seed)

@@ -2,8 +2,8 @@
 
 ``frechet_distance`` is FID's formula for any feature space. ``classifier_metrics`` applies it in
 the feature space of a classifier, next to k-NN precision and recall in the same features and the
-conditional accuracy of class-conditional samples: how this project scores generators where Inception weights do not fit (the bundled
-digits demo) or are not available.
+conditional accuracy of class-conditional samples: how this project scores generators where
+Inception weights do not fit (the bundled digits) or are not available.
 """
 
 from __future__ import annotations
@@ -119,7 +119,7 @@ def classifier_metrics(
     reference_features: torch.Tensor | None = None,
     neighbourhood: int = 3,
 ) -> dict[str, float]:
-    """Conditional accuracy of class-conditional samples; Fréchet distance, precision and recall in a classifier's features.
+    """Conditional accuracy of class-conditional samples; Fréchet distance, precision, recall in a classifier's features.
 
     Returns ``classifier_accuracy``, the share of samples the classifier assigns to their
     conditioning label, and, when a reference is given, ``classifier_frechet_distance`` between
