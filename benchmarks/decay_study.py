@@ -1,7 +1,7 @@
 """Does spatial decay help generation? Train the same denoiser with decay none / fixed / cag and compare.
 
-    python benchmarks/decay_study.py                     # the default study below (about 90 min on 2 CPU cores)
-    python benchmarks/decay_study.py --quick             # the same code path in about 2 minutes
+    python benchmarks/decay_study.py                     # the default study below (about 115 min on 2 CPU cores)
+    python benchmarks/decay_study.py --quick             # the same code path in about 3 minutes
     python benchmarks/decay_study.py --modes none cag --seeds 0 1 2 3 4 --steps 6000 --out studies/long
     accelerate launch benchmarks/decay_study.py --latents-path /data/in256-latents --vae /models/sd-vae-ft-ema \\
         --model SDT-B/2 --steps 50000 --num-samples 10000 --inception-weights ... --ref /data/ref.npz
