@@ -64,7 +64,7 @@ from sdt_gen.metrics import (  # noqa: E402
     sample_labels,
     sample_to_folder,
 )
-from sdt_gen.metrics.sampling import to_uint8  # noqa: E402
+from sdt_gen.metrics.sampling import to_uint8, write_json_atomically  # noqa: E402
 from sdt_gen.pipelines import SCHEDULERS, scheduler_by_name  # noqa: E402
 from sdt_gen.visualize import make_grid_png  # noqa: E402
 
@@ -89,11 +89,9 @@ METRICS = (
 
 
 def write_json(path: Path, value) -> None:
-    """Write ``value`` under a temporary name, then rename: a killed study leaves no half-written record."""
+    """Write ``value`` atomically (a killed study leaves no half-written record), creating its folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
-    os.replace(partial, path)
+    write_json_atomically(path, value)
 
 
 def read_json(path: Path):
@@ -132,7 +130,7 @@ def build_protocol(args) -> dict:
         "global_batch_size": args.global_batch_size,
         "lr": args.lr,
         "training_flags": training_flags(args),
-        "train_dit_defaults": train_dit.MNIST_DEFAULTS,
+        "train_dit_defaults": train_dit.IMAGENET_DEFAULTS if args.latents_path else train_dit.MNIST_DEFAULTS,
         "heldout": {"timesteps": list(HELDOUT_TIMESTEPS), "noise_seed": 0, "images": args.heldout_images},
         "sampling": {
             "num_samples": args.num_samples, "labels": "balanced", "seed": SAMPLE_SEED, "scheduler": args.scheduler,
@@ -194,6 +192,11 @@ def mnist_uint8(split: str, limit: int | None = None) -> tuple[np.ndarray, list[
     return to_uint8((data.images[keep, 0].numpy() + 1) / 2), [data.targets[i] for i in keep]
 
 
+def reference_images(args):
+    """The real images samples are compared with: ``--ref``, or (a ``subset`` of) MNIST's train split."""
+    return args.ref or ArrayImageDataset(mnist_uint8("train", args.reference_images)[0], source="MNIST train split")
+
+
 def prepare_evaluator(args, out: Path, processes) -> tuple[TransformersImageClassifier | None, dict]:
     """The evaluator classifier (trained once and cached, or ``--classifier``) and its record."""
     if args.latents_path and not args.classifier:
@@ -224,8 +227,7 @@ def reference_features(args, out: Path, evaluator) -> torch.Tensor | None:
     cache = out / "evaluator" / "reference_features.safetensors"
     if cache.is_file():
         return load_file(cache)["features"]
-    reference = args.ref or ArrayImageDataset(mnist_uint8("train", args.reference_images)[0], source="MNIST train split")
-    features, _ = features_and_logits_of(evaluator, as_image_dataset(reference), batch_size=256, num_workers=0)
+    features, _ = features_and_logits_of(evaluator, as_image_dataset(reference_images(args)), batch_size=256, num_workers=0)
     cache.parent.mkdir(parents=True, exist_ok=True)
     partial = cache.with_name(cache.name + ".partial")
     save_file({"features": features.contiguous()}, partial)
@@ -241,6 +243,12 @@ def run_name(mode: str, seed: int) -> str:
     return f"{mode}-s{seed}"
 
 
+def run_folder(out: Path, name: str) -> Path | None:
+    """The training run of study run ``name``: the one numbered ``train_dit.py`` folder in ``runs/<name>/``."""
+    root = out / "runs" / name
+    return next((p for p in sorted(root.iterdir()) if p.is_dir() and p.name[:3].isdigit()), None) if root.is_dir() else None
+
+
 def train_to(args, out: Path, mode: str, seed: int, step: int) -> Path:
     """Train run (mode, seed) up to ``step`` with ``train_dit.py`` (resuming it), timing what it does."""
     root = out / "runs" / run_name(mode, seed)
@@ -248,7 +256,7 @@ def train_to(args, out: Path, mode: str, seed: int, step: int) -> Path:
     timing = read_json(timing_path) or {"segments": {}}
     argv = [*training_flags(args), "--decay-mode", mode, "--seed", str(seed), "--max-steps", str(step),
             "--results-dir", str(root)]
-    if root.is_dir() and any(p.name[:3].isdigit() for p in root.iterdir()):
+    if run_folder(out, run_name(mode, seed)) is not None:
         argv += ["--resume", "latest"]
     start = time.perf_counter()
     run_dir = train_dit.main(train_dit.parse_args(argv))
@@ -290,8 +298,7 @@ def evaluate(args, out: Path, mode: str, seed: int, step: int, run_dir: Path, ev
         if "frechet_distance" in metrics:
             metrics["fd"] = metrics.pop("frechet_distance")
     if args.inception_weights:
-        reference = args.ref or ArrayImageDataset(mnist_uint8("train", args.reference_images)[0], source="MNIST train split")
-        scores = compute_metrics(samples, reference, ["fid", "isc"], inception_weights=args.inception_weights,
+        scores = compute_metrics(samples, reference_images(args), ["fid", "isc"], inception_weights=args.inception_weights,
                                  device=processes.device, resize=True)
         metrics.update(fid=scores["frechet_inception_distance"], inception_score=scores["inception_score_mean"])
     metrics["seconds"] = time.perf_counter() - start
@@ -362,8 +369,7 @@ def gate_curves(args, out: Path, runs: dict, heldout) -> dict:
 
 
 def final_pipeline(out: Path, name: str) -> Path:
-    """The pipeline folder of run ``name``: its training run is the one numbered folder in ``runs/<name>/``."""
-    return next(p for p in sorted((out / "runs" / name).iterdir()) if p.is_dir() and p.name[:3].isdigit()) / "pipeline"
+    return run_folder(out, name) / "pipeline"
 
 
 def fmt(stat: dict, digits: int = 3) -> str:

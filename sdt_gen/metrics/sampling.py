@@ -234,7 +234,8 @@ def _check_manifest(folder: Path, record: dict[str, Any]) -> None:
         )
 
 
-def _write_json_atomically(path: Path, value: Any) -> None:
+def write_json_atomically(path: Path, value: Any) -> None:
+    """Writes ``value`` as JSON under a temporary name, then renames it: readers never see half a file."""
     partial = path.with_name(path.name + _PARTIAL_SUFFIX)
     partial.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
     os.replace(partial, path)
@@ -327,7 +328,7 @@ def sample_to_folder(
         for stale in out_dir.glob(f"*.png{_PARTIAL_SUFFIX}"):  # left by an interrupted run
             stale.unlink()
         if not (out_dir / MANIFEST).is_file():
-            _write_json_atomically(out_dir / MANIFEST, record)
+            write_json_atomically(out_dir / MANIFEST, record)
         if num_samples > len(missing):
             rest = f"drawing the other {len(missing)}" if missing else "nothing to draw"
             logger.info(f"{out_dir}: {num_samples - len(missing)} of {num_samples} samples exist, {rest}")
