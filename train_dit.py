@@ -16,8 +16,6 @@ EMA weights as an ``SDTPipeline`` folder).
 import argparse
 import json
 import math
-import os
-import shutil
 import time
 from pathlib import Path
 
@@ -94,9 +92,12 @@ def build_dataset(args, patch_size: int):
 def build_model(args, shape, num_classes: int) -> SDTTransformer2DModel:
     decay = dict(decay_mode=args.decay_mode, decay_layout=args.decay_layout, attention_backend=args.attention_backend)
     if args.init_from_dit:
-        from diffusers import DiTTransformer2DModel
+        if Path(args.init_from_dit).is_dir():
+            from diffusers import DiTTransformer2DModel
 
-        dit = DiTTransformer2DModel.from_pretrained(args.init_from_dit, subfolder="transformer")
+            dit = DiTTransformer2DModel.from_pretrained(args.init_from_dit, subfolder="transformer")
+        else:
+            dit = args.init_from_dit  # one of DiT's original checkpoint files
         model = SDTTransformer2DModel.from_dit(dit, decay_init="zero", **decay)
         expected = (model.config.in_channels, *model.sample_hw)
         if tuple(shape) != expected or model.config.num_classes != num_classes:
@@ -128,12 +129,7 @@ def export_pipeline(model, ema, vae, id2label, path: Path, step: int) -> SDTPipe
     pipe = SDTPipeline(
         transformer=ema_model, scheduler=dit_scheduler(model.config.learn_sigma), vae=vae, id2label=id2label
     )
-    tmp = path.with_name(f".tmp-{path.name}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    pipe.save_pretrained(tmp)
-    (tmp / EXPORT_RECORD).write_text(json.dumps({"step": step}) + "\n")
-    shutil.rmtree(path, ignore_errors=True)
-    os.replace(tmp, path)
+    pipe.save_pretrained_atomically(path, records={EXPORT_RECORD: {"step": step}})
     return pipe
 
 
@@ -345,7 +341,8 @@ def parse_args(argv=None):
     model.add_argument("--decay-init", default="rmt", choices=["rmt", "zero"], help="CAG start: RMT's decay or plain attention")
     model.add_argument("--attention-backend", default="auto", choices=ATTENTION_BACKENDS, help="auto = flex on CUDA, sdpa elsewhere")
     model.add_argument("--no-learn-sigma", dest="learn_sigma", action="store_false", help="predict the noise only (plain MSE loss)")
-    model.add_argument("--init-from-dit", help="start from a local diffusers DiT pipeline folder (CAG starts at zero decay)")
+    model.add_argument("--init-from-dit", help="start from DiT's weights: an original checkpoint (DiT-XL-2-256x256.pt, "
+                       "a DiT train.py checkpoint) or a local diffusers DiT pipeline folder (CAG starts at zero decay)")
     model.add_argument("--gradient-checkpointing", action="store_true", help="recompute block activations in backward")
     model.add_argument("--compile", action="store_true", help="torch.compile the model")
 

@@ -13,6 +13,7 @@ import inspect
 import json
 import os
 import re
+import shutil
 from collections.abc import Mapping, Sequence
 from numbers import Integral
 from pathlib import Path
@@ -308,6 +309,56 @@ class SDTPipeline(DiffusionPipeline):
                 grouped.setdefault(int(class_id), []).append(name)
             id2label = {k: ", ".join(v) for k, v in sorted(grouped.items())}
         return cls(transformer=transformer, scheduler=dit.scheduler, vae=dit.vae, id2label=id2label or None)
+
+    @classmethod
+    def from_dit_checkpoint(
+        cls,
+        checkpoint: str | os.PathLike,
+        vae: str | os.PathLike | AutoencoderKL | None = None,
+        weights: str = "ema",
+        id2label: Mapping | None = None,
+        **overrides,
+    ) -> "SDTPipeline":
+        """An SDT pipeline from one of DiT's original checkpoints (``DiT-XL-2-256x256.pt``, a ``train.py`` checkpoint).
+
+        The transformer computes the checkpoint's function (``SDTTransformer2DModel.from_dit``), the
+        scheduler is DiT's (``dit_scheduler()``), and a 1000-class model gets ImageNet's class names.
+
+        Args:
+            checkpoint: the DiT checkpoint file.
+            vae: a local ``AutoencoderKL`` folder or model (DiT: ``stabilityai/sd-vae-ft-ema``); ``None``
+                for a pixel-space model.
+            weights: ``"ema"`` or ``"model"`` for a ``train.py`` checkpoint.
+            id2label: class names; default ImageNet's for 1000 classes.
+            **overrides: SDT config keys, e.g. ``decay_mode="cag", decay_init="zero"``.
+        """
+        from sdt_gen.data import imagenet_id2label, load_vae
+
+        transformer = SDTTransformer2DModel.from_dit(checkpoint, weights=weights, **overrides).eval()
+        if isinstance(vae, (str, os.PathLike)):
+            vae = load_vae(vae)
+        if id2label is None and transformer.config.num_classes == 1000:
+            id2label = imagenet_id2label()
+        return cls(transformer=transformer, scheduler=dit_scheduler(transformer.config.learn_sigma), vae=vae,
+                   id2label=dict(id2label) if id2label else None)
+
+    # ------------------------------------------------------------------ saving
+
+    def save_pretrained_atomically(self, path: str | os.PathLike, records: Mapping[str, object] | None = None) -> None:
+        """``save_pretrained`` into a temporary sibling folder, then swap it in: ``path`` is never half-written.
+
+        Args:
+            path: the pipeline folder; an existing one is replaced only once the new one is complete.
+            records: JSON files to write beside the parts, ``{file name: value}``.
+        """
+        path = Path(path)
+        tmp = path.with_name(f".tmp-{path.name}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.save_pretrained(tmp)
+        for name, value in (records or {}).items():
+            (tmp / name).write_text(json.dumps(value) + "\n")
+        shutil.rmtree(path, ignore_errors=True)
+        os.replace(tmp, path)
 
     # ------------------------------------------------------------------ sampling
 

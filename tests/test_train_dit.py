@@ -219,3 +219,22 @@ def test_resume_with_nothing_left_to_train_replaces_a_stale_or_missing_pipeline(
     shutil.rmtree(run_dir / "pipeline")
     run(tmp_path, "--max-steps", "2", "--resume", "latest")
     assert train_dit.exported_step(run_dir / "pipeline") == 2
+
+
+def test_init_from_an_original_dit_checkpoint_file(tmp_path):
+    from dit_reference import original_dit
+
+    from sdt_gen import SDTTransformer2DModel
+
+    # DiT-S's width (so the head count is DiT's preset), one block, on the digits' 1 x 16 x 16 inputs.
+    dit = original_dit(scale=0.01, hidden=384, depth=1, heads=6, patch=4, channels=1, size=16, classes=10)
+    checkpoint = tmp_path / "0000100.pt"
+    torch.save({"model": dit.state_dict(), "ema": dit.state_dict()}, checkpoint)
+    run_dir = run(tmp_path, "--max-steps", "1", "--init-from-dit", str(checkpoint), "--decay-mode", "cag")
+    config = json.loads((run_dir / "pipeline" / "transformer" / "config.json").read_text())
+    assert (config["hidden_size"], config["depth"], config["num_heads"], config["patch_size"]) == (384, 1, 6, 4)
+    assert config["decay_mode"] == "cag" and config["decay_init"] == "zero" and config["timestep_freq_shift"] == 0.0
+    start = SDTTransformer2DModel.from_dit(checkpoint, decay_mode="cag").eval()
+    x, t, y = torch.randn(2, 1, 16, 16), torch.tensor([3, 500]), torch.tensor([1, 2])
+    with torch.no_grad():
+        torch.testing.assert_close(start(x, t, y).sample, dit(x, t, y), rtol=1e-5, atol=1e-4)

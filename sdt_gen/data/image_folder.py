@@ -48,6 +48,13 @@ def center_crop_arr(pil_image: Image.Image, image_size: int) -> Image.Image:
     return pil_image.crop((left, top, left + image_size, top + image_size))
 
 
+def imagenet_id2label() -> dict[int, str]:
+    """ImageNet-1k's class names by index (``{0: "tench", ..., 207: "golden retriever", ...}``), as torchvision ships them."""
+    from torchvision.models import ResNet50_Weights
+
+    return dict(enumerate(ResNet50_Weights.IMAGENET1K_V1.meta["categories"]))
+
+
 def load_class_names(path: str | os.PathLike) -> dict[str, str]:
     """Read a JSON object mapping class folder names to readable labels."""
     with open(path) as f:

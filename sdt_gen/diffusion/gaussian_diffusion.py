@@ -46,6 +46,15 @@ def make_scheduler(num_train_timesteps: int = NUM_TRAIN_TIMESTEPS, learn_sigma: 
     )
 
 
+def float64_betas(scheduler: DDPMScheduler) -> torch.Tensor:
+    """The scheduler's betas in float64: recomputed from its config for a linear schedule (as DiT's
+    ``np.linspace(..., dtype=np.float64)``), otherwise its float32 betas widened."""
+    config = scheduler.config
+    if config.beta_schedule == "linear" and config.get("trained_betas") is None:
+        return torch.linspace(config.beta_start, config.beta_end, config.num_train_timesteps, dtype=torch.float64)
+    return scheduler.betas.double()
+
+
 def uniform_timesteps(
     batch_size: int, num_timesteps: int, device: torch.device | str = "cpu", generator: torch.Generator | None = None
 ) -> torch.Tensor:
@@ -82,20 +91,31 @@ def normal_kl(
     return 0.5 * (-1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
 
 
+def approx_standard_normal_cdf(x: torch.Tensor) -> torch.Tensor:
+    """ADM's and DiT's approximation of the standard normal CDF: ``(1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) / 2``."""
+    return 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3))))
+
+
 def discretized_gaussian_log_likelihood(
-    x: torch.Tensor, means: torch.Tensor, log_scales: torch.Tensor, bin_width: float = 2.0 / 255.0
+    x: torch.Tensor,
+    means: torch.Tensor,
+    log_scales: torch.Tensor,
+    bin_width: float = 2.0 / 255.0,
+    exact_cdf: bool = False,
 ) -> torch.Tensor:
     """Elementwise log-probability of data ``x`` in [-1, 1] under a Gaussian discretised into bins.
 
     Each value owns the bin ``[x - bin_width / 2, x + bin_width / 2]``; the two edge bins extend to
-    infinity so the probabilities of the 256 pixel levels sum to one. Uses the exact normal CDF
-    (``torch.special``) rather than ADM's tanh approximation, and works in log space at the edges.
+    infinity so the probabilities of the 256 pixel levels sum to one. By default the normal CDF is
+    DiT's tanh approximation, so the loss equals DiT's; ``exact_cdf`` uses ``torch.special`` instead
+    (the two differ by up to ~1% in the t = 0 term).
 
     Args:
         x: ``(N, ...)`` targets in [-1, 1] (8-bit pixel levels rescaled, or latents in DiT's recipe).
         means: Gaussian means, same shape as ``x``.
         log_scales: Gaussian log standard deviations, broadcastable to ``x``.
         bin_width: width of one pixel bin, ``2 / 255`` for 8-bit images scaled to [-1, 1].
+        exact_cdf: use the exact normal CDF rather than DiT's approximation.
 
     Returns:
         log-probabilities in nats, same shape as ``x``.
@@ -105,18 +125,27 @@ def discretized_gaussian_log_likelihood(
     inv_stdv = torch.exp(-log_scales)
     upper = inv_stdv * (x - means + bin_width / 2)  # standardised upper bin edge
     lower = inv_stdv * (x - means - bin_width / 2)  # standardised lower bin edge
-    log_cdf_upper = torch.special.log_ndtr(upper)  # log P(z <= upper): the lowest bin
-    log_sf_lower = torch.special.log_ndtr(-lower)  # log P(z >= lower): the highest bin
-    bin_mass = torch.special.ndtr(upper) - torch.special.ndtr(lower)
+    if exact_cdf:
+        log_cdf_upper = torch.special.log_ndtr(upper)  # log P(z <= upper): the lowest bin
+        log_sf_lower = torch.special.log_ndtr(-lower)  # log P(z >= lower): the highest bin
+        bin_mass = torch.special.ndtr(upper) - torch.special.ndtr(lower)
+    else:
+        cdf_upper, cdf_lower = approx_standard_normal_cdf(upper), approx_standard_normal_cdf(lower)
+        log_cdf_upper = torch.log(cdf_upper.clamp(min=1e-12))
+        log_sf_lower = torch.log((1.0 - cdf_lower).clamp(min=1e-12))
+        bin_mass = cdf_upper - cdf_lower
     # Clamp so an empty bin gives a large finite penalty instead of -inf (and NaN gradients).
     log_bin_mass = torch.log(bin_mass.clamp(min=1e-12))
     return torch.where(x < -0.999, log_cdf_upper, torch.where(x > 0.999, log_sf_lower, log_bin_mass))
 
 
-def _extract(schedule: torch.Tensor, t: torch.Tensor, ndim: int) -> torch.Tensor:
-    """``schedule[t]`` as float32 of shape ``(N, 1, ..., 1)`` for broadcasting against ``ndim``-d data."""
-    values = schedule.to(t.device)[t].float()  # (N,)
-    return values.reshape(-1, *([1] * (ndim - 1)))
+def _extract(schedule: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``schedule[t]`` of shape ``(N, 1, ..., 1)``, cast to ``like``'s dtype, to broadcast against ``like``.
+
+    The float64 schedule is rounded once, to float32 for float32 data, exactly as DiT does.
+    """
+    values = schedule.to(t.device)[t].to(like.dtype)  # (N,)
+    return values.reshape(-1, *([1] * (like.dim() - 1)))
 
 
 # --------------------------------------------------------------------------------------
@@ -133,6 +162,8 @@ class DiffusionLoss:
         scheduler: source of the betas and cumulative alphas; defaults to ``make_scheduler()``.
         learn_sigma: the model output carries ``2 * C`` channels: predicted noise, then the variance
             interpolation ``v`` in [-1, 1]. Off: ``C`` channels and a plain MSE loss.
+        exact_cdf: the t = 0 likelihood term with the exact normal CDF instead of DiT's tanh
+            approximation (off: the loss equals DiT's reference code).
 
     Example:
         >>> loss_fn = DiffusionLoss()
@@ -141,19 +172,22 @@ class DiffusionLoss:
         >>> losses["loss"].mean().backward()
     """
 
-    def __init__(self, scheduler: DDPMScheduler | None = None, learn_sigma: bool = True):
+    def __init__(self, scheduler: DDPMScheduler | None = None, learn_sigma: bool = True, exact_cdf: bool = False):
         scheduler = make_scheduler(learn_sigma=learn_sigma) if scheduler is None else scheduler
         self.scheduler = scheduler
         self.learn_sigma = learn_sigma
+        self.exact_cdf = exact_cdf
         self.num_timesteps = int(scheduler.config.num_train_timesteps)
 
-        # The scheduler's betas, but every derived term in float64 (as ADM): the scheduler's float32
+        # The scheduler's schedule, but every term in float64 (as DiT): the scheduler's float32
         # cumprod carries ~1e-4 relative error in 1 - abar_t near t=0, which the posterior divides by.
-        betas = scheduler.betas.double()  # (T,)
+        betas = float64_betas(scheduler)  # (T,)
         alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)  # (T,)
         alphas_cumprod_prev = torch.cat([alphas_cumprod.new_ones(1), alphas_cumprod[:-1]])  # (T,)
         self.betas = betas
         self.alphas_cumprod = alphas_cumprod
+        self.sqrt_alphas_cumprod = torch.sqrt(alphas_cumprod)
+        self.sqrt_one_minus_alphas_cumprod = torch.sqrt(1.0 - alphas_cumprod)
         self.log_betas = torch.log(betas)
         self.sqrt_recip_alphas_cumprod = torch.rsqrt(alphas_cumprod)
         self.sqrt_recipm1_alphas_cumprod = torch.sqrt(1.0 / alphas_cumprod - 1.0)
@@ -166,8 +200,8 @@ class DiffusionLoss:
         self.posterior_mean_coef2 = (1.0 - alphas_cumprod_prev) * torch.sqrt(1.0 - betas) / (1.0 - alphas_cumprod)
 
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """Draw ``x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) noise ~ q(x_t | x_0)`` (the scheduler's ``add_noise``)."""
-        return self.scheduler.add_noise(x0, noise, t)
+        """Draw ``x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) noise ~ q(x_t | x_0)``, coefficients from the float64 schedule."""
+        return _extract(self.sqrt_alphas_cumprod, t, x0) * x0 + _extract(self.sqrt_one_minus_alphas_cumprod, t, x0) * noise
 
     def q_posterior_mean_variance(
         self, x0: torch.Tensor, xt: torch.Tensor, t: torch.Tensor
@@ -177,11 +211,11 @@ class DiffusionLoss:
         Returns:
             ``mean`` shaped like ``x0``; ``variance`` and ``log_variance`` shaped ``(N, 1, ..., 1)``.
         """
-        coef1 = _extract(self.posterior_mean_coef1, t, x0.dim())
-        coef2 = _extract(self.posterior_mean_coef2, t, x0.dim())
+        coef1 = _extract(self.posterior_mean_coef1, t, x0)
+        coef2 = _extract(self.posterior_mean_coef2, t, x0)
         mean = coef1 * x0 + coef2 * xt  # (N, C, ...)
-        variance = _extract(self.posterior_variance, t, x0.dim())
-        log_variance = _extract(self.posterior_log_variance_clipped, t, x0.dim())
+        variance = _extract(self.posterior_variance, t, x0)
+        log_variance = _extract(self.posterior_log_variance_clipped, t, x0)
         return mean, variance, log_variance
 
     def split_output(self, model_output: torch.Tensor, xt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -213,15 +247,15 @@ class DiffusionLoss:
         """
         eps, v = self.split_output(model_output, xt)
         if v is None:
-            log_variance = _extract(self.posterior_log_variance_clipped, t, xt.dim())
+            log_variance = _extract(self.posterior_log_variance_clipped, t, xt)
         else:
             # v in [-1, 1] interpolates log-variances between beta~_t (v=-1) and beta_t (v=+1).
             frac = (v + 1) / 2
-            min_log = _extract(self.posterior_log_variance_clipped, t, xt.dim())
-            max_log = _extract(self.log_betas, t, xt.dim())
+            min_log = _extract(self.posterior_log_variance_clipped, t, xt)
+            max_log = _extract(self.log_betas, t, xt)
             log_variance = frac * max_log + (1 - frac) * min_log  # (N, C, ...)
-        pred_x0 = _extract(self.sqrt_recip_alphas_cumprod, t, xt.dim()) * xt - _extract(
-            self.sqrt_recipm1_alphas_cumprod, t, xt.dim()
+        pred_x0 = _extract(self.sqrt_recip_alphas_cumprod, t, xt) * xt - _extract(
+            self.sqrt_recipm1_alphas_cumprod, t, xt
         ) * eps
         mean, _, _ = self.q_posterior_mean_variance(pred_x0, xt, t)
         return {"mean": mean, "variance": torch.exp(log_variance), "log_variance": log_variance, "pred_x0": pred_x0}
@@ -241,7 +275,9 @@ class DiffusionLoss:
         out = self.p_mean_variance(model_output, xt, t)
         kl = mean_flat(normal_kl(true_mean, true_log_variance, out["mean"], out["log_variance"])) / math.log(2.0)
         decoder_nll = -mean_flat(
-            discretized_gaussian_log_likelihood(x0, means=out["mean"], log_scales=0.5 * out["log_variance"])
+            discretized_gaussian_log_likelihood(
+                x0, means=out["mean"], log_scales=0.5 * out["log_variance"], exact_cdf=self.exact_cdf
+            )
         ) / math.log(2.0)
         return torch.where(t == 0, decoder_nll, kl)
 

@@ -7,6 +7,8 @@ data-dependent spatial decay (docs/method.md, section 5). A diffusers model: ``s
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -372,24 +374,63 @@ class SDTTransformer2DModel(ModelMixin, ConfigMixin):
         return cls(**{**SDT_PRESETS[name], **overrides})
 
     @classmethod
-    def from_dit(cls, dit_model: nn.Module, **overrides) -> "SDTTransformer2DModel":
-        """Convert a diffusers ``DiTTransformer2DModel`` into an SDT model with the same weights.
+    def from_dit(
+        cls,
+        dit: nn.Module | Mapping[str, torch.Tensor] | str | os.PathLike,
+        weights: str = "ema",
+        timestep_convention: str | None = None,
+        **overrides,
+    ) -> "SDTTransformer2DModel":
+        """Convert DiT weights into an SDT model that computes the same function.
 
-        With ``decay_mode="none"`` or ``decay_init="zero"`` the converted model computes the DiT
-        model's output. Any config key may be overridden (e.g. ``decay_mode="cag"``).
+        ``dit`` is DiT's own format (a checkpoint file such as ``DiT-XL-2-256x256.pt``, a DiT
+        ``train.py`` checkpoint, or such a state dict) or a diffusers ``DiTTransformer2DModel``.
+        With ``decay_mode="none"`` or ``decay_init="zero"`` (the default for ``cag`` here) the
+        result computes the DiT's output.
+
+        Args:
+            dit: the DiT weights.
+            weights: ``"ema"`` or ``"model"``: which weights of a ``train.py`` checkpoint.
+            timestep_convention: ``"original"`` reproduces DiT's own function (timestep features
+                without frequency shift, MLP LayerNorm eps 1e-6); ``"diffusers"`` reproduces diffusers'
+                ``DiTTransformer2DModel`` (shift 1, eps 1e-5). Default: ``"original"`` for DiT's files,
+                ``"diffusers"`` for diffusers models (so ``from_dit_pipeline`` samples ``DiTPipeline``'s images).
+            **overrides: any config key, e.g. ``decay_mode="cag"``; keys the DiT's tensors determine
+                (depth, width, patch, input size, classes, learned sigma) must agree with them.
+
+        Example:
+            >>> sdt = SDTTransformer2DModel.from_dit("DiT-XL-2-256x256.pt")
+            >>> sdt = SDTTransformer2DModel.from_dit("0400000.pt", weights="model", decay_mode="cag")
         """
-        from .dit_conversion import convert_dit_state_dict, sdt_config_from_dit
+        from . import dit_conversion as conversion
 
-        config = {**sdt_config_from_dit(dit_model.config), **overrides}
+        if isinstance(dit, nn.Module):
+            config = conversion.sdt_config_from_dit(dit.config, timestep_convention or "diffusers")
+            config = {**config, **overrides}
+            state = conversion.convert_dit_state_dict(dit.state_dict(), depth=config["depth"])
+            dtype = next(dit.parameters()).dtype
+        else:
+            original = conversion.load_dit_checkpoint(dit, weights) if isinstance(dit, (str, os.PathLike)) else (
+                conversion.select_dit_weights(dit, weights)
+            )
+            convention = conversion.timestep_settings(timestep_convention or "original")
+            config = conversion.sdt_config_from_original_dit(original, **{**convention, **overrides})
+            state = conversion.convert_original_dit_state_dict(original, config)
+            dtype = next(iter(state.values())).dtype
         if config.get("decay_mode", "cag") == "cag":
             config.setdefault("decay_init", "zero")
         model = cls(**config)
-        state = convert_dit_state_dict(dit_model.state_dict(), depth=config["depth"])
+        expected = model.state_dict()
+        for key, value in state.items():
+            if key in expected and value.shape != expected[key].shape:
+                raise ValueError(
+                    f"DiT tensor for {key!r} has shape {tuple(value.shape)}; the converted config "
+                    f"expects {tuple(expected[key].shape)}"
+                )
         missing, unexpected = model.load_state_dict(state, strict=False)
         missing = [k for k in missing if ".attn.gate." not in k]
         if missing or unexpected:
             raise ValueError(f"DiT conversion mismatch: missing {missing}, unexpected {unexpected}")
-        dtype = next(dit_model.parameters()).dtype
         return model if dtype == torch.float32 else model.to(dtype=dtype)
 
 

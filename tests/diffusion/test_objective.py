@@ -51,7 +51,7 @@ def test_discretized_log_likelihood_matches_scipy():
     x = levels / 127.5 - 1.0  # pixel levels scaled to [-1, 1]
     means = torch.linspace(-0.9, 0.8, len(levels), dtype=torch.float64)
     log_scales = torch.log(torch.linspace(0.005, 0.5, len(levels), dtype=torch.float64))
-    got = discretized_gaussian_log_likelihood(x, means, log_scales)
+    got = discretized_gaussian_log_likelihood(x, means, log_scales, exact_cdf=True)
 
     dist = stats.norm(loc=means.numpy(), scale=torch.exp(log_scales).numpy())
     half = 1.0 / 255.0
@@ -62,10 +62,13 @@ def test_discretized_log_likelihood_matches_scipy():
     assert torch.allclose(got, torch.log(expected), atol=1e-6)
 
 
-def test_discretized_likelihood_sums_to_one_over_levels():
+@pytest.mark.parametrize("exact_cdf", [False, True])
+def test_discretized_likelihood_sums_to_one_over_levels(exact_cdf):
     x = (torch.arange(256, dtype=torch.float64) / 127.5 - 1.0)
-    probs = discretized_gaussian_log_likelihood(x, torch.full_like(x, 0.3), torch.full_like(x, math.log(0.2))).exp()
-    assert probs.sum().item() == pytest.approx(1.0, abs=1e-9)
+    log_probs = discretized_gaussian_log_likelihood(
+        x, torch.full_like(x, 0.3), torch.full_like(x, math.log(0.2)), exact_cdf=exact_cdf
+    )
+    assert log_probs.exp().sum().item() == pytest.approx(1.0, abs=1e-9)
 
 
 def test_q_sample_closed_form(loss_fn):
@@ -196,3 +199,88 @@ def test_loss_decreases_on_tiny_batch(loss_fn, single_thread):
         history.append(loss.item())
     assert all(math.isfinite(v) for v in history)
     assert history[-1] < 0.3 * history[0]
+
+
+# --------------------------------------------------------------------------------------
+#      DiT's reference objective (diffusion/gaussian_diffusion.py), restated in numpy
+# --------------------------------------------------------------------------------------
+
+def dit_reference_losses(x0, noise, t, model_output):
+    """DiT's training_losses (learned sigma, RESCALED_MSE) for one sample in float64, from its formulas."""
+    import numpy as np
+
+    betas = np.linspace(1e-4, 0.02, 1000, dtype=np.float64)
+    alphas_cumprod = np.cumprod(1.0 - betas)
+    alphas_cumprod_prev = np.append(1.0, alphas_cumprod[:-1])
+    posterior_variance = betas * (1.0 - alphas_cumprod_prev) / (1.0 - alphas_cumprod)
+    posterior_log_variance_clipped = np.log(np.append(posterior_variance[1], posterior_variance[1:]))
+    coef1 = betas * np.sqrt(alphas_cumprod_prev) / (1.0 - alphas_cumprod)
+    coef2 = (1.0 - alphas_cumprod_prev) * np.sqrt(1.0 - betas) / (1.0 - alphas_cumprod)
+
+    x_t = np.sqrt(alphas_cumprod[t]) * x0 + np.sqrt(1.0 - alphas_cumprod[t]) * noise
+    eps, v = np.split(model_output, 2, axis=0)
+    true_mean = coef1[t] * x0 + coef2[t] * x_t
+    true_log_variance = posterior_log_variance_clipped[t]
+    frac = (v + 1) / 2
+    model_log_variance = frac * np.log(betas[t]) + (1 - frac) * posterior_log_variance_clipped[t]
+    pred_x0 = np.sqrt(1.0 / alphas_cumprod[t]) * x_t - np.sqrt(1.0 / alphas_cumprod[t] - 1) * eps
+    model_mean = coef1[t] * pred_x0 + coef2[t] * x_t
+    if t == 0:
+        def cdf(x):
+            return 0.5 * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x**3)))
+
+        inv_stdv = np.exp(-0.5 * model_log_variance)
+        cdf_plus = cdf(inv_stdv * (x0 - model_mean + 1.0 / 255.0))
+        cdf_min = cdf(inv_stdv * (x0 - model_mean - 1.0 / 255.0))
+        log_probs = np.where(
+            x0 < -0.999, np.log(np.maximum(cdf_plus, 1e-12)),
+            np.where(x0 > 0.999, np.log(np.maximum(1.0 - cdf_min, 1e-12)),
+                     np.log(np.maximum(cdf_plus - cdf_min, 1e-12))),
+        )
+        vb = -log_probs.mean() / np.log(2.0)
+    else:
+        kl = 0.5 * (-1.0 + model_log_variance - true_log_variance + np.exp(true_log_variance - model_log_variance)
+                    + (true_mean - model_mean) ** 2 * np.exp(-model_log_variance))
+        vb = kl.mean() / np.log(2.0)
+    mse = ((noise - eps) ** 2).mean()
+    return {"mse": mse, "vb": vb, "loss": mse + vb}
+
+
+@pytest.mark.parametrize("t", [0, 1, 5, 999])
+def test_objective_equals_dits_reference_in_float64(t):
+    g = torch.Generator().manual_seed(t)
+    x0 = torch.randint(0, 256, (1, 3, 4, 4), generator=g).double() / 127.5 - 1  # pixel levels, edges included
+    x0[0, 0, 0, :2] = torch.tensor([-1.0, 1.0], dtype=torch.float64)
+    noise = torch.randn(1, 3, 4, 4, generator=g, dtype=torch.float64)
+    # A model output near what a trained model gives, so the t = 0 bins are not all empty.
+    eps = noise + 0.05 * torch.randn(noise.shape, generator=g, dtype=torch.float64)
+    output = torch.cat([eps, torch.rand(noise.shape, generator=g, dtype=torch.float64) * 2 - 1], dim=1)
+
+    got = DiffusionLoss()(lambda xt, ts: output, x0, torch.tensor([t]), noise=noise)
+    expected = dit_reference_losses(x0[0].numpy(), noise[0].numpy(), t, output[0].numpy())
+    for key in ("mse", "vb", "loss"):
+        assert got[key].dtype == torch.float64
+        assert got[key].item() == pytest.approx(expected[key], rel=1e-6), key
+
+
+def test_exact_cdf_option_changes_only_the_t0_term():
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randint(0, 256, (2, 3, 4, 4), generator=g).double() / 127.5 - 1
+    noise = torch.randn(x0.shape, generator=g, dtype=torch.float64)
+    output = torch.cat([noise + 0.05 * torch.randn(x0.shape, generator=g, dtype=torch.float64), torch.zeros_like(x0)], 1)
+    dit_loss, exact_loss = DiffusionLoss(), DiffusionLoss(exact_cdf=True)
+    t0, t5 = torch.zeros(2, dtype=torch.long), torch.full((2,), 5)
+    model = lambda xt, ts: output  # noqa: E731
+    assert torch.equal(dit_loss(model, x0, t5, noise=noise)["vb"], exact_loss(model, x0, t5, noise=noise)["vb"])
+    approx, exact = dit_loss(model, x0, t0, noise=noise)["vb"], exact_loss(model, x0, t0, noise=noise)["vb"]
+    relative = ((approx - exact).abs() / exact).max().item()
+    assert 1e-4 < relative < 0.02  # DiT's tanh CDF is close to, not equal to, the exact one
+
+
+def test_float32_x_t_rounds_the_float64_coefficients_as_dit_does(loss_fn):
+    x0, noise = torch.randn(4, 2, 4, 4), torch.randn(4, 2, 4, 4)
+    t = torch.tensor([0, 1, 5, 999])
+    betas = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
+    abar = torch.cumprod(1 - betas, 0)[t]
+    expected = abar.sqrt().float().view(-1, 1, 1, 1) * x0 + (1 - abar).sqrt().float().view(-1, 1, 1, 1) * noise
+    assert torch.equal(loss_fn.q_sample(x0, t, noise), expected)

@@ -1,10 +1,9 @@
 import pytest
 import torch
-from diffusers import AutoencoderKL
 
 from sdt_gen import SDTPipeline, SDTTransformer2DModel
 
-from helpers import perturbed
+from helpers import perturbed, tiny_vae
 
 NUM_CLASSES = 10
 ID2LABEL = {i: f"class {i}, synonym{i}" for i in range(NUM_CLASSES)}
@@ -19,14 +18,6 @@ def tiny_transformer(in_channels=4, learn_sigma=True, seed=0, **overrides):
     )
     torch.manual_seed(seed)
     return perturbed(SDTTransformer2DModel(**{**config, **overrides}), seed=seed).eval()
-
-
-def tiny_vae(seed=0):
-    torch.manual_seed(seed)
-    return AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8), norm_num_groups=4,
-        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, sample_size=16,
-    ).eval()
 
 
 def tiny_pipeline(pixel=False, learn_sigma=True, scheduler=None, id2label=ID2LABEL, **overrides):
