@@ -75,6 +75,13 @@ def scheduler_by_name(name: str, config: Mapping | None = None) -> SchedulerMixi
     return cls.from_config(config) if config is not None else cls()
 
 
+PIPELINE_MODULE = "pipeline_sdt"
+PIPELINE_LOADER = (
+    '"""Loads SDTPipeline from the installed sdt-gen package (pip install sdt-gen)."""\n\n'
+    "from sdt_gen.pipelines.pipeline_sdt import SDTPipeline  # noqa: F401\n"
+)
+"""The file a saved pipeline folder carries for ``DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)``."""
+
 SEED_STRIDE = 1_000_003  # a prime larger than any sample count: seeds of different base seeds never meet
 
 
@@ -283,7 +290,32 @@ class SDTPipeline(DiffusionPipeline):
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> "SDTPipeline":
         """Load a pipeline saved on disk; the folder is checked first, so a missing part is named clearly."""
         check_pipeline_folder(pretrained_model_name_or_path, required=("transformer", "scheduler"))
+        code = Path(pretrained_model_name_or_path) / f"{PIPELINE_MODULE}.py"
+        if code.is_file():
+            # The class is known here, so the folder's loader file is not needed: it is run (as diffusers
+            # insists) only when it is exactly the file ``save_pretrained`` writes.
+            if code.read_text() != PIPELINE_LOADER:
+                raise ValueError(
+                    f"{code} is not the loader file SDTPipeline writes; inspect it, then load with "
+                    "DiffusionPipeline.from_pretrained(path, trust_remote_code=True) if you trust it"
+                )
+            kwargs.setdefault("trust_remote_code", True)
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
+        """diffusers' ``save_pretrained``, plus diffusers' custom-pipeline convention for a class outside diffusers.
+
+        ``model_index.json`` names the pipeline as ``["pipeline_sdt", "SDTPipeline"]`` and the folder
+        gets ``pipeline_sdt.py``, a two-line loader of the installed class, so
+        ``DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`` returns an ``SDTPipeline``.
+        """
+        super().save_pretrained(save_directory, **kwargs)
+        folder = Path(save_directory)
+        index_file = folder / "model_index.json"
+        index = json.loads(index_file.read_text())
+        index["_class_name"] = [PIPELINE_MODULE, type(self).__name__]
+        index_file.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+        (folder / f"{PIPELINE_MODULE}.py").write_text(PIPELINE_LOADER)
 
     @classmethod
     def from_dit_pipeline(cls, path: str | os.PathLike, **overrides) -> "SDTPipeline":

@@ -1,5 +1,6 @@
 import functools
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -136,7 +137,7 @@ def test_save_then_load_in_a_fresh_process(make_pipeline, tmp_path):
     folder = tmp_path / "pipe"
     pipe.save_pretrained(folder)
     index = json.loads((folder / "model_index.json").read_text())
-    assert index["_class_name"] == "SDTPipeline"
+    assert index["_class_name"] == ["pipeline_sdt", "SDTPipeline"]  # diffusers' custom-pipeline convention
     assert index["transformer"] == ["sdt_gen.models.transformer_sdt", "SDTTransformer2DModel"]
     assert index["vae"] == ["diffusers", "AutoencoderKL"] and index["scheduler"] == ["diffusers", "DDPMScheduler"]
     assert index["id2label"]["3"] == "Golden Retriever, retriever"
@@ -413,3 +414,27 @@ def test_ddim_scheduler_name_lookup():
     assert isinstance(scheduler_by_name("ddim", dit_scheduler().config), DDIMScheduler)
     with pytest.raises(ValueError, match="unknown scheduler"):
         scheduler_by_name("euler")
+
+
+def test_diffusion_pipeline_from_pretrained_returns_an_sdt_pipeline_in_a_fresh_process(tmp_path, make_pipeline):
+    pipe = make_pipeline(pixel=True)
+    pipe.save_pretrained(tmp_path / "pipe")
+    assert json.loads((tmp_path / "pipe" / "model_index.json").read_text())["_class_name"] == ["pipeline_sdt", "SDTPipeline"]
+    script = textwrap.dedent(f"""
+        from diffusers import DiffusionPipeline
+        pipe = DiffusionPipeline.from_pretrained({str(tmp_path / "pipe")!r}, trust_remote_code=True)
+        print(type(pipe).__name__, type(pipe.transformer).__name__, pipe.id2label[4])
+        print(pipe(class_labels=[4], num_inference_steps=2, output_type="np").images.shape)
+    """)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[:2] == ["SDTPipeline SDTTransformer2DModel otter", "(1, 8, 8, 3)"]
+
+
+def test_a_changed_loader_file_is_not_run(tmp_path, make_pipeline):
+    make_pipeline(pixel=True).save_pretrained(tmp_path / "pipe")
+    assert type(SDTPipeline.from_pretrained(tmp_path / "pipe")) is SDTPipeline
+    (tmp_path / "pipe" / "pipeline_sdt.py").write_text("raise SystemExit('ran untrusted code')\n")
+    with pytest.raises(ValueError, match="is not the loader file SDTPipeline writes"):
+        SDTPipeline.from_pretrained(tmp_path / "pipe")
