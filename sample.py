@@ -3,6 +3,7 @@
     python sample.py --model DIR --classes 207 360 "otter" --per-class 4 --guidance-scale 4 --steps 250 \\
         --scheduler ddpm --seed 0 --out grid.png
     python sample.py --model DIR --classes all --per-class 1 --out-dir samples/   # one PNG per image
+    python eval_fid.py --samples-dir samples/ --metrics --classifier CLASSIFIER   # score them
 
 Classes are ids or names (any comma-separated synonym of the model's id2label, case-insensitive).
 A grid has one row per class with the class name beside it. Image ``i`` is drawn from its own
@@ -16,7 +17,8 @@ from pathlib import Path
 import torch
 
 from sdt_gen import SDTPipeline
-from sdt_gen.pipelines import SCHEDULERS, image_seed, label_slug, scheduler_by_name
+from sdt_gen.metrics import sample_file_name
+from sdt_gen.pipelines import SCHEDULERS, image_seed, scheduler_by_name
 
 
 def main(args):
@@ -44,7 +46,7 @@ def main(args):
         out_dir = Path(args.out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         for i, (image, label) in enumerate(zip(images, labels)):
-            image.save(out_dir / f"{i:05d}_{label}_{label_slug(pipe.label_name(label))}.png")
+            image.save(out_dir / sample_file_name(i, label, pipe.label_name(label)))
         where = f"{len(images)} PNGs in {out_dir}"
     else:
         from sdt_gen.visualize import make_grid_png

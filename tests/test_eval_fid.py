@@ -336,3 +336,15 @@ def test_one_channel_pipeline_scored_by_a_one_channel_classifier(make_image_fold
     assert np.isfinite(results["classifier_frechet_distance"])
     assert 0 <= results["classifier_precision"] <= 1 and 0 <= results["classifier_recall"] <= 1
     assert json.loads((out / "results.json").read_text())["metrics"]["classifier_recall"] == results["classifier_recall"]
+
+
+def test_sample_py_output_is_scored_by_samples_dir_with_a_classifier(model_dir, reference_16, constant_classifier,
+                                                                     tmp_path):
+    samples = tmp_path / "samples"
+    argv = ["--model", model_dir, "--classes", "all", "--per-class", 1, "--steps", 1, "--out-dir", samples]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sys, "argv", ["sample.py", *map(str, argv)])
+        runpy.run_path(str(ROOT / "sample.py"), run_name="__main__")
+    results = run("--samples-dir", samples, "--metrics", "--classifier", constant_classifier, "--ref", reference_16,
+                  "--resize-ref", "--out", tmp_path / "eval", "--device", "cpu")
+    assert results["classifier_accuracy"] == pytest.approx(0.1)  # one sample per class, the classifier says 3

@@ -60,7 +60,7 @@ def test_out_dir_one_png_per_image_with_label(model_dir, tmp_path, monkeypatch):
             "--scheduler", "dpm", "--out-dir", out_dir)
     files = sorted(out_dir.glob("*.png"))
     assert len(files) == 10
-    assert files[4].name == "00004_4_otter.png"
+    assert files[4].name == "000004_4_otter.png"  # the name eval_fid.py reads labels from
     assert all(Image.open(f).size == (16, 16) for f in files)
 
 
