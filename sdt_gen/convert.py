@@ -14,9 +14,10 @@ from __future__ import annotations
 import argparse
 
 from sdt_gen.pipelines import SDTPipeline
+from sdt_gen.cli import positive_int, run_main
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m sdt_gen.convert", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -26,12 +27,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--weights", choices=["ema", "model"], default="ema", help="weights of a train.py checkpoint")
     parser.add_argument("--decay-mode", choices=["none", "fixed", "cag"], default="none",
                         help="attention of the converted model (none: DiT's function; cag starts at zero decay)")
-    parser.add_argument("--num-heads", type=int, help="attention heads; needed only for widths DiT has no preset of")
-    return parser.parse_args(argv)
+    parser.add_argument("--num-heads", type=positive_int, help="attention heads; needed only for widths DiT has no preset of")
+    return parser
 
 
-def main(argv=None) -> SDTPipeline:
-    args = parse_args(argv)
+def main(args: argparse.Namespace) -> SDTPipeline:
     overrides = {"num_heads": args.num_heads} if args.num_heads else {}
     pipe = SDTPipeline.from_dit_checkpoint(
         args.checkpoint, vae=args.vae, weights=args.weights, decay_mode=args.decay_mode, **overrides
@@ -46,4 +46,4 @@ def main(argv=None) -> SDTPipeline:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main, build_parser())

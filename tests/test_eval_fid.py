@@ -219,7 +219,7 @@ def test_two_cpu_processes_sample_the_same_images_as_one(single_run: dict, model
 
 
 def test_bad_input_fails_before_sampling_with_a_clear_error(
-    model_dir, reference_16, inception_weights, make_image_folder, tmp_path, monkeypatch
+    model_dir, reference_16, inception_weights, make_image_folder, tmp_path, monkeypatch, capsys
 ):
     def no_sampling(*args, **kwargs):
         raise AssertionError("sampled despite bad input")
@@ -246,13 +246,14 @@ def test_bad_input_fails_before_sampling_with_a_clear_error(
         run("--samples-dir", make_image_folder(2, size=8), "--metrics", "--classifier", tmp_path, "--out", out)
     assert not out.exists()
 
-    # The script itself turns these into a one-line error and a non-zero exit.
+    # The script itself turns these into a one-line error and exit status 2.
+    capsys.readouterr()
     monkeypatch.setattr(sys, "argv", [str(SCRIPT), "--model", str(tmp_path / "missing"), "--out", str(out)])
     with pytest.raises(SystemExit) as exit_info:
         runpy.run_path(str(SCRIPT), run_name="__main__")
-    assert str(exit_info.value).startswith("eval_fid.py: error: model folder") and "does not exist" in str(
-        exit_info.value
-    )
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: model folder") and "does not exist" in err and err.count("\n") == 1
 
 
 def test_missing_inception_weights_stop_at_once_offline(model_dir, reference_16, tmp_path, monkeypatch):

@@ -64,11 +64,16 @@ def test_out_dir_one_png_per_image_with_label(model_dir, tmp_path, monkeypatch):
     assert all(Image.open(f).size == (16, 16) for f in files)
 
 
-def test_unknown_class_is_an_error(model_dir, tmp_path, monkeypatch):
-    with pytest.raises(ValueError, match="'otter'"):
+def test_unknown_class_is_an_error(model_dir, tmp_path, monkeypatch, capsys):
+    with pytest.raises(SystemExit) as exit_info:
         run_cli(monkeypatch, "--model", model_dir, "--classes", "oter", "--steps", 1, "--out", tmp_path / "g.png")
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == "error: unknown class name 'oter'; closest names: 'otter'"
 
 
-def test_missing_model_is_an_error(tmp_path, monkeypatch):
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+def test_missing_model_is_an_error(tmp_path, monkeypatch, capsys):
+    with pytest.raises(SystemExit) as exit_info:
         run_cli(monkeypatch, "--model", tmp_path / "missing", "--classes", 1, "--out", tmp_path / "g.png")
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "does not exist" in err and err.count("\n") == 1

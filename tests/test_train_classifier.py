@@ -14,7 +14,7 @@ import train_classifier  # noqa: E402
 
 
 def run(tmp_path, *extra):
-    args = train_classifier.parse_args(["--results-dir", str(tmp_path / "results"), *extra])
+    args = train_classifier.build_parser().parse_args(["--results-dir", str(tmp_path / "results"), *extra])
     return train_classifier.main(args)
 
 
@@ -34,6 +34,23 @@ def test_one_epoch_then_resume_writes_a_pipeline_ready_model(tmp_path):
     digit = Image.fromarray((np.random.default_rng(0).random((32, 32)) * 255).astype(np.uint8))
     predictions = clf(digit)
     assert {p["label"] for p in predictions} <= {str(i) for i in range(10)}
+
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(run_dir / "model" / "README.md")
+    assert card.data.library_name == "transformers" and card.data.pipeline_tag == "image-classification"
+    assert "2 epochs" in card.text and "val top1" in card.text and '"preset": "SDT-H-XT"' in card.text
+
+
+def test_push_to_hub_uploads_the_model_folder(tmp_path, monkeypatch):
+    from huggingface_hub import HfApi
+
+    calls = []
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: calls.append(repo_id))
+    monkeypatch.setattr(HfApi, "upload_folder", lambda self, **kw: calls.append(kw))
+    run_dir, _ = run(tmp_path, "--epochs", "1", "--push-to-hub", "me/sdt-h-xt-digits")
+    assert calls == ["me/sdt-h-xt-digits", {"repo_id": "me/sdt-h-xt-digits", "folder_path": str(run_dir / "model"),
+                                            "commit_message": "digits, 1 epochs"}]
 
 
 def test_bad_inputs_are_clear_errors(tmp_path):

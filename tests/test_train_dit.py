@@ -26,7 +26,7 @@ FAST = [
 
 
 def run(tmp_path, *extra):
-    args = train_dit.parse_args(["--results-dir", str(tmp_path / "results"), *FAST, *extra])
+    args = train_dit.build_parser().parse_args(["--results-dir", str(tmp_path / "results"), *FAST, *extra])
     return train_dit.main(args)
 
 
@@ -238,3 +238,22 @@ def test_init_from_an_original_dit_checkpoint_file(tmp_path):
     x, t, y = torch.randn(2, 1, 16, 16), torch.tensor([3, 500]), torch.tensor([1, 2])
     with torch.no_grad():
         torch.testing.assert_close(start(x, t, y).sample, dit(x, t, y), rtol=1e-5, atol=1e-4)
+
+
+def test_pipeline_folder_has_a_model_card_and_push_uploads_it(tmp_path, monkeypatch):
+    from huggingface_hub import HfApi, ModelCard
+
+    calls = []
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: calls.append(("create", repo_id, kw)))
+    monkeypatch.setattr(HfApi, "upload_folder", lambda self, **kw: calls.append(("upload", kw)))
+    run_dir = run(tmp_path, "--max-steps", "2", "--push-to-hub", "me/sdt-digits")
+    folder = run_dir / "pipeline"
+    card = ModelCard.load(folder / "README.md")
+    assert card.data.library_name == "diffusers" and card.data.license == "apache-2.0"
+    assert "decay-cag" in card.data.tags and "sdt-gen" in card.data.tags
+    assert "![EMA samples](samples.png)" in card.text and (folder / "samples.png").is_file()
+    assert "after 2 optimizer steps" in card.text and "train loss" in card.text
+    assert 'SDTPipeline.from_pretrained("REPO_OR_FOLDER")' in card.text
+    assert calls == [("create", "me/sdt-digits", {"exist_ok": True}),
+                     ("upload", {"repo_id": "me/sdt-digits", "folder_path": str(folder),
+                                 "commit_message": "digits, step 2"})]

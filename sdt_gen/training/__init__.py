@@ -11,6 +11,7 @@ from .checkpoint import (
     skip_consumed_batches,
 )
 from .ema import DiTEMA
+from .model_card import classifier_card, denoiser_card, push_folder_to_hub, save_card
 from .setup import create_accelerator, open_run
 from .run_dir import create_logger, create_run_dir, latest_run_dir, run_tag, save_config
 
@@ -18,16 +19,20 @@ __all__ = [
     "DiTEMA",
     "TrainState",
     "check_finite",
+    "classifier_card",
     "checkpoint_name",
     "create_accelerator",
     "create_logger",
     "create_run_dir",
+    "denoiser_card",
     "latest_checkpoint",
     "latest_run_dir",
     "list_checkpoints",
     "open_run",
+    "push_folder_to_hub",
     "resolve_resume",
     "run_tag",
+    "save_card",
     "save_checkpoint",
     "save_config",
     "skip_consumed_batches",

@@ -37,7 +37,7 @@ def evaluator(tmp_path_factory) -> Path:
 def study(tmp_path_factory, evaluator):
     out = tmp_path_factory.mktemp("study") / "mnist"
     start = time.perf_counter()
-    results = decay_study.main(decay_study.parse_args([*TINY, "--classifier", str(evaluator), "--out", str(out)]))
+    results = decay_study.main(decay_study.build_parser().parse_args([*TINY, "--classifier", str(evaluator), "--out", str(out)]))
     return out, results, time.perf_counter() - start
 
 
@@ -73,7 +73,7 @@ def test_a_second_call_retrains_nothing(study, evaluator, monkeypatch):
     calls = []
     monkeypatch.setattr(decay_study.train_dit, "main", lambda args: calls.append(args))
     start = time.perf_counter()
-    again = decay_study.main(decay_study.parse_args([*TINY, "--classifier", str(evaluator), "--out", str(out)]))
+    again = decay_study.main(decay_study.build_parser().parse_args([*TINY, "--classifier", str(evaluator), "--out", str(out)]))
     assert calls == []
     assert time.perf_counter() - start < first_seconds / 2
     assert again["summary"] == results["summary"]
@@ -82,14 +82,14 @@ def test_a_second_call_retrains_nothing(study, evaluator, monkeypatch):
 def test_another_protocol_in_the_same_folder_is_refused(study, evaluator):
     out, _, _ = study
     with pytest.raises(SystemExit, match=r"another protocol \(sampling: .*'ddpm'"):
-        decay_study.main(decay_study.parse_args(
+        decay_study.main(decay_study.build_parser().parse_args(
             [*TINY, "--classifier", str(evaluator), "--out", str(out), "--scheduler", "ddpm"]
         ))
 
 
 @pytest.mark.slow
 def test_quick_study_end_to_end(tmp_path):
-    results = decay_study.main(decay_study.parse_args(["--quick", "--out", str(tmp_path / "quick")]))
+    results = decay_study.main(decay_study.build_parser().parse_args(["--quick", "--out", str(tmp_path / "quick")]))
     assert results["evaluator"]["heldout_top1"] > 0.5
     for name in PICTURES:
         assert (tmp_path / "quick" / name).is_file()

@@ -125,14 +125,15 @@ def test_diffusers_dit_under_both_timestep_conventions():
 
 
 def test_convert_writes_a_pipeline_folder_that_loads_and_samples(tmp_path):
-    from sdt_gen.convert import main as convert
+    from sdt_gen.convert import build_parser, main as convert
     from sdt_gen.pipelines import SDTPipeline
 
     dit = original_dit(classes=1000)
     torch.save(dit.state_dict(), tmp_path / "DiT-tiny.pt")
     tiny_vae().save_pretrained(tmp_path / "vae")
     out = tmp_path / "pipe"
-    convert([str(tmp_path / "DiT-tiny.pt"), "--vae", str(tmp_path / "vae"), "--out", str(out), "--num-heads", "2"])
+    convert(build_parser().parse_args([str(tmp_path / "DiT-tiny.pt"), "--vae", str(tmp_path / "vae"), "--out", str(out),
+                        "--num-heads", "2"]))
 
     pipe = SDTPipeline.from_pretrained(out)
     assert pipe.id2label[207] == "golden retriever" and len(pipe.id2label) == 1000
