@@ -49,6 +49,7 @@ from sdt_gen.metrics import (
     write_results,
 )
 from sdt_gen.metrics.sampling import MANIFEST
+from sdt_gen.hub import local_folder
 from sdt_gen.pipelines import SCHEDULERS, check_pipeline_folder, scheduler_by_name
 from sdt_gen.cli import non_negative_float, non_negative_int, positive_int, run_main
 
@@ -116,7 +117,8 @@ def main(args):
 
     # 1. Check every input before anything is sampled (on every process, so an error stops them all)
     if args.model is not None:
-        check_pipeline_folder(args.model, required=("transformer", "scheduler"))
+        model_folder = local_folder(args.model)  # a Hub repo id: its cached snapshot
+        check_pipeline_folder(model_folder, required=("transformer", "scheduler"))
     elif not Path(args.samples_dir).is_dir():
         raise FileNotFoundError(f"samples folder {args.samples_dir} does not exist (--samples-dir)")
     if args.ref is not None and not Path(args.ref).exists():
@@ -133,7 +135,7 @@ def main(args):
     pipe, samples = None, None
     if args.model is not None:
         dtype = {} if args.dtype == "float32" else {"torch_dtype": getattr(torch, args.dtype)}
-        pipe = SDTPipeline.from_pretrained(args.model, **dtype).to(device)
+        pipe = SDTPipeline.from_pretrained(model_folder, **dtype).to(device)
         pipe.scheduler = scheduler_by_name(args.scheduler, pipe.scheduler.config)
         size = image_size(pipe)
     else:

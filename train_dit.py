@@ -37,6 +37,7 @@ from sdt_gen.data import (
     vae_downsampling,
 )
 from sdt_gen.diffusion import DiffusionLoss, make_scheduler, uniform_timesteps
+from sdt_gen.hub import local_folder
 from sdt_gen.layers import ATTENTION_BACKENDS, DECAY_LAYOUTS, DECAY_MODES
 from sdt_gen.pipelines import dit_scheduler, scheduler_by_name
 from sdt_gen.training import (
@@ -102,12 +103,11 @@ def build_dataset(args, patch_size: int):
 def build_model(args, shape, num_classes: int) -> SDTTransformer2DModel:
     decay = dict(decay_mode=args.decay_mode, decay_layout=args.decay_layout, attention_backend=args.attention_backend)
     if args.init_from_dit:
-        if Path(args.init_from_dit).is_dir():
+        dit = local_folder(args.init_from_dit)  # a Hub repo id: its cached snapshot
+        if dit.is_dir():
             from diffusers import DiTTransformer2DModel
 
-            dit = DiTTransformer2DModel.from_pretrained(args.init_from_dit, subfolder="transformer")
-        else:
-            dit = args.init_from_dit  # one of DiT's original checkpoint files
+            dit = DiTTransformer2DModel.from_pretrained(dit, subfolder="transformer")
         model = SDTTransformer2DModel.from_dit(dit, decay_init="zero", **decay)
         expected = (model.config.in_channels, *model.sample_hw)
         if tuple(shape) != expected or model.config.num_classes != num_classes:
@@ -360,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--attention-backend", default="auto", choices=ATTENTION_BACKENDS, help="auto = flex on CUDA, sdpa elsewhere")
     model.add_argument("--no-learn-sigma", dest="learn_sigma", action="store_false", help="predict the noise only (plain MSE loss)")
     model.add_argument("--init-from-dit", help="start from DiT's weights: an original checkpoint (DiT-XL-2-256x256.pt, "
-                       "a DiT train.py checkpoint) or a local diffusers DiT pipeline folder (CAG starts at zero decay)")
+                       "a DiT train.py checkpoint) or a diffusers DiT pipeline (folder or Hub id; CAG starts at zero decay)")
     model.add_argument("--gradient-checkpointing", action="store_true", help="recompute block activations in backward")
     model.add_argument("--compile", action="store_true", help="torch.compile the model")
 

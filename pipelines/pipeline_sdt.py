@@ -33,6 +33,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import logging
 from diffusers.utils.torch_utils import randn_tensor
 
+from sdt_gen.hub import local_folder
 from sdt_gen.models.transformer_sdt import SDTTransformer2DModel
 
 logger = logging.get_logger(__name__)
@@ -113,10 +114,7 @@ def check_pipeline_folder(path: str | os.PathLike, required: Sequence[str] = ())
     """
     folder = Path(path).expanduser()
     if not folder.is_dir():
-        raise FileNotFoundError(
-            f"model folder {folder} does not exist (pipelines load from disk only; fetch a Hub model first with "
-            "`huggingface-cli download REPO --local-dir DIR` on a machine with internet)"
-        )
+        raise FileNotFoundError(f"model folder {folder} does not exist (pass a saved pipeline folder or a Hub repo id)")
     index_file = folder / "model_index.json"
     if not index_file.is_file():
         raise FileNotFoundError(f"{folder} is not a saved pipeline: it has no model_index.json")
@@ -288,7 +286,9 @@ class SDTPipeline(DiffusionPipeline):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> "SDTPipeline":
-        """Load a pipeline saved on disk; the folder is checked first, so a missing part is named clearly."""
+        """Load a pipeline from a local folder or a Hub repo id (downloaded into the Hugging Face cache, or read
+        from it with ``HF_HUB_OFFLINE=1``); the folder is checked first, so a missing part is named clearly."""
+        pretrained_model_name_or_path = local_folder(pretrained_model_name_or_path, kwargs.pop("revision", None))
         check_pipeline_folder(pretrained_model_name_or_path, required=("transformer", "scheduler"))
         code = Path(pretrained_model_name_or_path) / f"{PIPELINE_MODULE}.py"
         if code.is_file():

@@ -144,7 +144,7 @@ def test_image_folder_training_in_latent_space(tmp_path, image_folder_and_vae):
     root, vae = image_folder_and_vae
     with pytest.raises(ValueError, match="needs --vae PATH"):
         run(tmp_path, "--data-path", str(root), "--image-size", "32")
-    with pytest.raises(FileNotFoundError, match="expected a local diffusers AutoencoderKL folder"):
+    with pytest.raises(FileNotFoundError, match="expected a diffusers AutoencoderKL folder"):
         run(tmp_path, "--data-path", str(root), "--image-size", "32", "--vae", str(tmp_path / "nope"))
     with pytest.raises(ValueError, match="divisible by the VAE's downsampling 2 times the patch size 2"):
         run(tmp_path, "--data-path", str(root), "--image-size", "30", "--vae", str(vae), "--model", "SDT-Ti/2")

@@ -8,15 +8,19 @@ import torch
 
 
 def load_vae(path: str | os.PathLike, device: torch.device | str = "cpu"):
-    """A local diffusers ``AutoencoderKL`` folder, frozen in eval mode; a clear error when it is not there."""
+    """A diffusers ``AutoencoderKL`` from a local folder or a Hub repo id, frozen in eval mode.
+
+    A folder without the VAE's files is a clear error, as is an id neither cached nor downloadable.
+    """
     from diffusers import AutoencoderKL
 
-    path = os.fspath(path)
+    from ..hub import local_folder
+
+    path = os.fspath(local_folder(path))
     if not os.path.isfile(os.path.join(path, "config.json")):
         raise FileNotFoundError(
-            f"--vae {path!r}: expected a local diffusers AutoencoderKL folder (config.json + "
-            "diffusion_pytorch_model.safetensors), e.g. stabilityai/sd-vae-ft-ema fetched with "
-            "`huggingface-cli download stabilityai/sd-vae-ft-ema --local-dir PATH` on a machine with internet"
+            f"--vae {path!r}: expected a diffusers AutoencoderKL folder (config.json + "
+            "diffusion_pytorch_model.safetensors) or a Hub repo id such as stabilityai/sd-vae-ft-ema"
         )
     return AutoencoderKL.from_pretrained(path).to(device).eval().requires_grad_(False)
 
