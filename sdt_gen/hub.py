@@ -31,7 +31,7 @@ def local_folder(name_or_path: str | os.PathLike, revision: str | None = None) -
         FileNotFoundError: the id is neither cached nor downloadable; the message says how to get it.
     """
     path = Path(name_or_path)
-    if path.exists() or not _REPO_ID.match(str(name_or_path)) or str(name_or_path).startswith("."):
+    if path.exists() or not _REPO_ID.match(str(name_or_path)):
         return path
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError

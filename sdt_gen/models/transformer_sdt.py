@@ -410,9 +410,10 @@ class SDTTransformer2DModel(ModelMixin, ConfigMixin):
             state = conversion.convert_dit_state_dict(dit.state_dict(), depth=config["depth"])
             dtype = next(dit.parameters()).dtype
         else:
-            original = conversion.load_dit_checkpoint(dit, weights) if isinstance(dit, (str, os.PathLike)) else (
-                conversion.select_dit_weights(dit, weights)
-            )
+            if isinstance(dit, (str, os.PathLike)):
+                original = conversion.load_dit_checkpoint(dit, weights)
+            else:
+                original = conversion.select_dit_weights(dit, weights)
             convention = conversion.timestep_settings(timestep_convention or "original")
             config = conversion.sdt_config_from_original_dit(original, **{**convention, **overrides})
             state = conversion.convert_original_dit_state_dict(original, config)
