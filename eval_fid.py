@@ -15,9 +15,10 @@ Writes to --out (default evals/<model name>): samples/ with one PNG per image, i
 name (a rerun continues with the missing images; under accelerate every process draws its share,
 and image i is the same on any number of processes); samples.npz with --npz (arr_0, uint8,
 N x H x W x 3, for ADM's TensorFlow evaluator); results.json with every metric and the full
-protocol; history.jsonl, one line per run. Everything is checked before sampling starts. Weights
-are never downloaded: pass --inception-weights / --vgg16-weights, or keep the files in
-torch-fidelity's cache ($TORCH_HOME/hub/checkpoints).
+protocol; history.jsonl, one line per run. Everything is checked before sampling starts, the
+feature extractors' weights first: --inception-weights / --vgg16-weights, else torch-fidelity's
+cache ($TORCH_HOME/hub/checkpoints), where a missing file is downloaded as torch-fidelity would,
+unless HF_HUB_OFFLINE=1 or its server does not answer (then the error says where to get it).
 """
 
 import argparse
@@ -131,6 +132,17 @@ def main(args):
             f"(a folder of images or an .npz) or --ref-cache NAME (statistics cached by an earlier run)"
         )
     if metrics:  # the weights first: the cheapest check, and the one offline users hit
+        # One download per machine: the others wait, then find the file. The error of a failed
+        # download is raised after the barrier, so no process waits there forever.
+        failed = None
+        if processes.is_local_main_process:
+            try:
+                resolve_feature_extractor_weights(metrics, args.inception_weights, args.vgg16_weights)
+            except Exception as error:
+                failed = error
+        processes.wait_for_everyone()
+        if failed is not None:
+            raise failed
         resolve_feature_extractor_weights(metrics, args.inception_weights, args.vgg16_weights)
     pipe, samples = None, None
     if args.model is not None:
@@ -265,9 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "--classifier only")
     parser.add_argument("--kid-subset-size", type=positive_int, default=1000,
                         help="KID subset size (lowered, and said so, for fewer images)")
-    parser.add_argument("--inception-weights", help="local weights-inception-2015-12-05-6726825d.pth "
-                        "(default: torch-fidelity's cache; never downloaded)")
-    parser.add_argument("--vgg16-weights", help="local vgg16-397923af.pth for prc (default: torch's cache)")
+    parser.add_argument("--inception-weights", help="local weights-inception-2015-12-05-6726825d.pth (default: "
+                        "torch-fidelity's cache $TORCH_HOME/hub/checkpoints, downloaded there unless HF_HUB_OFFLINE=1)")
+    parser.add_argument("--vgg16-weights", help="local vgg16-397923af.pth for prc (default: as --inception-weights)")
     parser.add_argument("--classifier", help="transformers image-classifier folder (with its image processor): adds "
                         "conditional accuracy and a Fréchet distance in its pre-logit features")
     parser.add_argument("--npz", action="store_true", help="also write samples.npz for ADM's TensorFlow evaluator")

@@ -278,7 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cutmix", type=non_negative_float, help="cutmix alpha, 0 = off (default: 1.0, digits: 0)")
     p.add_argument("--max-grad-norm", type=non_negative_float, default=0.0, help="gradient clipping norm, 0 = off")
     p.add_argument("--ema-decay", type=non_negative_float, default=0.0, help="EMA decay of the weights, 0 = no EMA")
-    p.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"], help="autocast precision")
+    p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"],
+                     help="autocast precision (default: what `accelerate launch` was configured with, else no)")
     p.add_argument("--seed", type=non_negative_int, default=0, help="global seed (each process adds its rank)")
     p.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is present")
     p.add_argument("--results-dir", default="results", help="parent folder of the numbered run folders")

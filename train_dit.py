@@ -219,7 +219,9 @@ def main(args):
         model.enable_gradient_checkpointing()
     ema = DiTEMA(model.parameters(), decay=args.ema_decay, warmup=args.ema_warmup)
     ema.to(device)
-    loss_fn = DiffusionLoss(make_scheduler(learn_sigma=model.config.learn_sigma), learn_sigma=model.config.learn_sigma)
+    loss_fn = DiffusionLoss(
+        make_scheduler(learn_sigma=model.config.learn_sigma), learn_sigma=model.config.learn_sigma, snr_gamma=args.snr_gamma
+    )
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     logger.info(f"{args.model}: {sum(p.numel() for p in model.parameters()):,} parameters, decay {args.decay_mode}")
 
@@ -371,10 +373,13 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--weight-decay", type=non_negative_float, default=0.0, help="AdamW weight decay")
     opt.add_argument("--max-grad-norm", type=non_negative_float, help="gradient clipping norm, 0 = off (default: off, digits: 1.0)")
     opt.add_argument("--max-steps", type=positive_int, help="optimizer steps to train (default: 400000, digits: 1400)")
+    opt.add_argument("--snr-gamma", type=positive_float,
+                     help="Min-SNR-gamma weighting of the noise MSE, e.g. 5 (default: off = DiT's unweighted loss)")
     opt.add_argument("--ema-decay", type=non_negative_float, help="EMA decay (default: DiT's 0.9999, digits: 0.999)")
     opt.add_argument("--ema-warmup", action=argparse.BooleanOptionalAction, default=None,
                      help="ramp the EMA decay up as diffusers does (default: off = DiT's constant decay; digits: on)")
-    opt.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"], help="autocast precision")
+    opt.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"],
+                     help="autocast precision (default: what `accelerate launch` was configured with, else no)")
     opt.add_argument("--seed", type=non_negative_int, default=0, help="global seed (each process adds its rank)")
     opt.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is present")
 

@@ -29,7 +29,7 @@ from PIL import Image
 from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
 
 from sdt_gen import SDTConfig, SDTForImageClassification, SDTPipeline, SDTTransformer2DModel, save_classifier
-from sdt_gen.metrics import WeightsNotFoundError, labels_from_file_names, sample_labels
+from sdt_gen.metrics import WeightsNotFoundError, default_weights_path, fidelity, labels_from_file_names, sample_labels
 
 from helpers import perturbed
 
@@ -265,6 +265,29 @@ def test_missing_inception_weights_stop_at_once_offline(model_dir, reference_16,
     message = str(missing.value)
     assert "weights-inception-2015-12-05-6726825d.pth" in message
     assert URL_INCEPTION_V3 in message and "--inception-weights PATH" in message
+    assert not (tmp_path / "eval").exists()
+
+
+def test_hf_hub_offline_ends_the_script_with_one_line_before_any_download(
+    model_dir, reference_16, tmp_path, monkeypatch, capsys
+):
+    attempts = []
+    monkeypatch.setattr(fidelity, "urlopen", lambda *args, **kwargs: attempts.append(args))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", lambda *args, **kwargs: attempts.append(args))
+    monkeypatch.setattr(SDTPipeline, "from_pretrained", lambda *a, **k: pytest.fail("loaded the model first"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    argv = [SCRIPT, "--model", model_dir, *SAMPLING, "--ref", reference_16, "--resize-ref", "--out", tmp_path / "eval"]
+    monkeypatch.setattr(sys, "argv", [str(a) for a in argv])
+    capsys.readouterr()
+    start = time.monotonic()
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(SCRIPT), run_name="__main__")
+    assert time.monotonic() - start < 3.0 and exit_info.value.code == 2 and attempts == []
+    err = capsys.readouterr().err
+    assert err.startswith("error: inception-v3-compat weights weights-inception-2015-12-05-6726825d.pth")
+    assert err.count("\n") == 1 and "HF_HUB_OFFLINE is set" in err and URL_INCEPTION_V3 in err
+    assert str(default_weights_path("inception-v3-compat")) in err and "--inception-weights PATH" in err
     assert not (tmp_path / "eval").exists()
 
 

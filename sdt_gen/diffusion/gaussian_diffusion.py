@@ -164,6 +164,9 @@ class DiffusionLoss:
             interpolation ``v`` in [-1, 1]. Off: ``C`` channels and a plain MSE loss.
         exact_cdf: the t = 0 likelihood term with the exact normal CDF instead of DiT's tanh
             approximation (off: the loss equals DiT's reference code).
+        snr_gamma: weight the noise MSE by ``min(SNR_t, gamma) / SNR_t`` (Min-SNR-gamma, Hang et al.
+            2023; diffusers' ``--snr_gamma``), which stops the easy low-noise steps from dominating the
+            gradient; ``None`` keeps DiT's unweighted MSE. The VLB term is never weighted.
 
     Example:
         >>> loss_fn = DiffusionLoss()
@@ -172,11 +175,20 @@ class DiffusionLoss:
         >>> losses["loss"].mean().backward()
     """
 
-    def __init__(self, scheduler: DDPMScheduler | None = None, learn_sigma: bool = True, exact_cdf: bool = False):
+    def __init__(
+        self,
+        scheduler: DDPMScheduler | None = None,
+        learn_sigma: bool = True,
+        exact_cdf: bool = False,
+        snr_gamma: float | None = None,
+    ):
+        if snr_gamma is not None and not snr_gamma > 0:
+            raise ValueError(f"snr_gamma must be a positive number or None, got {snr_gamma!r}")
         scheduler = make_scheduler(learn_sigma=learn_sigma) if scheduler is None else scheduler
         self.scheduler = scheduler
         self.learn_sigma = learn_sigma
         self.exact_cdf = exact_cdf
+        self.snr_gamma = snr_gamma
         self.num_timesteps = int(scheduler.config.num_train_timesteps)
 
         # The scheduler's schedule, but every term in float64 (as DiT): the scheduler's float32
@@ -198,6 +210,9 @@ class DiffusionLoss:
         )
         self.posterior_mean_coef1 = betas * torch.sqrt(alphas_cumprod_prev) / (1.0 - alphas_cumprod)
         self.posterior_mean_coef2 = (1.0 - alphas_cumprod_prev) * torch.sqrt(1.0 - betas) / (1.0 - alphas_cumprod)
+        # Min-SNR-gamma for noise prediction: min(SNR_t, gamma) / SNR_t; 1 (DiT's loss) without gamma.
+        snr = alphas_cumprod / (1.0 - alphas_cumprod)  # (T,)
+        self.mse_weights = snr.clamp(max=snr_gamma) / snr if snr_gamma is not None else torch.ones_like(snr)
 
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Draw ``x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) noise ~ q(x_t | x_0)``, coefficients from the float64 schedule."""
@@ -314,13 +329,14 @@ class DiffusionLoss:
 
         eps, v = self.split_output(model_output, xt)
         mse = mean_flat((noise - eps) ** 2)  # (N,)
+        weighted_mse = _extract(self.mse_weights, t, mse) * mse  # (N,)
         if v is None:
-            return {"loss": mse, "mse": mse}
+            return {"loss": weighted_mse, "mse": mse}
         # The VLB must only train the variance: the mean's gradient comes from the MSE alone.
         frozen_output = torch.cat([eps.detach(), v], dim=1)  # (N, 2C, H, W)
         # Rescaled so the VLB weighs as in ADM's RESCALED_MSE, whatever T is.
         vb = self.vb_terms_bpd(frozen_output, x0, xt, t) * (self.num_timesteps / 1000.0)  # (N,)
-        return {"loss": mse + vb, "mse": mse, "vb": vb}
+        return {"loss": weighted_mse + vb, "mse": mse, "vb": vb}
 
 
 @torch.no_grad()

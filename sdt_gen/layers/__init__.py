@@ -1,6 +1,7 @@
 """The vocabulary of SDT models: spatial decay, attention, embeddings. Depends on torch only."""
 
 from .attention import ATTENTION_BACKENDS, SpatialDecayAttention, resolve_backend, spatial_decay_attention
+from .blockwise_attention import blockwise_decay_attention
 from .drop import DropPath, drop_path
 from .embeddings import LabelEmbedding, PatchEmbed, sincos_1d, sincos_2d
 from .spatial_decay import (
@@ -27,6 +28,7 @@ __all__ = [
     "LabelEmbedding",
     "PatchEmbed",
     "SpatialDecayAttention",
+    "blockwise_decay_attention",
     "check_choice",
     "decay_bias",
     "decay_map",

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .blockwise_attention import blockwise_decay_attention
 from .spatial_decay import (
     DECAY_INITS,
     DECAY_LAYOUTS,
@@ -21,14 +24,19 @@ from .spatial_decay import (
 
 ATTENTION_BACKENDS = ("sdpa", "flex", "auto")
 
+# Devices where ``auto`` picks FlexAttention: it is only fused (compiled) there.
+FLEX_DEVICE_TYPES = ("cuda",)
+
 _compiled_flex_attention = None
+# Why ``auto`` gave up on FlexAttention in this process (the first error it raised), or None.
+_flex_failure: str | None = None
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
-    """``auto`` -> ``flex`` on CUDA, ``sdpa`` elsewhere; other names are checked and returned."""
+    """``auto`` -> ``flex`` on CUDA (unless it already failed here), ``sdpa`` elsewhere; other names are checked."""
     check_choice("attention_backend", backend, ATTENTION_BACKENDS)
     if backend == "auto":
-        return "flex" if device.type == "cuda" else "sdpa"
+        return "flex" if device.type in FLEX_DEVICE_TYPES and _flex_failure is None else "sdpa"
     return backend
 
 
@@ -64,6 +72,9 @@ def _attend(q, k, v, rates, grid_size: tuple[int, int], backend: str) -> torch.T
     if rates is None:
         return F.scaled_dot_product_attention(q, k, v)
     if backend == "sdpa":
+        if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, rates)):
+            # Training: SDPA would save the dense (B, H, N, N) bias for backward.
+            return blockwise_decay_attention(q, k, v, rates, grid_size)
         bias = decay_bias(rates, manhattan_distance(*grid_size, q.device))  # (B, H, N, N)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype))
 
@@ -105,13 +116,35 @@ def spatial_decay_attention(
         layout: ``"full"`` (bias over all tokens) or ``"decomposed"`` (RMT's axial form: attend
             within rows with ``|c_n - c_m|``, then within columns with ``|r_n - r_m|`` on that output).
         backend: ``"sdpa"`` (dense bias, every device, reference), ``"flex"`` (bias computed inside a
-            FlexAttention ``score_mod``, O(N) memory) or ``"auto"`` (flex on CUDA, sdpa elsewhere).
+            FlexAttention ``score_mod``, O(N) memory) or ``"auto"`` (flex on CUDA, sdpa elsewhere; if
+            flex raises, a warning names the error and sdpa serves this and every later call).
 
     Returns:
         ``(B, H, N, D)``.
     """
     check_choice("decay_layout", layout, DECAY_LAYOUTS)
-    backend = resolve_backend(backend, q.device)
+    resolved = resolve_backend(backend, q.device)
+    if backend != "auto" or resolved != "flex" or torch.compiler.is_compiling():
+        return _decayed_attention(q, k, v, rates, grid_size, layout, resolved)
+    # A first GPU run must not die because FlexAttention cannot compile on this machine (old
+    # driver, missing Triton): ``auto`` falls back to the dense path, saying why, once per process.
+    try:
+        return _decayed_attention(q, k, v, rates, grid_size, layout, "flex")
+    except Exception as error:
+        global _flex_failure
+        _flex_failure = f"{type(error).__name__}: {error}"
+        warnings.warn(
+            f"attention_backend='auto': FlexAttention failed on {q.device} ({_flex_failure}); "
+            "using 'sdpa' (dense decay bias) for the rest of this process. "
+            "Pass attention_backend='flex' to see the error raised instead.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return _decayed_attention(q, k, v, rates, grid_size, layout, "sdpa")
+
+
+def _decayed_attention(q, k, v, rates, grid_size: tuple[int, int], layout: str, backend: str) -> torch.Tensor:
+    """``spatial_decay_attention`` with a resolved backend (``sdpa`` or ``flex``)."""
     height, width = grid_size
     if layout == "full":
         return _attend(q, k, v, rates, grid_size, backend)

@@ -1,13 +1,17 @@
-"""FID, IS, KID and precision/recall of generated images through torch-fidelity, offline.
+"""FID, IS, KID and precision/recall of generated images through torch-fidelity.
 
-Weights. torch-fidelity downloads the weights of its feature extractors on first use: Inception
-(``inception-v3-compat``, for FID, IS and KID) through torch.hub, VGG16 (``vgg16``, for
-precision/recall) through torchvision. Here it never does: every call hands it an explicit
-``feature_extractor_weights_path``, found beforehand. That is the path given, else the file in
+Weights. torch-fidelity takes the weights of its feature extractors, Inception
+(``inception-v3-compat``, for FID, IS and KID) and VGG16 (``vgg16``, for precision/recall), from
 torch.hub's checkpoint folder (``$TORCH_HOME/hub/checkpoints``, by default
-``~/.cache/torch/hub/checkpoints``), where an earlier online run of torch-fidelity leaves it.
-When neither exists, ``WeightsNotFoundError`` names the file, its URL and the flag to pass,
-before any image is read.
+``~/.cache/torch/hub/checkpoints``), downloading them there on first use. Here that happens before
+any image is read, so a run fails before hours of sampling rather than after: every call hands
+torch-fidelity an explicit ``feature_extractor_weights_path``, found beforehand. That is the path
+given (``--inception-weights`` / ``--vgg16-weights``), else the file in that folder, else the
+file downloaded there with the URL, file name and hash check torch-fidelity's own download uses
+(``torch.hub.download_url_to_file``). Offline, a missing file raises ``WeightsNotFoundError`` at
+once, naming the file, its URL, where to put it and the flag to pass instead. Offline means
+``HF_HUB_OFFLINE=1``, the project's offline switch (torch.hub and torch-fidelity have none of
+their own), or a server that does not answer within ``PROBE_TIMEOUT_S`` seconds.
 
 Reference cache. With ``cache_name``, torch-fidelity keeps the reference's features and FID
 statistics in ``cache_root`` (default ``$TORCH_HOME/fidelity_cache``) as
@@ -20,12 +24,17 @@ size, resize setting and weights file: take a new name when any of them changes.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import logging
 import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.error import HTTPError
+from urllib.parse import urlparse
+from urllib.request import Request, urlopen
 
 import torch
 import torch_fidelity
@@ -33,6 +42,7 @@ import torchvision
 from torch_fidelity.defaults import DEFAULTS as FIDELITY_DEFAULTS
 from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
 
+from ..hub import hub_offline
 from .datasets import ImageDataset, ImageSource, as_image_dataset
 
 logger = logging.getLogger(__name__)
@@ -48,6 +58,10 @@ _EXTRACTOR_CLASS = {
 }
 
 
+# How long a missing file's server may take to answer before the run is taken to be offline.
+PROBE_TIMEOUT_S = 5.0
+
+
 @dataclass(frozen=True)
 class WeightsSource:
     """Where torch-fidelity fetches a feature extractor's weights, and how users pass a local copy.
@@ -55,24 +69,32 @@ class WeightsSource:
     Args:
         url: the download URL; its last part is the file name torch.hub stores it under.
         flag: the command-line option that takes a local path.
+        check_hash: whether the download is checked against the hex digits ending the file name
+            (torchvision's weights, hence torch-fidelity's VGG16, are; its Inception is not).
     """
 
     url: str
     flag: str
+    check_hash: bool = False
 
     @property
     def file_name(self) -> str:
         return self.url.rsplit("/", 1)[-1]
 
+    @property
+    def hash_prefix(self) -> str | None:
+        """What ``torch.hub.load_state_dict_from_url`` checks the download's sha256 against."""
+        return torch.hub.HASH_REGEX.search(self.file_name).group(1) if self.check_hash else None
+
 
 WEIGHTS = {
     INCEPTION: WeightsSource(URL_INCEPTION_V3, "--inception-weights"),
-    VGG16: WeightsSource(torchvision.models.VGG16_Weights.IMAGENET1K_V1.url, "--vgg16-weights"),
+    VGG16: WeightsSource(torchvision.models.VGG16_Weights.IMAGENET1K_V1.url, "--vgg16-weights", check_hash=True),
 }
 
 
 class WeightsNotFoundError(FileNotFoundError):
-    """A feature extractor's weights are neither at the given path nor in torch-fidelity's download cache."""
+    """A feature extractor's weights are neither at the given path nor in, or downloadable to, torch-fidelity's cache."""
 
 
 def default_weights_path(extractor: str) -> Path:
@@ -86,23 +108,89 @@ def default_weights_path(extractor: str) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / WEIGHTS[extractor].file_name
 
 
+def _unreachable(url: str) -> str | None:
+    """Why ``url``'s server cannot be reached, or ``None`` when it answers within ``PROBE_TIMEOUT_S``.
+
+    The HEAD request runs in a daemon thread because a socket timeout does not bound the name
+    lookup, which on a machine without internet can block far longer. Any HTTP answer, an error
+    status included, shows the network works; the download then reports its own HTTP errors.
+
+    Args:
+        url: the file to download.
+    """
+    outcome = []
+
+    def probe():
+        # torch.hub's User-Agent, so the server answers the probe as it will answer the download.
+        request = Request(url, method="HEAD", headers={"User-Agent": "torch.hub"})
+        try:
+            urlopen(request, timeout=PROBE_TIMEOUT_S).close()
+            outcome.append(None)
+        except HTTPError:
+            outcome.append(None)
+        except Exception as error:  # whatever stops the probe stops the download; uncaught, it would be lost here
+            outcome.append(str(getattr(error, "reason", error)))
+
+    thread = threading.Thread(target=probe, name="weights-probe", daemon=True)
+    thread.start()
+    thread.join(PROBE_TIMEOUT_S)
+    return outcome[0] if outcome else f"no answer within {PROBE_TIMEOUT_S:g} s"
+
+
+def _download(source: WeightsSource, destination: Path) -> str | None:
+    """Downloads ``source`` to ``destination`` as ``torch.hub.load_state_dict_from_url`` does; returns why not.
+
+    Args:
+        source: the weights to fetch.
+        destination: the file in torch.hub's checkpoint folder.
+    """
+    if hub_offline():
+        return "HF_HUB_OFFLINE is set"
+    host = urlparse(source.url).netloc
+    reason = _unreachable(source.url)
+    if reason is not None:
+        return f"{host} cannot be reached ({reason})"
+    logger.info(f"downloading {source.url} to {destination}")
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        # torch.hub writes to a temporary name and renames it when complete (and, with a hash
+        # prefix, verified), so a failed or concurrent download never leaves a truncated file.
+        torch.hub.download_url_to_file(source.url, str(destination), source.hash_prefix, progress=True)
+    except (OSError, http.client.HTTPException, RuntimeError) as error:  # RuntimeError: a hash mismatch
+        return f"downloading it from {host} failed ({error})"
+    return None
+
+
 def resolve_weights(extractor: str, path: str | os.PathLike | None = None) -> Path:
-    """Returns the weights file of a feature extractor, or raises ``WeightsNotFoundError`` at once.
+    """Returns the weights file of a feature extractor, downloading it when torch-fidelity would.
+
+    A ``path`` must exist. Without one, the file in torch-fidelity's download cache is used, and
+    downloaded there first when missing, unless offline (``HF_HUB_OFFLINE=1``, or the server does
+    not answer within ``PROBE_TIMEOUT_S`` seconds). Every failure raises ``WeightsNotFoundError``
+    with one line naming the file, its URL, where it belongs and the flag to pass.
 
     Args:
         extractor: ``"inception-v3-compat"`` or ``"vgg16"``.
-        path: a local weights file; ``None`` looks in torch-fidelity's download cache.
+        path: a local weights file; ``None`` uses torch-fidelity's download cache.
     """
-    default = default_weights_path(extractor)
-    candidate = Path(path).expanduser() if path is not None else default
-    if candidate.is_file():
-        return candidate
+    cached = default_weights_path(extractor)
     source = WEIGHTS[extractor]
-    where = f"{candidate} does not exist" if path is not None else "torch-fidelity's download cache lacks it"
+    if path is not None:
+        given = Path(path).expanduser()
+        if given.is_file():
+            return given
+        raise WeightsNotFoundError(
+            f"{source.flag} {given} does not exist: expected the {extractor} weights {source.file_name} (from "
+            f"{source.url}); leave {source.flag} out to use or download {cached}"
+        )
+    if cached.is_file():
+        return cached
+    reason = _download(source, cached)
+    if reason is None:
+        return cached
     raise WeightsNotFoundError(
-        f"{extractor} weights {source.file_name} not found: {where}. torch-fidelity downloads them from "
-        f"{source.url}; without internet, fetch that file elsewhere and pass {source.flag} PATH or copy it to "
-        f"{default}."
+        f"{extractor} weights {source.file_name} are not in torch-fidelity's download cache and {reason}: fetch "
+        f"{source.url} elsewhere and copy it to {cached}, or pass {source.flag} PATH"
     )
 
 
@@ -115,8 +203,8 @@ def resolve_feature_extractor_weights(
 
     Args:
         metrics: names from ``METRICS``.
-        inception_weights: local Inception weights; ``None`` looks in torch-fidelity's cache.
-        vgg16_weights: local VGG16 weights; ``None`` looks in torch-fidelity's cache.
+        inception_weights: local Inception weights; ``None`` uses (or downloads to) torch-fidelity's cache.
+        vgg16_weights: local VGG16 weights; ``None`` uses (or downloads to) torch-fidelity's cache.
     """
     given = {INCEPTION: inception_weights, VGG16: vgg16_weights}
     found, missing = {}, []
@@ -290,9 +378,9 @@ def compute_metrics(
         reference: the real images in the same forms, or ``None`` to read them from the cache
             ``cache_name`` (see the module docstring for where it lives).
         metrics: some of ``"fid"``, ``"isc"``, ``"kid"``, ``"prc"``.
-        inception_weights: local ``weights-inception-2015-12-05-6726825d.pth``; ``None`` looks in
-            torch-fidelity's download cache.
-        vgg16_weights: local ``vgg16-397923af.pth`` for precision/recall; ``None`` looks in the cache.
+        inception_weights: local ``weights-inception-2015-12-05-6726825d.pth``; ``None`` uses
+            torch-fidelity's download cache, downloading the file there when missing and online.
+        vgg16_weights: local ``vgg16-397923af.pth`` for precision/recall; ``None`` as for Inception.
         batch_size: images per feature-extractor batch.
         device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``; ``None`` takes CUDA when available.
         cache_name: the reference's name in the cache: computed on first use, read afterwards.

@@ -16,12 +16,14 @@ from .run_dir import create_logger, create_run_dir, latest_run_dir, save_config
 
 
 def create_accelerator(
-    mixed_precision: str = "no", gradient_accumulation_steps: int = 1, cpu: bool = False, seed: int = 0
+    mixed_precision: str | None = None, gradient_accumulation_steps: int = 1, cpu: bool = False, seed: int = 0
 ) -> Accelerator:
     """An ``Accelerator`` set up for exact resume, with TensorBoard logging and TF32 on CUDA.
 
     Args:
-        mixed_precision: ``"no"``, ``"fp16"`` or ``"bf16"``.
+        mixed_precision: ``"no"``, ``"fp16"`` or ``"bf16"``; ``None`` leaves it to the launch configuration
+            (``accelerate launch`` passes its config's choice as ``ACCELERATE_MIXED_PRECISION``), as
+            diffusers' training scripts do: a script default would override the user's config.
         gradient_accumulation_steps: micro-batches per optimizer step.
         cpu: stay on the CPU even when a GPU is present.
         seed: global seed; each process adds its rank, so processes draw different noise.

@@ -153,6 +153,29 @@ def test_plain_mse_without_learned_sigma():
     assert torch.allclose(losses["loss"], noise.pow(2).mean(dim=(1, 2, 3)))
 
 
+@pytest.mark.parametrize("learn_sigma", [False, True])
+def test_min_snr_gamma_weights_the_mse_as_diffusers_does(learn_sigma):
+    from diffusers.training_utils import compute_snr
+
+    scheduler = make_scheduler(learn_sigma=learn_sigma)
+    plain = DiffusionLoss(scheduler, learn_sigma=learn_sigma)
+    weighted = DiffusionLoss(scheduler, learn_sigma=learn_sigma, snr_gamma=5.0)
+    torch.manual_seed(0)
+    x0, noise = torch.randn(4, 1, 4, 4), torch.randn(4, 1, 4, 4)
+    t = torch.tensor([0, 30, 200, 900])  # SNR far above 5, above, below, far below
+    conv = nn.Conv2d(1, 2 if learn_sigma else 1, 1)
+    expected, got = (loss_fn(lambda x, t: conv(x), x0, t, noise=noise) for loss_fn in (plain, weighted))
+
+    snr = compute_snr(scheduler, t)  # diffusers' own SNR, as its --snr_gamma training scripts use
+    weights = torch.minimum(snr, torch.full_like(snr, 5.0)) / snr
+    assert weights[0] < 1e-3 and weights[-1] == 1
+    torch.testing.assert_close(got["mse"], expected["mse"])  # reported unweighted
+    # diffusers computes the SNR in float32, where 1 - abar_0 = 1e-4 keeps only ~3 digits; ours is float64.
+    torch.testing.assert_close(got["loss"], weights * expected["mse"] + expected.get("vb", 0), rtol=1e-3, atol=1e-7)
+    with pytest.raises(ValueError, match="snr_gamma must be a positive number or None, got 0"):
+        DiffusionLoss(scheduler, snr_gamma=0)
+
+
 def test_tuple_output_and_bad_channels(loss_fn):
     x0 = torch.randn(2, 1, 4, 4)
     losses = loss_fn(lambda x, t: (torch.zeros(2, 2, 4, 4),), x0, torch.tensor([1, 2]))

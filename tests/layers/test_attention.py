@@ -1,3 +1,4 @@
+import warnings
 from unittest import mock
 
 import pytest
@@ -135,3 +136,32 @@ def test_mode_none_with_decomposed_layout_is_unmasked_axial_attention():
         out = spatial_decay_attention(q, k, v, None, GRID, "decomposed", "sdpa")
     assert spy.call_count == 2 and all("attn_mask" not in call.kwargs for call in spy.call_args_list)
     torch.testing.assert_close(out, spatial_decay_attention(q, k, v, zero_rates, GRID, "decomposed", "sdpa"))
+
+
+def test_auto_falls_back_to_sdpa_once_when_flex_fails(monkeypatch):
+    from sdt_gen.layers import attention
+
+    q, k, v, rates = qkv_and_rates()
+    # Pretend this CPU is a device where auto picks flex, and make flex fail as a broken compiler would.
+    monkeypatch.setattr(attention, "FLEX_DEVICE_TYPES", ("cpu",))
+    monkeypatch.setattr(attention, "_flex_failure", None)
+    calls = []
+
+    def broken_flex(*args):
+        calls.append(args)
+        raise RuntimeError("triton: no compiler found")
+
+    monkeypatch.setattr(attention, "_flex_attention", broken_flex)
+    dense = spatial_decay_attention(q, k, v, rates, GRID, "full", "sdpa")
+    with pytest.warns(RuntimeWarning, match="FlexAttention failed on cpu .*no compiler found.*using 'sdpa'"):
+        out = spatial_decay_attention(q, k, v, rates, GRID, "full", "auto")
+    torch.testing.assert_close(out, dense)
+    assert len(calls) == 1
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warned once: later calls go straight to sdpa
+        torch.testing.assert_close(spatial_decay_attention(q, k, v, rates, GRID, "decomposed", "auto"),
+                                   spatial_decay_attention(q, k, v, rates, GRID, "decomposed", "sdpa"))
+    assert len(calls) == 1
+    with pytest.raises(RuntimeError, match="no compiler found"):  # asked for by name: the error is raised
+        spatial_decay_attention(q, k, v, rates, GRID, "full", "flex")

@@ -7,13 +7,18 @@ FID: its 2048x2048 eigendecomposition costs more on two CPU cores than the image
 
 from __future__ import annotations
 
+import io
 import logging
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
+from urllib.error import URLError
 
 import numpy as np
 import pytest
+import torch
 import torch_fidelity
 from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
 
@@ -23,11 +28,14 @@ from sdt_gen.metrics import (
     WEIGHTS,
     WeightsNotFoundError,
     compute_metrics,
+    default_weights_path,
     format_table,
     preflight,
     resolve_feature_extractor_weights,
+    resolve_weights,
     write_adm_npz,
 )
+from sdt_gen.metrics import fidelity
 
 FID = torch_fidelity.KEY_METRIC_FID
 KID = torch_fidelity.KEY_METRIC_KID_MEAN
@@ -42,6 +50,31 @@ FEATURE_KEYS = (  # the metrics computed from features alone, without FID statis
 @pytest.fixture(scope="module")
 def cache_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("fidelity_cache")
+
+
+@pytest.fixture
+def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> SimpleNamespace:
+    """An empty TORCH_HOME, online: the download probe's requests and torch.hub's downloads are recorded.
+
+    ``probes`` holds (method, url, timeout) and ``downloads`` (url, destination, hash_prefix); a
+    download links the destination to ``hub.file``, a few bytes unless a test sets real weights.
+    """
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    record = SimpleNamespace(probes=[], downloads=[], file=tmp_path / "downloaded.pth")
+    record.file.write_bytes(b"weights")
+
+    def answer(request, timeout):
+        record.probes.append((request.get_method(), request.full_url, timeout))
+        return io.BytesIO()
+
+    def download(url, dst, hash_prefix=None, progress=True):
+        record.downloads.append((url, dst, hash_prefix))
+        Path(dst).symlink_to(record.file)
+
+    monkeypatch.setattr(fidelity, "urlopen", answer)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", download)
+    return record
 
 
 @pytest.fixture(scope="module")
@@ -145,12 +178,13 @@ def test_npz_reference_of_another_size_errors_unless_resized(
 def test_missing_weights_raise_at_once_without_network(
     samples_dir: Path, reference_dir: Path, inception_weights: Path, tmp_path: Path
 ):
-    # TORCH_HOME is an empty folder here, and the offline fixture fails any connection.
+    # TORCH_HOME is an empty folder here, and the offline fixture fails any connection: the
+    # download probe gets no answer, so the run is taken to be offline.
     start = time.monotonic()
     with pytest.raises(WeightsNotFoundError) as missing_inception:
         compute_metrics(samples_dir, reference_dir, metrics=("fid",), device="cpu", verbose=False)
     message = str(missing_inception.value)
-    assert "weights-inception-2015-12-05-6726825d.pth" in message
+    assert "weights-inception-2015-12-05-6726825d.pth" in message and "github.com cannot be reached" in message
     assert URL_INCEPTION_V3 in message and "--inception-weights PATH" in message
 
     with pytest.raises(WeightsNotFoundError) as missing_vgg:
@@ -158,7 +192,7 @@ def test_missing_weights_raise_at_once_without_network(
     message = str(missing_vgg.value)
     assert "vgg16-397923af.pth" in message and WEIGHTS[VGG16].url in message and "--vgg16-weights PATH" in message
 
-    with pytest.raises(WeightsNotFoundError, match="nowhere.pth does not exist"):
+    with pytest.raises(WeightsNotFoundError, match="--inception-weights .*nowhere.pth does not exist"):
         compute_metrics(samples_dir, reference_dir, metrics=("isc",), inception_weights=tmp_path / "nowhere.pth")
     assert time.monotonic() - start < 5.0
 
@@ -177,14 +211,95 @@ def test_preflight_checks_weights_reference_and_size_before_any_sampling(
         preflight(("prc",), reference_dir)
 
 
-def test_weights_in_torch_fidelity_download_cache_are_found(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, inception_weights: Path
-):
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    cached = tmp_path / "hub" / "checkpoints" / "weights-inception-2015-12-05-6726825d.pth"
+def test_weights_in_torch_fidelity_download_cache_are_found(hub: SimpleNamespace, inception_weights: Path):
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / "weights-inception-2015-12-05-6726825d.pth"
     cached.parent.mkdir(parents=True)
     cached.symlink_to(inception_weights)
     assert resolve_feature_extractor_weights(("fid", "kid")) == {INCEPTION: cached}
+    assert hub.probes == [] and hub.downloads == []
+
+
+class _Intercepted(BaseException):
+    """Ends torch-fidelity's own download once recorded; not an Exception, which torchvision's VGG16 retries."""
+
+
+@pytest.mark.parametrize(("extractor", "layer"), [(INCEPTION, "2048"), (VGG16, "fc2_relu")])
+def test_missing_weights_are_downloaded_as_torch_fidelity_itself_would(
+    extractor: str, layer: str, hub: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
+):
+    own = []
+
+    def intercept(url, dst, hash_prefix=None, progress=True):
+        own.append((url, dst, hash_prefix))
+        raise _Intercepted
+
+    with monkeypatch.context() as patch, pytest.raises(_Intercepted):
+        patch.setattr(torch.hub, "download_url_to_file", intercept)
+        fidelity._EXTRACTOR_CLASS[extractor](extractor, [layer], verbose=False)
+
+    path = resolve_weights(extractor)
+    assert hub.downloads == own and path == Path(own[0][1]) == default_weights_path(extractor)
+    assert path.read_bytes() == b"weights"
+    assert hub.probes == [("HEAD", WEIGHTS[extractor].url, fidelity.PROBE_TIMEOUT_S)]
+    assert fidelity.PROBE_TIMEOUT_S <= 5.0
+
+
+def test_downloaded_inception_weights_are_what_torch_fidelity_runs_with(
+    hub: SimpleNamespace, samples_dir: Path, inception_weights: Path, folder_metrics: dict
+):
+    hub.file = inception_weights
+    out = compute_metrics(samples_dir, None, metrics=("isc",), device="cpu", verbose=False)
+    assert out["feature_extractors"] == {INCEPTION: str(default_weights_path(INCEPTION))}
+    for key in (torch_fidelity.KEY_METRIC_ISC_MEAN, torch_fidelity.KEY_METRIC_ISC_STD):
+        assert out[key] == pytest.approx(folder_metrics[key], rel=1e-6, abs=1e-12), key
+    assert resolve_weights(INCEPTION) == default_weights_path(INCEPTION)
+    assert [url for url, _, _ in hub.downloads] == [URL_INCEPTION_V3]  # downloaded once, then read from the cache
+
+
+def test_offline_missing_weights_fail_at_once_with_one_line_each(
+    hub: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    start = time.monotonic()
+    with pytest.raises(WeightsNotFoundError) as missing:
+        resolve_feature_extractor_weights(("fid", "prc"))
+    assert time.monotonic() - start < 2.0
+    assert hub.probes == [] and hub.downloads == []
+    lines = str(missing.value).splitlines()
+    assert len(lines) == 2
+    for line, extractor in zip(lines, (INCEPTION, VGG16)):
+        source = WEIGHTS[extractor]
+        assert "HF_HUB_OFFLINE is set" in line and source.file_name in line and source.url in line
+        assert f"copy it to {default_weights_path(extractor)}" in line and f"or pass {source.flag} PATH" in line
+
+
+def test_a_server_without_answer_counts_as_offline(hub: SimpleNamespace, monkeypatch: pytest.MonkeyPatch):
+    released = threading.Event()
+    monkeypatch.setattr(fidelity, "urlopen", lambda request, timeout: released.wait(30) and io.BytesIO())
+    monkeypatch.setattr(fidelity, "PROBE_TIMEOUT_S", 0.2)
+    start = time.monotonic()
+    try:
+        with pytest.raises(WeightsNotFoundError, match=r"github.com cannot be reached \(no answer within 0.2 s\)"):
+            resolve_weights(INCEPTION)
+        assert time.monotonic() - start < 2.0 and hub.downloads == []
+    finally:
+        released.set()
+
+
+@pytest.mark.parametrize(
+    "failure", [URLError("connection reset"), RuntimeError('invalid hash value (expected "397923af", got "00")')]
+)
+def test_a_failed_download_is_one_clear_line(failure: Exception, hub: SimpleNamespace, monkeypatch: pytest.MonkeyPatch):
+    def fail(url, dst, hash_prefix=None, progress=True):
+        raise failure
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", fail)
+    with pytest.raises(WeightsNotFoundError) as missing:
+        resolve_weights(VGG16)
+    message = str(missing.value)
+    assert "\n" not in message and "--vgg16-weights PATH" in message and WEIGHTS[VGG16].url in message
+    assert f"downloading it from download.pytorch.org failed ({failure})" in message
+    assert not default_weights_path(VGG16).exists()
 
 
 def test_precision_recall_runs_as_its_own_vgg16_call(
