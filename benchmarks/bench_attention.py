@@ -1,15 +1,16 @@
 """Cost of spatial decay: attention forward+backward, decay `cag` and `fixed` against `none`.
 
 Times one SpatialDecayAttention layer (fused qkv, gate, attention, output projection) for the
-S/2 and XL/2 widths at 256px (N=256 tokens) and 512px (N=1024), and the memory it keeps for
-backward (peak CUDA memory on a GPU). Everything is measured in one run and reported as ratios
+S/2 and XL/2 widths, by default at 256px (N=256 tokens) and 512px (N=1024), and the memory it keeps
+for backward (peak CUDA memory on a GPU). Everything is measured in one run and reported as ratios
 to decay mode `none`, so the numbers compare across machines.
 
     python benchmarks/bench_attention.py                    # CPU defaults
-    python benchmarks/bench_attention.py --backend flex     # on CUDA: the fused FlexAttention path
+    python benchmarks/bench_attention.py --backend flex --tokens 256 1024 4096   # on CUDA: FlexAttention
 """
 
 import argparse
+import math
 import time
 
 import torch
@@ -17,7 +18,6 @@ import torch
 from sdt_gen.layers import SpatialDecayAttention
 
 SHAPES = {"S/2": (384, 6), "XL/2": (1152, 16)}
-GRIDS = {256: (16, 16), 1024: (32, 32)}
 
 
 def saved_bytes(fn) -> int:
@@ -53,27 +53,41 @@ def measure(layer, x, grid, iters: int):
     return (time.perf_counter() - start) / iters, mem
 
 
+def attention_rows(device, backend: str, dtype, tokens=(256, 1024), tokens_per_batch: int = 2048, iters: int = 5):
+    """Time and memory of one layer per width, token count and decay mode, with ratios to ``none``."""
+    rows = []
+    for shape, (dim, heads) in SHAPES.items():
+        for count in tokens:
+            side = math.isqrt(count)
+            if side * side != count:
+                raise ValueError(f"--tokens {count} is not a square grid; expected e.g. 256, 1024, 4096")
+            batch = max(1, tokens_per_batch // count * 384 // dim)
+            x = torch.randn(batch, count, dim, device=device, dtype=dtype, requires_grad=True)
+            results = {}
+            for mode in ("none", "fixed", "cag"):
+                layer = SpatialDecayAttention(dim, heads, decay_mode=mode, attention_backend=backend)
+                results[mode] = measure(layer.to(device, dtype), x, (side, side), iters)
+            base_time, base_mem = results["none"]
+            rows += [
+                dict(shape=shape, tokens=count, batch=batch, mode=mode, time_ratio=seconds / base_time,
+                     memory_ratio=mem / base_mem, ms=seconds * 1e3, mib=mem / 2**20)
+                for mode, (seconds, mem) in results.items()
+            ]
+    return rows
+
+
 def main(args):
     device = torch.device(args.device)
     torch.manual_seed(0)
     print(f"device {device}, backend {args.backend}, dtype {args.dtype}, threads {torch.get_num_threads()}")
     print("| shape | tokens | batch | mode | time / none | memory / none | ms | MiB |")
     print("|---|---|---|---|---|---|---|---|")
-    dtype = getattr(torch, args.dtype)
-    for shape, (dim, heads) in SHAPES.items():
-        for tokens, grid in GRIDS.items():
-            batch = max(1, args.tokens_per_batch // tokens * 384 // dim)
-            x = torch.randn(batch, tokens, dim, device=device, dtype=dtype, requires_grad=True)
-            results = {}
-            for mode in ("none", "fixed", "cag"):
-                layer = SpatialDecayAttention(dim, heads, decay_mode=mode, attention_backend=args.backend)
-                results[mode] = measure(layer.to(device, dtype), x, grid, args.iters)
-            base_time, base_mem = results["none"]
-            for mode, (seconds, mem) in results.items():
-                print(
-                    f"| {shape} | {tokens} | {batch} | {mode} | {seconds / base_time:.2f}x | {mem / base_mem:.2f}x "
-                    f"| {seconds * 1e3:.1f} | {mem / 2**20:.0f} |"
-                )
+    for row in attention_rows(device, args.backend, getattr(torch, args.dtype), args.tokens, args.tokens_per_batch,
+                              args.iters):
+        print(
+            f"| {row['shape']} | {row['tokens']} | {row['batch']} | {row['mode']} | {row['time_ratio']:.2f}x "
+            f"| {row['memory_ratio']:.2f}x | {row['ms']:.1f} | {row['mib']:.0f} |"
+        )
 
 
 if __name__ == "__main__":
@@ -81,6 +95,7 @@ if __name__ == "__main__":
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="device to run on")
     parser.add_argument("--backend", default="auto", choices=["sdpa", "flex", "auto"], help="attention backend")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="activation dtype")
+    parser.add_argument("--tokens", type=int, nargs="+", default=[256, 1024], help="token counts (square grids)")
     parser.add_argument("--tokens-per-batch", type=int, default=2048, help="batch size * tokens at S/2 width")
     parser.add_argument("--iters", type=int, default=5, help="timed iterations per setting")
     main(parser.parse_args())

@@ -50,7 +50,8 @@ def run_once(pipe, labels, args, device) -> float:
     return clock() - start
 
 
-def main(args):
+def sampling_rows(args) -> list[dict]:
+    """Time every pipeline on the same batch; one row per pipeline, ratios to DiTPipeline."""
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -93,17 +94,26 @@ def main(args):
             times[name].append(run_once(pipe, labels, args, device))
 
     base, base_best = statistics.median(times["DiTPipeline"]), min(times["DiTPipeline"])
+    return [
+        dict(pipeline=name, images_per_s=args.batch / statistics.median(runs),
+             time_ratio=statistics.median(runs) / base, best_time_ratio=min(runs) / base_best,
+             seconds=statistics.median(runs))
+        for name, runs in times.items()
+    ]
+
+
+def main(args):
+    rows = sampling_rows(args)
     print("| pipeline | images/s (median) | time / DiTPipeline (median) | time / DiTPipeline (best run) | s per batch |")
     print("|---|---|---|---|---|")
-    for name, runs in times.items():
-        seconds = statistics.median(runs)
+    for row in rows:
         print(
-            f"| {name} | {args.batch / seconds:.2f} | {seconds / base:.3f}x | {min(runs) / base_best:.3f}x "
-            f"| {seconds:.3f} |"
+            f"| {row['pipeline']} | {row['images_per_s']:.2f} | {row['time_ratio']:.3f}x "
+            f"| {row['best_time_ratio']:.3f}x | {row['seconds']:.3f} |"
         )
 
 
-if __name__ == "__main__":
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="SDT-S/2", choices=sorted(SDT_PRESETS), help="transformer shape")
     parser.add_argument("--latent-size", type=int, default=16, help="latent side (32 = 256px images)")
@@ -120,4 +130,8 @@ if __name__ == "__main__":
                         "ignores other programs competing for the cores)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="device to run on")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"], help="weights dtype")
-    main(parser.parse_args())
+    return parser
+
+
+if __name__ == "__main__":
+    main(build_parser().parse_args())

@@ -1,8 +1,8 @@
 """Training throughput: the bundled data shapes by decay mode, and latents on the fly vs pre-extracted.
 
 Times full optimizer steps (DiT's hybrid loss, AdamW) in one run:
-1. the bundled default (SDT-Ti/2 on 16 px digits, batch 64) and the decay study's shape (SDT-Ti/4 on
-   32 px MNIST, batch 32) with decay `cag`, `fixed` and `none`;
+1. the bundled default (SDT-Ti/2 on 16 px digits, batch 64), the decay study's shape (SDT-Ti/4 on
+   32 px MNIST, batch 32) and SDT-Ti/2 on 32 px (256 tokens, batch 32), with decay `cag`, `fixed` and `none`;
 2. an SDT-S/2 latent model fed by an SD-VAE-shaped encoder on the fly (random weights: the same
    cost as sd-vae-ft-ema) against the same model reading pre-extracted latents (fast-DiT).
 
@@ -21,18 +21,27 @@ from sdt_gen.data import encode_images
 from sdt_gen.diffusion import DiffusionLoss, uniform_timesteps
 
 
-def time_steps(model, batch_fn, steps: int, warmup: int = 2) -> float:
-    """Seconds per optimizer step of ``model`` on batches from ``batch_fn``."""
-    loss_fn = DiffusionLoss(learn_sigma=model.config.learn_sigma)
+def time_steps(model, batch_fn, steps: int, warmup: int = 2, autocast_dtype: torch.dtype | None = None) -> float:
+    """Seconds per optimizer step of ``model`` (ours or diffusers' DiT) on batches from ``batch_fn``."""
+    # diffusers' DiT has no learn_sigma: it learns the variance when it outputs twice its input channels.
+    learn_sigma = model.config.get("learn_sigma", model.config.get("out_channels") == 2 * model.config["in_channels"])
+    loss_fn = DiffusionLoss(learn_sigma=learn_sigma)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    device = next(model.parameters()).device
     for i in range(warmup + steps):
         if i == warmup:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
             start = time.perf_counter()
         x, y = batch_fn()
         t = uniform_timesteps(x.shape[0], loss_fn.num_timesteps, x.device)
-        loss_fn(model, x, t, model_kwargs=dict(class_labels=y))["loss"].mean().backward()
+        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+            loss = loss_fn(model, x, t, model_kwargs=dict(class_labels=y))["loss"].mean()
+        loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     return (time.perf_counter() - start) / steps
 
 
@@ -46,7 +55,8 @@ def main(args):
         print(f"| {name} | {batch} | {1 / seconds:.2f} | {batch / seconds:.1f} | {seconds / baseline:.2f}x |")
 
     for data, preset, size, batch in (
-        ("digits", "SDT-Ti/2", 16, args.digits_batch), ("MNIST 32px", "SDT-Ti/4", 32, args.mnist_batch)
+        ("digits", "SDT-Ti/2", 16, args.digits_batch), ("MNIST 32px", "SDT-Ti/4", 32, args.mnist_batch),
+        ("32px, 256 tokens", "SDT-Ti/2", 32, args.mnist_batch),
     ):
         images = torch.rand(batch, 1, size, size) * 2 - 1
         labels = torch.randint(0, 10, (batch,))
