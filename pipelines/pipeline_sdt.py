@@ -14,7 +14,7 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from numbers import Integral
 from pathlib import Path
 
@@ -42,6 +42,9 @@ logger = logging.get_logger(__name__)
 _VARIANCE_SCHEDULERS = (DDPMScheduler, DDPMParallelScheduler, UnCLIPScheduler)
 _LEARNED_VARIANCE = ("learned", "learned_range")
 _OUTPUT_TYPES = ("pil", "np", "pt")
+
+ClassLabels = int | str | Sequence[int | str] | torch.Tensor | np.ndarray
+"""What ``SDTPipeline`` takes as class labels: one id or name, a sequence of them, or a 1-D tensor or array of ids."""
 
 SCHEDULERS = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler, "dpm": DPMSolverMultistepScheduler}
 """Short scheduler names used by ``sample.py`` and ``scheduler_by_name``."""
@@ -209,22 +212,38 @@ class SDTPipeline(DiffusionPipeline):
         label = self.id2label.get(int(class_id))
         return label.split(",")[0].strip() if label else str(class_id)
 
-    def get_label_ids(self, labels: int | str | Sequence[int | str] | torch.Tensor) -> list[int]:
-        """Map class ids and names (case-insensitive, any comma-separated synonym) to validated ids.
+    def get_label_ids(self, labels: ClassLabels) -> list[int]:
+        """Map class ids and names (case-insensitive, any comma-separated synonym) to validated ids, one per image.
 
-        Raises ``ValueError`` for an id outside ``0..num_classes-1`` and for an unknown or ambiguous name,
-        suggesting the closest known names.
+        Takes what ``DiTPipeline`` takes (a list of ids, a 1-D integer tensor; names through its
+        ``get_label_ids``) and also one id, one name, a list mixing ids and names, or a 1-D NumPy array.
+
+        Raises:
+            ValueError: an id outside ``0..num_classes-1``; an unknown or ambiguous name (suggesting the closest
+                known names); a tensor or array with more than one dimension.
+            TypeError: ``labels`` or one of its entries is neither a class id nor a class name.
         """
-        if isinstance(labels, torch.Tensor):
+        if isinstance(labels, (torch.Tensor, np.ndarray)):
+            if labels.ndim > 1:
+                raise ValueError(
+                    f"class_labels must be a 1-D tensor or array (one class per image), got shape {tuple(labels.shape)}"
+                )
             labels = labels.reshape(-1).tolist()
         elif isinstance(labels, (str, Integral)):
             labels = [labels]
+        elif not isinstance(labels, Iterable):
+            raise TypeError(
+                "class_labels must be a class id, a class name, a list of them or a 1-D tensor of ids, "
+                f"got {labels!r} of type {type(labels).__name__}"
+            )
         num_classes = self.transformer.config.num_classes
         ids = []
         for label in labels:
+            if isinstance(label, (torch.Tensor, np.ndarray)) and label.ndim == 0:
+                label = label.item()  # [torch.tensor(3), 5] is a list of ids, as torch.tensor() reads it
             if isinstance(label, str) and label.strip().isdigit() and label.strip().lower() not in self._name_index:
                 label = int(label)
-            if isinstance(label, Integral) and not isinstance(label, bool):
+            if isinstance(label, Integral) and not isinstance(label, (bool, np.bool_)):
                 class_id = int(label)
                 if not 0 <= class_id < num_classes:
                     raise ValueError(
@@ -234,7 +253,10 @@ class SDTPipeline(DiffusionPipeline):
             elif isinstance(label, str):
                 class_id = self._lookup_name(label)
             else:
-                raise TypeError(f"class labels must be ints or names, got {label!r} of type {type(label).__name__}")
+                raise TypeError(
+                    f"class label {label!r} of type {type(label).__name__} is neither a class id (int) "
+                    "nor a class name (str)"
+                )
             ids.append(class_id)
         return ids
 
@@ -397,7 +419,7 @@ class SDTPipeline(DiffusionPipeline):
     @torch.no_grad()
     def __call__(
         self,
-        class_labels: int | str | Sequence[int | str] | torch.Tensor,
+        class_labels: ClassLabels,
         guidance_scale: float = 4.0,
         guided_channels: int | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
@@ -410,8 +432,9 @@ class SDTPipeline(DiffusionPipeline):
         """Generate one image per entry of ``class_labels``.
 
         Args:
-            class_labels: class ids and/or names (case-insensitive; any comma-separated synonym of
-                ``id2label``), one per image.
+            class_labels: one class per image: an id or a name, a list of ids and/or names (case-insensitive;
+                any comma-separated synonym of ``id2label``), or a 1-D tensor or array of ids, as ``DiTPipeline``
+                takes them. Ids are ``0..num_classes-1``; for unconditional images use ``guidance_scale=0``.
             guidance_scale: classifier-free guidance weight ``s``: ``eps = eps_null + s (eps_y - eps_null)``.
                 ``1`` runs the conditional model only and ``0`` the unconditional (null-class) model only,
                 each with one forward per step.

@@ -2,7 +2,8 @@
 
 DiT (Peebles & Xie 2023) unchanged except for the attention, which carries SDT's learned,
 data-dependent spatial decay (docs/method.md, section 5). A diffusers model: ``save_pretrained`` /
-``from_pretrained``, ``enable_gradient_checkpointing()``, ``return_dict``.
+``from_pretrained``, ``enable_gradient_checkpointing()``, ``return_dict``, ``enable_layerwise_casting()``,
+``torch.compile(model, fullgraph=True)`` and ``compile_repeated_blocks()``.
 """
 
 from __future__ import annotations
@@ -117,6 +118,12 @@ class SDTTransformer2DModel(ModelMixin, ConfigMixin):
 
     _supports_gradient_checkpointing = True
     _no_split_modules = ["SDTBlock"]
+    _repeated_blocks = ["SDTBlock"]
+    # Layerwise casting (``enable_layerwise_casting``) leaves at full precision the patch embedding, the timestep
+    # and label embedders and the adaLN modulations: what diffusers' DiT leaves there (its "norm" pattern covers
+    # the AdaLayerNormZero that holds them), and where diffusers places most of the casting's quality loss. The
+    # gates too: their rates are multiplied by grid distances of up to h + w before the exponential.
+    _skip_layerwise_casting_patterns = ["x_embedder", "t_embedder", "y_embedder", "adaLN_modulation", "gate"]
 
     @register_to_config
     def __init__(
@@ -195,9 +202,12 @@ class SDTTransformer2DModel(ModelMixin, ConfigMixin):
         gate_linears = {id(gate.proj) for gate in gates}
 
         def draw(tensor: torch.Tensor, init, **kwargs) -> None:
-            # Drawn on the CPU, where ``generator`` lives, whatever the model's device.
+            # Drawn on the CPU, where ``generator`` lives, whatever the model's device. In place, not through
+            # the return value: diffusers' from_pretrained swaps the nn.init functions for no-ops returning None.
+            drawn = torch.zeros(tensor.shape, device="cpu")
+            init(drawn, generator=generator, **kwargs)
             with torch.no_grad():
-                tensor.copy_(init(torch.empty(tensor.shape, device="cpu"), generator=generator, **kwargs))
+                tensor.copy_(drawn)
 
         for module in self.modules():
             if isinstance(module, nn.Linear) and id(module) not in gate_linears:
@@ -242,15 +252,28 @@ class SDTTransformer2DModel(ModelMixin, ConfigMixin):
             raise ValueError(f"class_labels must be integers, got dtype {class_labels.dtype}")
         expected = f"expected 0..{cfg.num_classes - 1} or {cfg.num_classes} for the null (unconditional) class"
         in_range = (class_labels >= 0) & (class_labels <= cfg.num_classes)
-        if class_labels.device.type != "cpu":
-            # Reading the result back would stall the GPU every step: let the device assert instead.
+        if class_labels.device.type != "cpu" or torch.compiler.is_compiling():
+            # Reading the result back would stall the GPU every step, and would break a torch.compile graph on
+            # the data-dependent branch: an assert op stays inside the graph and still fails on a bad label.
             torch._assert_async(in_range.all(), f"class label out of range: {expected}")
         elif not in_range.all():
             raise ValueError(f"class label {class_labels[~in_range][0].item()} is out of range: {expected}")
 
-    def conditioning(self, timestep: torch.Tensor, class_labels: torch.Tensor) -> torch.Tensor:
-        """The adaLN conditioning vector ``t_emb + y_emb``: ``(B, D)``."""
-        t_freq = self.time_proj(timestep).to(self.t_embedder.linear_1.weight.dtype)
+    def conditioning(
+        self, timestep: torch.Tensor, class_labels: torch.Tensor, dtype: torch.dtype | None = None
+    ) -> torch.Tensor:
+        """The adaLN conditioning vector ``t_emb + y_emb``: ``(B, D)``.
+
+        Args:
+            timestep: ``(B,)`` diffusion steps.
+            class_labels: ``(B,)`` labels in ``[0, num_classes]``.
+            dtype: the dtype the model computes in (``forward`` passes its hidden states' dtype); default
+                ``self.dtype``, which under layerwise casting is the compute dtype, not the weights' storage dtype.
+        """
+        # The sinusoidal features are float32; the MLP takes them in the compute dtype, as diffusers' DiT and
+        # PixArt pass ``hidden_dtype``. Under layerwise casting the weights are stored in e.g. float8 and upcast
+        # only while their layer runs, so their dtype at rest is never the one to cast to.
+        t_freq = self.time_proj(timestep).to(dtype or self.dtype)  # (B, 256)
         return self.t_embedder(t_freq) + self.y_embedder(class_labels)  # (B, D)
 
     def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
@@ -283,7 +306,7 @@ class SDTTransformer2DModel(ModelMixin, ConfigMixin):
         if timestep.dim() == 0:
             timestep = timestep.expand(sample.shape[0])
         x = self.x_embedder(sample) + self.pos_embed.to(sample.dtype)  # (B, N, D)
-        c = self.conditioning(timestep, class_labels)  # (B, D)
+        c = self.conditioning(timestep, class_labels, dtype=x.dtype)  # (B, D)
 
         # 2. Blocks
         for block in self.blocks:

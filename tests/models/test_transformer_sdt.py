@@ -1,6 +1,7 @@
 import pytest
 import torch
 from diffusers import DiTTransformer2DModel
+from diffusers.hooks import apply_layerwise_casting
 
 from sdt_gen import SDT_PRESETS, SDTTransformer2DModel
 from sdt_gen.layers import fixed_rates, manhattan_distance, rmt_gammas
@@ -105,6 +106,40 @@ def test_label_dropout_uses_the_null_class_of_the_config():
     assert model.y_embedder.embedding_table.num_embeddings == 8
     for row in dropped:
         torch.testing.assert_close(row, null)
+
+
+# ------------------------------------------------------------------ layerwise casting
+
+# Unit roundoff of each storage format: rounding every weight to it moves the output by about half that, relatively.
+ROUNDOFF = {torch.float8_e4m3fn: 2**-4, torch.float8_e5m2: 2**-3, torch.bfloat16: 2**-8, torch.float16: 2**-11}
+
+
+def relative_error(got, want):
+    return ((got.float() - want).norm() / want.norm()).item()
+
+
+@pytest.mark.parametrize("storage_dtype", [torch.float8_e4m3fn, torch.bfloat16])
+def test_timestep_features_take_the_compute_dtype_not_the_storage_dtype(storage_dtype):
+    """With every layer cast, the timestep MLP's weights rest in the storage dtype; its input must not follow them."""
+    model = perturbed(SDTTransformer2DModel(**tiny_config())).eval()
+    x, t, y = dummy_inputs(model)
+    with torch.no_grad():
+        want = model(x, t, y).sample
+        apply_layerwise_casting(model, storage_dtype, torch.float32, skip_modules_pattern=())
+        assert model.t_embedder.linear_1.weight.dtype == storage_dtype
+        got = model(x, t, y).sample
+    assert got.dtype == torch.float32
+    assert 0 < relative_error(got, want) < ROUNDOFF[storage_dtype]
+
+
+def test_layerwise_casting_stores_what_dit_stores_at_full_precision():
+    model = SDTTransformer2DModel(**tiny_config(decay_mode="cag"))
+    model.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=torch.float32)
+    kept = ("x_embedder.", "t_embedder.", "y_embedder.", ".adaLN_modulation.", ".attn.gate.")
+    for name, param in model.named_parameters():
+        expected = torch.float32 if any(k in name for k in kept) else torch.float8_e4m3fn
+        assert param.dtype == expected, name
+    assert model.blocks[0].attn.qkv.weight.dtype == model.final_layer.linear.weight.dtype == torch.float8_e4m3fn
 
 
 def dit_pair(seed=0, identical_embedders=True):

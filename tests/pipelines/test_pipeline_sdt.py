@@ -278,6 +278,16 @@ def test_learned_range_ddpm_on_a_model_without_learned_sigma(make_pipeline):
     torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
+def test_layerwise_cast_transformer_samples_close_to_the_float32_one(make_pipeline):
+    """``enable_layerwise_casting`` on the transformer: the pipeline's noise takes the compute dtype, not float8."""
+    pipe = make_pipeline()
+    want = pipe([1, 2], num_inference_steps=STEPS, generator=seeded(), output_type="pt").images
+    pipe.transformer.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=torch.float32)
+    got = pipe([1, 2], num_inference_steps=STEPS, generator=seeded(), output_type="pt").images
+    assert got.dtype == torch.float32
+    assert 0 < ((got - want).norm() / want.norm()).item() < 2**-4  # float8 e4m3's unit roundoff
+
+
 def test_batch_size_splits_without_changing_images(make_pipeline):
     pipe = make_pipeline()
     labels = [0, 1, 2, 3, 4]
@@ -310,6 +320,54 @@ def test_labels_by_name_case_insensitive_and_synonyms(make_pipeline):
     by_name = pipe(["otter", "golden retriever"], num_inference_steps=STEPS, generator=seeded(), output_type="np")
     by_id = pipe([4, 3], num_inference_steps=STEPS, generator=seeded(), output_type="np")
     np.testing.assert_array_equal(by_name.images, by_id.images)
+
+
+@pytest.mark.parametrize(
+    "labels, ids",
+    [
+        (3, [3]),
+        ([1, 2], [1, 2]),
+        ((1, 2), [1, 2]),
+        (torch.tensor([1, 2]), [1, 2]),
+        (torch.tensor(4), [4]),
+        (np.array([5, 6]), [5, 6]),
+        ([torch.tensor(3), np.int64(5)], [3, 5]),
+        ("otter", [4]),
+        (["otter", 3, "7"], [4, 3, 7]),
+    ],
+    ids=["int", "list", "tuple", "1d-tensor", "0d-tensor", "numpy", "list-of-0d", "name", "mixed"],
+)
+def test_class_labels_in_every_form_dit_pipeline_takes(make_pipeline, labels, ids):
+    """``DiTPipeline`` takes a list of ids or a 1-D tensor (names through ``get_label_ids``); so do we, and more."""
+    pipe = make_pipeline()
+    assert pipe.get_label_ids(labels) == ids
+
+
+def test_a_label_tensor_samples_what_the_list_samples(make_pipeline):
+    pipe = make_pipeline(pixel=True)
+    kwargs = dict(num_inference_steps=STEPS, output_type="np")
+    from_tensor = pipe(torch.tensor([2, 6]), generator=seeded(), **kwargs).images
+    np.testing.assert_array_equal(from_tensor, pipe([2, 6], generator=seeded(), **kwargs).images)
+    from_int = pipe(2, generator=seeded(), **kwargs).images
+    np.testing.assert_array_equal(from_int, pipe([2], generator=seeded(), **kwargs).images)
+
+
+@pytest.mark.parametrize(
+    "labels, error, match",
+    [
+        (torch.tensor([[1, 2]]), ValueError, r"1-D tensor or array \(one class per image\), got shape \(1, 2\)"),
+        (np.zeros((2, 2), dtype=int), ValueError, r"got shape \(2, 2\)"),
+        (torch.tensor([0, 10]), ValueError, r"class id 10 is out of range.*0\.\.9"),
+        (torch.tensor([1.0, 2.0]), TypeError, r"class label 1\.0 of type float is neither a class id \(int\)"),
+        ([True], TypeError, "class label True of type bool"),
+        ([[1, 2]], TypeError, r"class label \[1, 2\] of type list"),
+        (None, TypeError, "class_labels must be a class id, a class name, a list of them or a 1-D tensor of ids"),
+    ],
+    ids=["2d-tensor", "2d-array", "tensor-out-of-range", "float-tensor", "bool", "nested-list", "none"],
+)
+def test_bad_class_labels_name_the_value_and_what_is_expected(make_pipeline, labels, error, match):
+    with pytest.raises(error, match=match):
+        make_pipeline()(labels, num_inference_steps=STEPS)
 
 
 def test_ambiguous_name_asks_for_the_id(make_pipeline):
