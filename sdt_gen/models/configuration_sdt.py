@@ -78,7 +78,22 @@ class SDTConfig(PretrainedConfig):
             models, ImageNet's mean and std otherwise.
         preset: name of the preset the config came from (a record only).
         num_labels, id2label, label2id: transformers' label keys; a ``num_labels`` that disagrees with
-            ``id2label`` is an error.
+            ``id2label`` is an error, except when loading: ``from_pretrained(path, num_labels=N)`` replaces
+            the saved label set by ``N`` new labels (pass ``id2label`` to name them), as for any transformers
+            classifier.
+        problem_type: transformers' loss selector of ``SDTForImageClassification``: ``"regression"``,
+            ``"single_label_classification"`` or ``"multi_label_classification"``; None: the first loss
+            infers it from ``num_labels`` and the labels' dtype and stores it here (as transformers does).
+
+    transformers' standard names, read (and, for the isotropic architecture, set) through the keys above:
+
+    - ``hidden_size``: the width of ``last_hidden_state``. Isotropic: the token width. SDT-H: the last
+      stage's width ``dims[-1]``, derived when the config is built (a value passed in is replaced, as
+      transformers' Swin does).
+    - ``num_hidden_layers``: the number of entries of ``hidden_states`` after the embedding's. Isotropic:
+      ``depth`` (blocks). SDT-H: the number of stages ``len(depths)`` (Swin's meaning); read-only.
+    - ``num_attention_heads``: isotropic: ``num_heads``. SDT-H: the heads of the last stage ``heads[-1]``,
+      so that ``hidden_size // num_attention_heads`` is that stage's head width; read-only.
     """
 
     model_type = "sdt"
@@ -147,7 +162,51 @@ class SDTConfig(PretrainedConfig):
         super().__post_init__(**kwargs)
         if self.id2label is not None and self.label2id is None:
             self.label2id = {label: index for index, label in self.id2label.items()}
+        if self.architecture == "hierarchical":
+            self.hidden_size = self.stage_values("dims")[-1]  # what generic code reads as the token width
         self.validate_sdt()
+
+    @classmethod
+    def from_dict(cls, config_dict: dict[str, Any], **kwargs) -> "SDTConfig":
+        """transformers' ``from_dict``; new labels passed to a load replace the saved label set.
+
+        ``from_pretrained(path, num_labels=N)`` (a new head on a pretrained backbone) gets ``N`` labels
+        named ``LABEL_i`` when ``N`` differs from the saved count; an ``id2label`` or ``label2id`` passed in
+        replaces the saved one whole (the other is derived from it), rather than being set next to a
+        saved map that names other labels.
+        """
+        new_labels = {key: kwargs.pop(key) for key in ("id2label", "label2id") if key in kwargs}
+        saved = config_dict.get("id2label")
+        num_labels = kwargs.get("num_labels")
+        if new_labels or (num_labels is not None and saved is not None and len(saved) != num_labels):
+            config_dict = {k: v for k, v in config_dict.items() if k not in ("id2label", "label2id")}
+            config_dict.update(new_labels)
+        return super().from_dict(config_dict, **kwargs)
+
+    # ------------------------------------------------------------------ standard names
+
+    @property
+    def num_hidden_layers(self) -> int:
+        """Isotropic: ``depth``; SDT-H: the number of stages (see the class docstring)."""
+        return self.depth if self.architecture == "isotropic" else self.num_stages
+
+    @num_hidden_layers.setter
+    def num_hidden_layers(self, value: int) -> None:
+        self._set_isotropic("num_hidden_layers", "depth", value, "the number of stages: set depths")
+
+    @property
+    def num_attention_heads(self) -> int:
+        """Isotropic: ``num_heads``; SDT-H: the heads of the last stage (see the class docstring)."""
+        return self.num_heads if self.architecture == "isotropic" else self.stage_values("heads")[-1]
+
+    @num_attention_heads.setter
+    def num_attention_heads(self, value: int) -> None:
+        self._set_isotropic("num_attention_heads", "num_heads", value, "the last stage's heads: set heads")
+
+    def _set_isotropic(self, name: str, key: str, value: int, hierarchical_meaning: str) -> None:
+        if self.architecture != "isotropic":
+            raise ValueError(f"{name} of an SDT-H config is {hierarchical_meaning} instead (got {name}={value!r})")
+        setattr(self, key, value)
 
     # ------------------------------------------------------------------ checks
 

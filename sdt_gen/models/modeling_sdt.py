@@ -28,16 +28,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForImageClassification, PreTrainedModel
+from transformers import initialization as init  # skips tensors already loaded from a checkpoint
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
 
 from ..layers import DropPath, PatchEmbed, SpatialDecayAttention, rmt_gammas, sincos_2d
 from .configuration_sdt import HIERARCHICAL_STRIDE, SDT_CLASSIFIER_PRESETS, SDTConfig, check_image_size
 from .transformer_sdt import SDTBlock, SDTTransformer2DModel
 
-try:  # transformers >= 5: init functions that skip tensors already loaded from a checkpoint
-    from transformers import initialization as init
-except ImportError:  # pragma: no cover - transformers 4.x
-    init = None
 
 IMAGENET_DEFAULT_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_DEFAULT_STD = [0.229, 0.224, 0.225]
@@ -121,10 +119,12 @@ class SDTMlp(nn.Module):
         return self.fc2(x)  # (B, N, C)
 
 
-class SDTLayer(nn.Module):
+class SDTLayer(GradientCheckpointingLayer):
     """A pre-norm SDT block without conditioning (the classifier's block, SDT-H and isotropic).
 
     ``x = x + CPE(x)``; ``x = x + DropPath(ls1 * Attn(LN(x)))``; ``x = x + DropPath(ls2 * MLP(LN(x)))``.
+    A ``GradientCheckpointingLayer``: transformers' ``model.gradient_checkpointing_enable()`` (v5:
+    ``activation_checkpointing_enable()``) checkpoints it.
 
     Args:
         dim: token width.
@@ -196,6 +196,14 @@ class SDTLayer(nn.Module):
         return x
 
 
+class SDTProbeBlock(SDTBlock, GradientCheckpointingLayer):
+    """The denoiser's adaLN block (``SDTBlock``) as a transformers ``GradientCheckpointingLayer``.
+
+    Same modules and forward as ``SDTBlock``, so a denoiser's block state dict loads into it unchanged;
+    only transformers' checkpointing switch is added.
+    """
+
+
 class SDTPooler(nn.Module):
     """Tokens ``(B, N, C)`` to pre-logits ``(B, F)``.
 
@@ -236,7 +244,7 @@ class SDTPreTrainedModel(PreTrainedModel):
     base_model_prefix = "sdt"
     main_input_name = "pixel_values"
     supports_gradient_checkpointing = True
-    _no_split_modules = ["SDTLayer", "SDTBlock"]
+    _no_split_modules = ["SDTLayer", "SDTProbeBlock"]
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -247,36 +255,36 @@ class SDTPreTrainedModel(PreTrainedModel):
         ``init`` functions skip tensors that were loaded.
         """
         if isinstance(module, nn.Linear):
-            _trunc_normal_(module.weight, std=self.config.initializer_range)
+            init.trunc_normal_(module.weight, std=self.config.initializer_range)
             if module.bias is not None:
-                _zeros_(module.bias)
+                init.zeros_(module.bias)
         elif isinstance(module, nn.Conv2d):
             # PyTorch's default conv init (kaiming-uniform), which RMT keeps for its convs.
-            _kaiming_uniform_(module.weight, a=math.sqrt(5))
+            init.kaiming_uniform_(module.weight, a=math.sqrt(5))
             if module.bias is not None:
                 bound = 1 / math.sqrt(module.weight[0].numel())
-                _uniform_(module.bias, -bound, bound)
+                init.uniform_(module.bias, -bound, bound)
         elif isinstance(module, (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d)):
             if module.weight is not None:
-                _ones_(module.weight)
+                init.ones_(module.weight)
             if module.bias is not None:
-                _zeros_(module.bias)
+                init.zeros_(module.bias)
             if getattr(module, "running_mean", None) is not None:
-                _zeros_(module.running_mean)
-                _ones_(module.running_var)
-                _zeros_(module.num_batches_tracked)
+                init.zeros_(module.running_mean)
+                init.ones_(module.running_var)
+                init.zeros_(module.num_batches_tracked)
         elif isinstance(module, SpatialDecayAttention):
             # Runs after its children, so after the generic Linear init of the gate.
             _init_decay(module)
         elif isinstance(module, SDTLayer):
             for scale in (module.layer_scale_1, module.layer_scale_2):
                 if scale is not None:
-                    _constant_(scale, module.layer_scale_init_value)
+                    init.constant_(scale, module.layer_scale_init_value)
         elif isinstance(module, SDTModel):
             if module.pos_embed is not None:
-                _copy_(module.pos_embed, sincos_2d(module.pos_embed.shape[-1], *module.grid_size).unsqueeze(0))
+                init.copy_(module.pos_embed, sincos_2d(module.pos_embed.shape[-1], *module.grid_size).unsqueeze(0))
             if module.conditioning is not None:
-                _zeros_(module.conditioning)
+                init.zeros_(module.conditioning)
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
@@ -321,7 +329,6 @@ class SDTModel(SDTPreTrainedModel):
 
     def __init__(self, config: SDTConfig):
         super().__init__(config)
-        self.gradient_checkpointing = False
         self.register_buffer("pos_embed", None, persistent=False)  # isotropic: fixed sin-cos positions
         self.register_buffer("conditioning", None)  # denoiser probe: the fixed adaLN input
         self.vae = None
@@ -410,7 +417,7 @@ class SDTModel(SDTPreTrainedModel):
             )
         self._build_embedding(config, in_channels)
         self.blocks = nn.ModuleList(
-            SDTBlock(
+            SDTProbeBlock(
                 config.hidden_size,
                 config.num_heads,
                 config.mlp_ratio,
@@ -464,6 +471,18 @@ class SDTModel(SDTPreTrainedModel):
             encoder = {k: v for k, v in vae.state_dict().items() if k.startswith(("encoder.", "quant_conv."))}
             self.vae.load_state_dict(encoder)
 
+    def get_input_embeddings(self) -> nn.Module:
+        """The pixel embedding: the conv stem (SDT-H) or the patch embedding (isotropic), as ViT returns its
+        patch embeddings."""
+        return self.stem if self.config.architecture == "hierarchical" else self.patch_embed
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        """Replace the module ``get_input_embeddings`` returns (it must give the same output shape)."""
+        if self.config.architecture == "hierarchical":
+            self.stem = value
+        else:
+            self.patch_embed = value
+
     # ------------------------------------------------------------------ forward
 
     def train(self, mode: bool = True) -> "SDTModel":
@@ -493,11 +512,6 @@ class SDTModel(SDTPreTrainedModel):
         else:
             check_image_size(size, config.patch_size * config.vae_downsample, "the patch embedding")
         return pixel_values
-
-    def _run_block(self, block: nn.Module, *args) -> torch.Tensor:
-        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-            return self._gradient_checkpointing_func(block.__call__, *args)
-        return block(*args)
 
     def forward_features(
         self, pixel_values: torch.Tensor, output_hidden_states: bool = False
@@ -530,13 +544,13 @@ class SDTModel(SDTPreTrainedModel):
                 if stage.downsample is not None:
                     x, grid_size = stage.downsample(x, grid_size)  # (B, N/4, C')
                 for block in stage.blocks:
-                    x = self._run_block(block, x, grid_size)  # (B, N, C)
+                    x = block(x, grid_size)  # (B, N, C)
                 if output_hidden_states:
                     hidden_states.append(x)
         else:
             c = None if self.conditioning is None else self.conditioning.expand(x.shape[0], -1)  # (B, D)
             for block in self.blocks:
-                x = self._run_block(block, x, grid_size) if c is None else self._run_block(block, x, c, grid_size)
+                x = block(x, grid_size) if c is None else block(x, c, grid_size)  # (B, N, D)
                 if output_hidden_states:
                     hidden_states.append(x)
 
@@ -571,9 +585,13 @@ class SDTModel(SDTPreTrainedModel):
 class SDTForImageClassification(SDTPreTrainedModel):
     """An SDT backbone (``self.sdt``) with a linear classifier on its pooled features.
 
-    ``forward(pixel_values, labels)`` returns an ``ImageClassifierOutput``; with ``labels`` (class
-    indices ``(B,)``, or soft targets ``(B, num_labels)`` as mixup/cutmix give) the loss is the
-    cross-entropy. Label smoothing is the training script's business.
+    ``forward(pixel_values, labels)`` returns an ``ImageClassifierOutput``; with ``labels`` the loss is
+    chosen by ``config.problem_type`` exactly as for transformers' classifiers (``self.loss_function``):
+    ``"regression"`` (MSE), ``"single_label_classification"`` (cross-entropy on class indices),
+    ``"multi_label_classification"`` (BCE with logits on float targets), inferred on the first loss when
+    None. One addition: with ``"single_label_classification"``, float labels of the logits' shape are
+    soft targets (mixup/cutmix) and give the cross-entropy of that distribution. Label smoothing is
+    the training script's business.
 
     Example:
         ```python
@@ -616,8 +634,8 @@ class SDTForImageClassification(SDTPreTrainedModel):
         device = next(self.parameters()).device
         if num_labels > 0:
             self.classifier = nn.Linear(self.num_features, num_labels, device=device)
-            _trunc_normal_(self.classifier.weight, std=self.config.initializer_range)
-            _zeros_(self.classifier.bias)
+            init.trunc_normal_(self.classifier.weight, std=self.config.initializer_range)
+            init.zeros_(self.classifier.bias)
         else:
             self.classifier = nn.Identity()
         if id2label is not None:
@@ -638,21 +656,27 @@ class SDTForImageClassification(SDTPreTrainedModel):
     ) -> ImageClassifierOutput | tuple:
         """Args:
         pixel_values: ``(B, num_channels, H, W)`` images normalised as by ``image_processor_for``.
-        labels: class indices ``(B,)`` or soft targets ``(B, num_labels)``; adds the cross-entropy loss.
+        labels: targets of the loss selected by ``config.problem_type`` (see the class docstring): class
+            indices ``(B,)``, float targets ``(B, num_labels)`` (multi-label, or soft targets with
+            ``"single_label_classification"``), or regression values ``(B,)`` / ``(B, num_labels)``.
         output_hidden_states: also return the backbone's hidden states.
         return_dict: return an ``ImageClassifierOutput`` instead of a tuple.
+        **kwargs: passed to the loss (e.g. the Trainer's ``num_items_in_batch``).
         """
         return_dict = self.config.return_dict if return_dict is None else return_dict
         outputs = self.sdt(pixel_values, output_hidden_states=output_hidden_states, return_dict=True)
         logits = self.classifier(outputs.pooler_output)  # (B, num_labels)
         loss = None
         if labels is not None:
-            labels = labels.to(logits.device)
-            if labels.dtype.is_floating_point and labels.shape != logits.shape:
-                raise ValueError(
-                    f"soft labels must have the logits' shape {tuple(logits.shape)}, got {tuple(labels.shape)}"
-                )
-            loss = F.cross_entropy(logits.float(), labels.float() if labels.dtype.is_floating_point else labels)
+            soft_targets = (
+                self.config.problem_type == "single_label_classification"
+                and labels.dtype.is_floating_point
+                and labels.shape == logits.shape
+            )
+            if soft_targets:  # transformers' loss takes only class indices here
+                loss = F.cross_entropy(logits, labels.to(logits.device))
+            else:
+                loss = self.loss_function(labels, logits, self.config, **kwargs)
         if not return_dict:
             output = (logits,) + ((outputs.hidden_states,) if outputs.hidden_states is not None else ())
             return ((loss,) + output) if loss is not None else output
@@ -870,40 +894,18 @@ def save_classifier(
 #                           Initialisation helpers                              #
 #################################################################################
 
-def _guarded(name: str):
-    if init is not None:
-        return getattr(init, name)
-    torch_init = getattr(nn.init, name)
-    return lambda tensor, *args, **kwargs: torch_init(tensor, *args, **kwargs)
-
-
-_trunc_normal_ = _guarded("trunc_normal_")
-_kaiming_uniform_ = _guarded("kaiming_uniform_")
-_uniform_ = _guarded("uniform_")
-_zeros_ = _guarded("zeros_")
-_ones_ = _guarded("ones_")
-_constant_ = _guarded("constant_")
-
-
-def _copy_(tensor: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-    if init is not None:
-        return init.copy_(tensor, value)
-    with torch.no_grad():
-        return tensor.copy_(value)
-
-
 def _init_decay(attn: SpatialDecayAttention) -> None:
     """RMT gammas (a non-persistent buffer shared with the gate) and the CAG's start values."""
     gammas = rmt_gammas(attn.num_heads, attn.initial_value, attn.heads_range)
     if attn.gammas.is_meta:  # left on meta by a checkpoint load
         attn.gammas = torch.empty_like(gammas)
-    _copy_(attn.gammas, gammas.to(attn.gammas.device))
+    init.copy_(attn.gammas, gammas.to(attn.gammas.device))
     gate = attn.gate
     if gate is not None:
         gate.gammas = attn.gammas  # one tensor, as SpatialDecayAttention builds it (a load may have split them)
-        _zeros_(gate.proj.weight)
-        _copy_(gate.proj.bias, torch.logit(gammas.double()).float().to(gate.proj.bias.device))
-        _constant_(gate.alpha, 1.0 if gate.decay_init == "rmt" else 0.0)
+        init.zeros_(gate.proj.weight)
+        init.copy_(gate.proj.bias, torch.logit(gammas.double()).float().to(gate.proj.bias.device))
+        init.constant_(gate.alpha, 1.0 if gate.decay_init == "rmt" else 0.0)
 
 
 #################################################################################
