@@ -148,7 +148,8 @@ def main(args):
     if args.model is not None:
         dtype = {} if args.dtype == "float32" else {"torch_dtype": getattr(torch, args.dtype)}
         pipe = SDTPipeline.from_pretrained(model_folder, **dtype).to(device)
-        pipe.scheduler = scheduler_by_name(args.scheduler, pipe.scheduler.config)
+        if args.scheduler is not None:
+            pipe.scheduler = scheduler_by_name(args.scheduler, pipe.scheduler.config)
         size = image_size(pipe)
     else:
         samples = ImageFolderDataset(args.samples_dir)
@@ -265,8 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--guided-channels", type=positive_int, default=None,
                         help="guide only the first k channels (3: DiT's original protocol); default all")
     parser.add_argument("--steps", type=positive_int, default=250, help="sampling steps")
-    parser.add_argument("--scheduler", choices=sorted(SCHEDULERS), default="ddpm",
-                        help="sampler built from the saved scheduler's config (ddpm with DiT's config: DiT-exact)")
+    parser.add_argument("--scheduler", choices=sorted(SCHEDULERS),
+                        help="sampler built from the saved scheduler's config; default: the saved scheduler (DiT's "
+                        "DDPM for DDPM models, DiT-exact; Euler for flow models)")
     parser.add_argument("--labels", choices=LABEL_MODES, default="random",
                         help="class labels: uniform at random (as DiT) or balanced (i %% num_classes)")
     parser.add_argument("--seed", type=non_negative_int, default=0, help="base seed: labels and image i's noise (seed*1000003+i)")

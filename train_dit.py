@@ -36,10 +36,10 @@ from sdt_gen.data import (
     load_vae,
     vae_downsampling,
 )
-from sdt_gen.diffusion import DiffusionLoss, make_scheduler, uniform_timesteps
+from sdt_gen.diffusion import OBJECTIVES, TIME_SAMPLINGS, make_objective
 from sdt_gen.hub import local_folder
 from sdt_gen.layers import ATTENTION_BACKENDS, DECAY_LAYOUTS, DECAY_MODES
-from sdt_gen.pipelines import dit_scheduler, scheduler_by_name
+from sdt_gen.pipelines import SCHEDULERS, default_scheduler, scheduler_by_name
 from sdt_gen.training import (
     DiTEMA,
     TrainState,
@@ -103,6 +103,8 @@ def build_dataset(args, patch_size: int):
 def build_model(args, shape, num_classes: int) -> SDTTransformer2DModel:
     decay = dict(decay_mode=args.decay_mode, decay_layout=args.decay_layout, attention_backend=args.attention_backend)
     if args.init_from_dit:
+        if args.objective != "ddpm":
+            raise ValueError(f"--init-from-dit starts from a DDPM-trained DiT; it cannot start a {args.objective} model")
         dit = local_folder(args.init_from_dit)  # a Hub repo id: its cached snapshot
         if dit.is_dir():
             from diffusers import DiTTransformer2DModel
@@ -119,7 +121,8 @@ def build_model(args, shape, num_classes: int) -> SDTTransformer2DModel:
     channels, height, width = shape
     return SDTTransformer2DModel.from_preset(
         args.model, sample_size=[height, width] if height != width else height, in_channels=channels,
-        num_classes=num_classes, learn_sigma=args.learn_sigma, decay_init=args.decay_init, **decay,
+        num_classes=num_classes, learn_sigma=args.learn_sigma and args.objective == "ddpm", objective=args.objective,
+        decay_init=args.decay_init, **decay,
     )
 
 
@@ -137,7 +140,7 @@ def export_pipeline(model, ema, vae, id2label, path: Path, step: int) -> SDTPipe
     ema_model = SDTTransformer2DModel.from_config(model.config)
     ema.copy_to(ema_model.parameters())
     pipe = SDTPipeline(
-        transformer=ema_model, scheduler=dit_scheduler(model.config.learn_sigma), vae=vae, id2label=id2label
+        transformer=ema_model, scheduler=default_scheduler(model.config), vae=vae, id2label=id2label
     )
     pipe.save_pretrained_atomically(path, records={EXPORT_RECORD: {"step": step}})
     return pipe
@@ -146,7 +149,8 @@ def export_pipeline(model, ema, vae, id2label, path: Path, step: int) -> SDTPipe
 def save_sample_grid(pipe: SDTPipeline, args, path: Path, device: torch.device) -> None:
     """One row per class of ``--sample-classes``, ``--samples-per-class`` EMA samples each."""
     pipe = pipe.to(device)
-    pipe.scheduler = scheduler_by_name(args.sample_scheduler, pipe.scheduler.config)
+    sampler = args.sample_scheduler or ("euler" if pipe.transformer.config.objective == "flow" else "dpm")
+    pipe.scheduler = scheduler_by_name(sampler, pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     classes = args.sample_classes or list(range(min(10, pipe.transformer.config.num_classes)))
     labels = [c for c in classes for _ in range(args.samples_per_class)]
@@ -211,7 +215,8 @@ def main(args):
     elif args.vae:  # latents: the VAE only decodes samples for the exported pipeline
         vae = load_vae(args.vae, device)
 
-    run_dir, checkpoint, logger = open_run(accelerator, args.results_dir, args.model, data_name, args.resume, args)
+    run_name = data_name if args.objective == "ddpm" else f"{data_name}-{args.objective}"  # NNN-<model>-digits-flow
+    run_dir, checkpoint, logger = open_run(accelerator, args.results_dir, args.model, run_name, args.resume, args)
 
     # Model, objective, optimizer, EMA.
     model = build_model(args, shape, len(dataset.id2label))
@@ -219,9 +224,7 @@ def main(args):
         model.enable_gradient_checkpointing()
     ema = DiTEMA(model.parameters(), decay=args.ema_decay, warmup=args.ema_warmup)
     ema.to(device)
-    loss_fn = DiffusionLoss(
-        make_scheduler(learn_sigma=model.config.learn_sigma), learn_sigma=model.config.learn_sigma, snr_gamma=args.snr_gamma
-    )
+    loss_fn = make_objective(model.config.objective, model.config.learn_sigma, args.snr_gamma, args.time_sampling)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     logger.info(f"{args.model}: {sum(p.numel() for p in model.parameters()):,} parameters, decay {args.decay_mode}")
 
@@ -286,7 +289,7 @@ def main(args):
             if vae is not None and args.data_path:
                 x = encode_images(vae, x)  # (B, C, H/8, W/8)
             with accelerator.accumulate(model):
-                t = uniform_timesteps(x.shape[0], loss_fn.num_timesteps, device)
+                t = loss_fn.sample_timesteps(x.shape[0], device)
                 losses = loss_fn(model, x, t, model_kwargs=dict(class_labels=y))
                 loss = losses["loss"].mean()
                 accelerator.backward(loss)
@@ -360,6 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--decay-layout", default="full", choices=DECAY_LAYOUTS, help="bias over all tokens or row-then-column")
     model.add_argument("--decay-init", default="rmt", choices=["rmt", "zero"], help="CAG start: RMT's decay or plain attention")
     model.add_argument("--attention-backend", default="auto", choices=ATTENTION_BACKENDS, help="auto = flex on CUDA, sdpa elsewhere")
+    model.add_argument("--objective", default="ddpm", choices=OBJECTIVES,
+                       help="ddpm: DiT's noise prediction (hybrid loss); flow: SiT's velocity on the linear path")
     model.add_argument("--no-learn-sigma", dest="learn_sigma", action="store_false", help="predict the noise only (plain MSE loss)")
     model.add_argument("--init-from-dit", help="start from DiT's weights: an original checkpoint (DiT-XL-2-256x256.pt, "
                        "a DiT train.py checkpoint) or a diffusers DiT pipeline (folder or Hub id; CAG starts at zero decay)")
@@ -374,7 +379,9 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--max-grad-norm", type=non_negative_float, help="gradient clipping norm, 0 = off (default: off, digits: 1.0)")
     opt.add_argument("--max-steps", type=positive_int, help="optimizer steps to train (default: 400000, digits: 1400)")
     opt.add_argument("--snr-gamma", type=positive_float,
-                     help="Min-SNR-gamma weighting of the noise MSE, e.g. 5 (default: off = DiT's unweighted loss)")
+                     help="ddpm: Min-SNR-gamma weighting of the noise MSE, e.g. 5 (default: off = DiT's unweighted loss)")
+    opt.add_argument("--time-sampling", default="uniform", choices=TIME_SAMPLINGS,
+                     help="flow: training times uniform (SiT) or logit-normal (SD3)")
     opt.add_argument("--ema-decay", type=non_negative_float, help="EMA decay (default: DiT's 0.9999, digits: 0.999)")
     opt.add_argument("--ema-warmup", action=argparse.BooleanOptionalAction, default=None,
                      help="ramp the EMA decay up as diffusers does (default: off = DiT's constant decay; digits: on)")
@@ -393,7 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--sample-classes", type=non_negative_int, nargs="*", help="class ids of the grid rows (default: the first 10)")
     run.add_argument("--samples-per-class", type=positive_int, default=8, help="grid columns")
     run.add_argument("--sample-steps", type=positive_int, default=50, help="sampling steps of the grids")
-    run.add_argument("--sample-scheduler", default="dpm", choices=["ddpm", "ddim", "dpm"], help="sampler of the grids")
+    run.add_argument("--sample-scheduler", choices=sorted(SCHEDULERS),
+                     help="sampler of the grids (default: dpm, flow models: euler)")
     run.add_argument("--push-to-hub", metavar="REPO_ID",
                      help="upload the final pipeline folder (with its model card) to this Hub repository")
     run.add_argument("--sample-guidance-scale", type=non_negative_float, default=4.0, help="classifier-free guidance of the grids")

@@ -3,6 +3,7 @@
     python benchmarks/decay_study.py                     # the default study below (about 95 min on 2 CPU cores)
     python benchmarks/decay_study.py --quick             # the same code path in about 3 minutes
     python benchmarks/decay_study.py --modes none cag --seeds 0 1 2 3 4 --steps 6000 --out studies/long
+    python benchmarks/decay_study.py --objective flow     # the same study under SiT's flow matching
     accelerate launch benchmarks/decay_study.py --latents-path /data/in256-latents --vae /models/sd-vae-ft-ema \\
         --model SDT-B/2 --steps 50000 --num-samples 10000 --inception-weights ... --ref /data/ref.npz
 
@@ -56,7 +57,7 @@ from sdt_gen.cli import (  # noqa: E402
 )
 from sdt_gen import SDTPipeline  # noqa: E402
 from sdt_gen.data import LatentDataset, MNISTDataset  # noqa: E402
-from sdt_gen.diffusion import fixed_noise_mse, make_scheduler  # noqa: E402
+from sdt_gen.diffusion import OBJECTIVES, fixed_noise_mse, make_objective  # noqa: E402
 from sdt_gen.layers import DECAY_MODES  # noqa: E402
 from sdt_gen.metrics import (  # noqa: E402
     ArrayImageDataset,
@@ -124,6 +125,7 @@ def training_flags(args) -> list[str]:
     ]
     flags += ["--latents-path", args.latents_path] if args.latents_path else ["--dataset", "mnist"]
     flags += ["--vae", args.vae] if args.vae else []
+    flags += ["--objective", args.objective] if args.objective != "ddpm" else []
     return flags + (["--cpu"] if args.cpu else [])
 
 
@@ -352,13 +354,18 @@ def statistics(args, runs: dict) -> tuple[dict, dict]:
     return summary, paired
 
 
+def noisy_input(model, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """What ``model`` sees at timestep ``t``: ``x_t`` of its objective (DDPM's or the flow's path)."""
+    return make_objective(model.config.objective, learn_sigma=False).noised(x0, t, noise)[0]
+
+
 def strength_vs_timestep(model, x0: torch.Tensor, labels: torch.Tensor) -> list:
     """Per timestep, layer and head: ``exp(2 * mean rate)``, the decay per unit of grid distance (1: none)."""
     curves = []
     for t in GATE_TIMESTEPS:
         noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(t))
         t_batch = torch.full((len(x0),), t, dtype=torch.long)
-        xt = make_scheduler().add_noise(x0, noise, t_batch)
+        xt = noisy_input(model, x0, t_batch, noise)
         rates = model.decay_rates(xt, t_batch, labels)  # (depth, B, H, N)
         curves.append(torch.exp(2 * rates.mean(dim=(1, 3))).tolist())  # (depth, H)
     return curves  # (T, depth, H)
@@ -503,7 +510,7 @@ def plot_decay_maps(args, out: Path, heldout) -> None:
     for r, (mode, t) in enumerate(rows):
         noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(t))
         t_batch = torch.full((1,), t, dtype=torch.long)
-        xt = make_scheduler().add_noise(x0, noise, t_batch)
+        xt = noisy_input(models[mode], x0, t_batch, noise)
         axes[r][0].imshow(xt[0, 0], cmap="gray")
         axes[r][0].set_ylabel(f"{mode}, t={t}" if mode == "cag" else "fixed (any t)", fontsize=8)
         for q, query in enumerate(queries):
@@ -557,8 +564,10 @@ def main(args):
     for key, value in {**STUDY, **(QUICK if args.quick else {})}.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    if args.scheduler is None and args.objective == "flow":
+        args.scheduler = "euler"
     if args.out is None:
-        args.out = "studies/mnist-decay-quick" if args.quick else "studies/mnist-decay"
+        args.out = "studies/mnist-decay" + ("-quick" if args.quick else "") + ("-flow" if args.objective == "flow" else "")
     bad = [m for m in args.modes if m not in DECAY_MODES]
     if bad:
         raise SystemExit(f"error: unknown --modes {' '.join(bad)}; expected some of {', '.join(DECAY_MODES)}")
@@ -613,7 +622,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true",
                    help="2 seeds, 40 steps, 40 samples, smaller reference sets: the whole code path in minutes")
-    p.add_argument("--out", help="study folder (default: studies/mnist-decay, --quick: studies/mnist-decay-quick)")
+    p.add_argument("--out", help="study folder (default: studies/mnist-decay, --quick: studies/mnist-decay-quick, "
+                   "--objective flow: ...-flow)")
     p.add_argument("--modes", nargs="+", help=f"decay modes to compare (default: {' '.join(STUDY['modes'])})")
     p.add_argument("--seeds", nargs="+", type=non_negative_int, help=f"training seeds, one paired run per mode each (default: {' '.join(map(str, STUDY['seeds']))})")
     p.add_argument("--model", help=f"denoiser preset of every run (default: {STUDY['model']})")
@@ -622,7 +632,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--global-batch-size", type=positive_int, help=f"images per step (default: {STUDY['global_batch_size']})")
     p.add_argument("--lr", type=positive_float, help=f"AdamW learning rate (default: {STUDY['lr']})")
     p.add_argument("--num-samples", type=positive_int, help=f"class-balanced samples per evaluation (default: {STUDY['num_samples']})")
-    p.add_argument("--scheduler", choices=list(SCHEDULERS), help=f"sampler of the evaluations (default: {STUDY['scheduler']})")
+    p.add_argument("--objective", default="ddpm", choices=OBJECTIVES,
+                   help="training objective of every run: DiT's ddpm or SiT's flow matching")
+    p.add_argument("--scheduler", choices=list(SCHEDULERS),
+                   help=f"sampler of the evaluations (default: {STUDY['scheduler']}, flow: euler)")
     p.add_argument("--sample-steps", type=positive_int, help=f"sampling steps (default: {STUDY['sample_steps']})")
     p.add_argument("--guidance-scale", type=non_negative_float, help=f"classifier-free guidance scale (default: {STUDY['guidance_scale']})")
     p.add_argument("--batch-size", type=positive_int, default=250, help="images per sampling / evaluator call")

@@ -26,6 +26,8 @@ from diffusers import (
     DDPMParallelScheduler,
     DDPMScheduler,
     DPMSolverMultistepScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    FlowMatchHeunDiscreteScheduler,
     UnCLIPScheduler,
 )
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline, ImagePipelineOutput
@@ -46,8 +48,13 @@ _OUTPUT_TYPES = ("pil", "np", "pt")
 ClassLabels = int | str | Sequence[int | str] | torch.Tensor | np.ndarray
 """What ``SDTPipeline`` takes as class labels: one id or name, a sequence of them, or a 1-D tensor or array of ids."""
 
-SCHEDULERS = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler, "dpm": DPMSolverMultistepScheduler}
+SCHEDULERS = {
+    "ddpm": DDPMScheduler, "ddim": DDIMScheduler, "dpm": DPMSolverMultistepScheduler,  # DDPM-trained models
+    "euler": FlowMatchEulerDiscreteScheduler, "heun": FlowMatchHeunDiscreteScheduler,  # flow-trained models
+}
 """Short scheduler names used by ``sample.py`` and ``scheduler_by_name``."""
+# Schedulers that integrate a velocity field (a ``"flow"`` model's output) rather than denoise.
+_FLOW_SCHEDULERS = (FlowMatchEulerDiscreteScheduler, FlowMatchHeunDiscreteScheduler)
 
 
 #################################################################################
@@ -71,8 +78,21 @@ def dit_scheduler(learn_sigma: bool = True) -> DDPMScheduler:
     )
 
 
+def flow_scheduler() -> FlowMatchEulerDiscreteScheduler:
+    """The sampler of flow models: diffusers' Euler over 1000 train timesteps, no shift (SiT's ODE)."""
+    return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
+
+
+def default_scheduler(transformer_config: Mapping) -> SchedulerMixin:
+    """The scheduler a pipeline is exported with: ``flow_scheduler()`` for flow models, DiT's otherwise."""
+    if transformer_config.get("objective", "ddpm") == "flow":
+        return flow_scheduler()
+    return dit_scheduler(transformer_config["learn_sigma"])
+
+
 def scheduler_by_name(name: str, config: Mapping | None = None) -> SchedulerMixin:
-    """A ``"ddpm"``, ``"ddim"`` or ``"dpm"`` (DPMSolverMultistep) scheduler, built from ``config`` if given."""
+    """A scheduler of ``SCHEDULERS`` (``"ddpm"``, ``"ddim"``, ``"dpm"`` for DDPM models; ``"euler"``,
+    ``"heun"`` for flow models), built from ``config`` if given."""
     if name not in SCHEDULERS:
         raise ValueError(f"unknown scheduler {name!r}; expected one of {', '.join(SCHEDULERS)}")
     cls = SCHEDULERS[name]
@@ -286,6 +306,24 @@ class SDTPipeline(DiffusionPipeline):
             and scheduler.config.get("variance_type") in _LEARNED_VARIANCE
         )
 
+    def _check_scheduler(self, scheduler: SchedulerMixin) -> None:
+        """Refuse a scheduler of the other kind than the transformer's objective, naming the right ones."""
+        flow_model = self.transformer.config.get("objective", "ddpm") == "flow"
+        if flow_model == isinstance(scheduler, _FLOW_SCHEDULERS):
+            return
+        name = type(scheduler).__name__
+        if flow_model:
+            raise ValueError(
+                f"this transformer was trained with the flow objective (it predicts a velocity), so {name} cannot "
+                "sample it: use a flow-matching scheduler (FlowMatchEulerDiscreteScheduler, sample.py "
+                "--scheduler euler; FlowMatchHeunDiscreteScheduler, --scheduler heun)"
+            )
+        raise ValueError(
+            f"this transformer was trained with the DDPM objective (it predicts noise), so the flow-matching {name} "
+            "cannot sample it: use DDPMScheduler, DDIMScheduler or DPMSolverMultistepScheduler (--scheduler ddpm, "
+            "ddim or dpm)"
+        )
+
     def _sampling_scheduler(self) -> SchedulerMixin:
         """``self.scheduler``, or a copy that does not expect learned variance when it cannot get it.
 
@@ -435,7 +473,8 @@ class SDTPipeline(DiffusionPipeline):
             class_labels: one class per image: an id or a name, a list of ids and/or names (case-insensitive;
                 any comma-separated synonym of ``id2label``), or a 1-D tensor or array of ids, as ``DiTPipeline``
                 takes them. Ids are ``0..num_classes-1``; for unconditional images use ``guidance_scale=0``.
-            guidance_scale: classifier-free guidance weight ``s``: ``eps = eps_null + s (eps_y - eps_null)``.
+            guidance_scale: classifier-free guidance weight ``s``: ``eps = eps_null + s (eps_y - eps_null)``
+                (on the velocity for flow models).
                 ``1`` runs the conditional model only and ``0`` the unconditional (null-class) model only,
                 each with one forward per step.
             guided_channels: guide only the first ``k`` channels (DiT's original code guided 3 of 4 latent
@@ -496,6 +535,7 @@ class SDTPipeline(DiffusionPipeline):
             latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
         latents = latents.to(device=device, dtype=dtype)
         labels = torch.tensor(class_ids, device=device)
+        self._check_scheduler(self.scheduler)
         scheduler = self._sampling_scheduler()
         scheduler.set_timesteps(num_inference_steps, device=device)
         starts = range(0, num_images, batch_size)
@@ -549,9 +589,10 @@ class SDTPipeline(DiffusionPipeline):
         passes_variance = self._passes_variance(scheduler)
 
         scheduler.set_timesteps(num_inference_steps, device=x.device)  # also resets multistep state
-        x = x * scheduler.init_noise_sigma
+        x = x * getattr(scheduler, "init_noise_sigma", 1.0)  # flow-matching schedulers start at unit noise
         for t in scheduler.timesteps:
-            model_input = scheduler.scale_model_input(x, t)  # (B, C, H, W)
+            # (B, C, H, W); flow-matching schedulers feed the model x as it is
+            model_input = scheduler.scale_model_input(x, t) if hasattr(scheduler, "scale_model_input") else x
             if guided:
                 model_input = torch.cat([model_input, model_input])  # (2B, C, H, W)
             timestep = torch.as_tensor(t, device=x.device).expand(model_input.shape[0])

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -48,6 +49,25 @@ def test_short_default_run_writes_a_loadable_pipeline_and_grid(tmp_path):
     assert pipe.scheduler.config.variance_type == "learned_range"
     images = pipe(class_labels=[3], num_inference_steps=2, output_type="np").images
     assert images.shape == (1, 16, 16, 1)
+
+
+def test_flow_objective_run_exports_a_flow_pipeline_that_samples(tmp_path):
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    run_dir = run(tmp_path, "--max-steps", "2", "--objective", "flow", "--time-sampling", "logit_normal")
+    assert run_dir.name == "000-SDT-Ti-2-digits-flow"
+    assert "step 0000002 loss" in (run_dir / "log.txt").read_text()
+    assert (run_dir / "samples" / "step-0000002.png").is_file()  # the grid sampled with Euler
+
+    pipe = SDTPipeline.from_pretrained(run_dir / "pipeline")
+    assert pipe.transformer.config.objective == "flow" and not pipe.transformer.config.learn_sigma
+    assert isinstance(pipe.scheduler, FlowMatchEulerDiscreteScheduler)
+    images = pipe(class_labels=[3], num_inference_steps=2, output_type="np").images
+    assert images.shape == (1, 16, 16, 1) and np.isfinite(images).all()
+    # a later run of the other objective is a different run, numbered after it
+    assert run(tmp_path, "--max-steps", "1").name == "001-SDT-Ti-2-digits"
+    with pytest.raises(ValueError, match="snr_gamma weights DDPM's noise MSE"):
+        run(tmp_path, "--max-steps", "1", "--objective", "flow", "--snr-gamma", "5")
 
 
 def final_weights(run_dir: Path) -> dict:

@@ -1,5 +1,6 @@
 """Training objectives. Depends on torch and diffusers schedulers only."""
 
+from .flow_matching import TIME_SAMPLINGS, FlowMatchingLoss
 from .gaussian_diffusion import (
     BETA_END,
     BETA_START,
@@ -7,23 +8,27 @@ from .gaussian_diffusion import (
     DiffusionLoss,
     approx_standard_normal_cdf,
     discretized_gaussian_log_likelihood,
-    fixed_noise_mse,
     float64_betas,
     make_scheduler,
     mean_flat,
     normal_kl,
     uniform_timesteps,
 )
+from .objectives import OBJECTIVES, fixed_noise_mse, make_objective
 
 __all__ = [
     "BETA_END",
     "BETA_START",
     "NUM_TRAIN_TIMESTEPS",
+    "OBJECTIVES",
+    "TIME_SAMPLINGS",
     "DiffusionLoss",
+    "FlowMatchingLoss",
     "approx_standard_normal_cdf",
     "discretized_gaussian_log_likelihood",
     "fixed_noise_mse",
     "float64_betas",
+    "make_objective",
     "make_scheduler",
     "mean_flat",
     "normal_kl",

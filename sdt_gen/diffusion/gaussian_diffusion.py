@@ -15,7 +15,6 @@ and Nichol & Dhariwal 2021 (ADM, "improved DDPM"):
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from typing import Any, Callable
 
 import torch
@@ -214,6 +213,18 @@ class DiffusionLoss:
         snr = alphas_cumprod / (1.0 - alphas_cumprod)  # (T,)
         self.mse_weights = snr.clamp(max=snr_gamma) / snr if snr_gamma is not None else torch.ones_like(snr)
 
+    name = "ddpm"
+
+    def sample_timesteps(
+        self, batch_size: int, device: torch.device | str = "cpu", generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """DiT's training timesteps ``t ~ U{0, ..., T - 1}`` (``uniform_timesteps``)."""
+        return uniform_timesteps(batch_size, self.num_timesteps, device, generator)
+
+    def noised(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The model input ``x_t`` (``q_sample``) and its noise-prediction target ``noise``."""
+        return self.q_sample(x0, t, noise), noise
+
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Draw ``x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) noise ~ q(x_t | x_0)``, coefficients from the float64 schedule."""
         return _extract(self.sqrt_alphas_cumprod, t, x0) * x0 + _extract(self.sqrt_one_minus_alphas_cumprod, t, x0) * noise
@@ -321,7 +332,7 @@ class DiffusionLoss:
             raise ValueError(f"t must have shape ({x0.shape[0]},) to match x0, got {tuple(t.shape)}")
         if noise is None:
             noise = torch.randn_like(x0)
-        xt = self.q_sample(x0, t, noise)  # (N, C, H, W)
+        xt, _ = self.noised(x0, t, noise)  # (N, C, H, W)
         model_output = model_fn(xt, t, **(model_kwargs or {}))
         if not isinstance(model_output, torch.Tensor):
             # A tuple or a diffusers BaseOutput: both index their first field with [0].
@@ -337,50 +348,3 @@ class DiffusionLoss:
         # Rescaled so the VLB weighs as in ADM's RESCALED_MSE, whatever T is.
         vb = self.vb_terms_bpd(frozen_output, x0, xt, t) * (self.num_timesteps / 1000.0)  # (N,)
         return {"loss": weighted_mse + vb, "mse": mse, "vb": vb}
-
-
-@torch.no_grad()
-def fixed_noise_mse(
-    model: torch.nn.Module,
-    x0: torch.Tensor,
-    class_labels: torch.Tensor,
-    timesteps: Sequence[int],
-    seed: int = 0,
-    batch_size: int = 250,
-) -> dict[int, float]:
-    """The noise-prediction MSE of ``model`` on fixed data, at fixed timesteps, with fixed noise.
-
-    A held-out loss with little variance and no sampler: the noise of timestep ``t`` is drawn
-    from ``torch.Generator().manual_seed(seed + t)`` for all of ``x0`` at once, so every model
-    (and every call) sees the same noisy inputs. The model runs in eval mode (no label dropout).
-
-    Args:
-        model: the denoiser, called as ``model(x_t, t, class_labels)``; its first ``C`` output
-            channels are the predicted noise.
-        x0: ``(N, C, H, W)`` clean data.
-        class_labels: ``(N,)`` their labels.
-        timesteps: the diffusion steps to evaluate, in ``[0, 1000)``.
-        seed: base seed of the noise.
-        batch_size: images per model call.
-
-    Returns:
-        ``{t: mean squared error over every image and pixel}``.
-    """
-    scheduler = make_scheduler(learn_sigma=False)
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    out = {}
-    for t in timesteps:
-        noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed + int(t)))
-        squared_error = 0.0
-        for start in range(0, len(x0), batch_size):
-            x = x0[start : start + batch_size].to(device)
-            eps = noise[start : start + batch_size].to(device)
-            t_batch = torch.full((len(x),), int(t), device=device, dtype=torch.long)
-            xt = scheduler.add_noise(x, eps, t_batch)  # (B, C, H, W)
-            prediction = model(xt, t_batch, class_labels[start : start + batch_size].to(device))[0]
-            squared_error += ((prediction[:, : x.shape[1]].float() - eps) ** 2).sum().item()
-        out[int(t)] = squared_error / x0.numel()
-    model.train(was_training)
-    return out

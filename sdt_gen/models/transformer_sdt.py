@@ -19,6 +19,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 from torch import nn
 
+from ..diffusion.objectives import OBJECTIVES
 from ..layers import LabelEmbedding, PatchEmbed, SpatialDecayAttention, decay_map, fixed_rates, sincos_2d
 
 
@@ -114,6 +115,9 @@ class SDTTransformer2DModel(ModelMixin, ConfigMixin):
         timestep_freq_shift: frequency shift of the sinusoidal timestep features (DiT: 0;
             diffusers' DiT conversion: 1).
         mlp_norm_eps: epsilon of the MLP-branch LayerNorm (DiT: 1e-6; diffusers' DiT: 1e-5).
+        objective: what the model was trained to predict, so pipelines pick a matching sampler:
+            ``"ddpm"`` (DiT: the noise, with diffusers' DDPM-family schedulers) or ``"flow"`` (SiT: the
+            velocity of the linear path, with diffusers' flow-matching schedulers; ``learn_sigma=False``).
     """
 
     _supports_gradient_checkpointing = True
@@ -146,6 +150,7 @@ class SDTTransformer2DModel(ModelMixin, ConfigMixin):
         heads_range: float = 6.0,
         timestep_freq_shift: float = 0.0,
         mlp_norm_eps: float = 1e-6,
+        objective: str = "ddpm",
     ):
         super().__init__()
         # One draw from the global generator seeds the whole initialisation, so the weights the decay
@@ -156,6 +161,10 @@ class SDTTransformer2DModel(ModelMixin, ConfigMixin):
         else:
             height, width = sample_size
             self.register_to_config(sample_size=[height, width])  # JSON keeps lists, so save/load round-trips
+        if objective not in OBJECTIVES:
+            raise ValueError(f"unknown objective {objective!r}; expected one of {', '.join(OBJECTIVES)}")
+        if objective == "flow" and learn_sigma:
+            raise ValueError("a flow model predicts a velocity and no variance: pass learn_sigma=False")
         if height % patch_size or width % patch_size:
             raise ValueError(f"sample_size {height}x{width} is not divisible by patch_size {patch_size}")
         if num_classes < 1:
