@@ -22,7 +22,6 @@ unless HF_HUB_OFFLINE=1 or its server does not answer (then the error says where
 """
 
 import argparse
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -35,7 +34,7 @@ from sdt_gen.metrics import (
     LABEL_MODES,
     METRICS,
     ImageFilesDataset,
-    ImageFolderDataset,
+    ScoringImageFolder,
     TransformersImageClassifier,
     as_image_dataset,
     build_protocol,
@@ -50,9 +49,11 @@ from sdt_gen.metrics import (
     write_results,
 )
 from sdt_gen.metrics.sampling import MANIFEST
+from sdt_gen.data.vae import vae_downsampling
+from sdt_gen.files import file_sha256
 from sdt_gen.hub import local_folder
 from sdt_gen.pipelines import SCHEDULERS, check_pipeline_folder, scheduler_by_name
-from sdt_gen.cli import non_negative_float, non_negative_int, positive_int, run_main
+from sdt_gen.cli import add_sampling_arguments, non_negative_int, positive_int, run_main
 
 logger = logging.getLogger("eval_fid")
 
@@ -66,7 +67,7 @@ def default_out_dir(args) -> Path:
 def image_size(pipe: SDTPipeline) -> tuple[int, int]:
     """The (height, width) of the pipeline's images: the transformer's grid, times the VAE's downsampling."""
     height, width = pipe.transformer.sample_hw
-    factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1) if pipe.vae is not None else 1
+    factor = vae_downsampling(pipe.vae) if pipe.vae is not None else 1
     return height * factor, width * factor
 
 
@@ -105,7 +106,7 @@ def file_record(folder: Path, names: tuple[str, ...]) -> dict:
     """The folder's path and the sha256 of those of ``names`` it holds."""
     return {
         "path": str(folder.resolve()),
-        "sha256": {n: hashlib.sha256((folder / n).read_bytes()).hexdigest() for n in names if (folder / n).is_file()},
+        "sha256": {n: file_sha256(folder / n) for n in names if (folder / n).is_file()},
     }
 
 
@@ -152,7 +153,7 @@ def main(args):
             pipe.scheduler = scheduler_by_name(args.scheduler, pipe.scheduler.config)
         size = image_size(pipe)
     else:
-        samples = ImageFolderDataset(args.samples_dir)
+        samples = ScoringImageFolder(args.samples_dir)
         size = samples.size
         if args.classifier:
             labels_from_file_names(samples.files)  # the file names must carry the conditioning labels
@@ -262,18 +263,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resize-ref", action="store_true",
                         help="resize and center-crop reference images of another size to the samples' size")
     parser.add_argument("--num-samples", type=positive_int, default=50000, help="images to sample (FID-50K: 50000)")
-    parser.add_argument("--guidance-scale", type=non_negative_float, default=1.5, help="classifier-free guidance (1: none)")
-    parser.add_argument("--guided-channels", type=positive_int, default=None,
-                        help="guide only the first k channels (3: DiT's original protocol); default all")
-    parser.add_argument("--steps", type=positive_int, default=250, help="sampling steps")
-    parser.add_argument("--scheduler", choices=sorted(SCHEDULERS),
-                        help="sampler built from the saved scheduler's config; default: the saved scheduler (DiT's "
-                        "DDPM for DDPM models, DiT-exact; Euler for flow models)")
+    add_sampling_arguments(parser, guidance_scale=1.5, scheduler_names=SCHEDULERS,
+                           scheduler_default="the saved scheduler (DiT's DDPM for DDPM models, DiT-exact; Euler for flow models)")
     parser.add_argument("--labels", choices=LABEL_MODES, default="random",
                         help="class labels: uniform at random (as DiT) or balanced (i %% num_classes)")
     parser.add_argument("--seed", type=non_negative_int, default=0, help="base seed: labels and image i's noise (seed*1000003+i)")
-    parser.add_argument("--batch-size", type=positive_int, default=32,
-                        help="images sampled (and classified) at once per process")
     parser.add_argument("--metrics", nargs="*", choices=METRICS, default=["fid", "isc"],
                         help="torch-fidelity metrics (prc: precision/recall, with VGG16); none: sampling and "
                         "--classifier only")
@@ -288,8 +282,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", help="output folder; default evals/<model name>")
     parser.add_argument("--device", default=None,
                         help="cpu, cuda or cuda:N for one process; default: the process's accelerate device")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
-                        help="the pipeline's weights and activations")
     return parser
 
 

@@ -19,7 +19,7 @@ import torch
 from sdt_gen import SDTPipeline
 from sdt_gen.metrics import sample_file_name
 from sdt_gen.pipelines import SCHEDULERS, image_seed, scheduler_by_name
-from sdt_gen.cli import non_negative_float, non_negative_int, positive_int, run_main
+from sdt_gen.cli import add_sampling_arguments, non_negative_int, positive_int, run_main
 
 
 def main(args):
@@ -65,20 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", required=True, help="saved pipeline folder (SDTPipeline.save_pretrained)")
     parser.add_argument("--classes", nargs="+", required=True, help='class ids or names, or "all"')
     parser.add_argument("--per-class", type=positive_int, default=1, help="images per class (grid columns)")
-    parser.add_argument("--guidance-scale", type=non_negative_float, default=4.0, help="classifier-free guidance (1: none)")
-    parser.add_argument("--guided-channels", type=positive_int, default=None,
-                        help="guide only the first k channels (3: DiT's original protocol); default all")
-    parser.add_argument("--steps", type=positive_int, default=250, help="denoising steps")
-    parser.add_argument("--scheduler", choices=sorted(SCHEDULERS), default=None,
-                        help="sampler built from the saved scheduler's config; default: the saved scheduler")
+    add_sampling_arguments(parser, guidance_scale=4.0, scheduler_names=SCHEDULERS, scheduler_default="the saved scheduler")
     parser.add_argument("--seed", type=non_negative_int, default=0, help="base seed; image i uses seed * 1_000_003 + i, as eval_fid.py")
     output = parser.add_mutually_exclusive_group()
     output.add_argument("--out", default="grid.png", help="grid PNG, one row per class")
     output.add_argument("--out-dir", default=None, help="folder for one PNG per image instead of a grid")
-    parser.add_argument("--batch-size", type=positive_int, default=32, help="images denoised at once")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
-                        help="weights and activations dtype")
     return parser
 
 

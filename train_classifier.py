@@ -25,6 +25,7 @@ from transformers import get_cosine_schedule_with_warmup
 
 from sdt_gen import SDTConfig, SDTForImageClassification
 from sdt_gen.cli import (
+    add_run_arguments,
     non_negative_float,
     non_negative_int,
     positive_float,
@@ -34,7 +35,7 @@ from sdt_gen.cli import (
 from sdt_gen.data import BUNDLED_DATASETS
 from sdt_gen.layers import ATTENTION_BACKENDS, DECAY_MODES
 from sdt_gen.models.configuration_sdt import SDT_CLASSIFIER_PRESETS
-from sdt_gen.models.modeling_sdt import default_normalization, save_classifier
+from sdt_gen.models.processing_sdt import default_normalization, save_classifier
 from sdt_gen.training import (
     DiTEMA,
     TrainState,
@@ -268,7 +269,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layer", type=non_negative_int, help="denoiser block whose features are pooled (default: the last)")
     p.add_argument("--finetune", action="store_true", help="train the denoiser backbone too (default: linear probe)")
     p.add_argument("--batch-size", type=positive_int, help="global batch size (default: 128, digits: 64)")
-    p.add_argument("--gradient-accumulation-steps", type=positive_int, default=1, help="micro-batches per optimizer step")
     p.add_argument("--epochs", type=positive_int, help="training epochs (default: 300, digits: 8)")
     p.add_argument("--warmup-epochs", type=non_negative_int, help="linear warm-up epochs before the cosine decay (default: 5, digits: 1)")
     p.add_argument("--lr", type=positive_float, help="peak AdamW learning rate (default: 5e-4, digits: 1e-3)")
@@ -278,16 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cutmix", type=non_negative_float, help="cutmix alpha, 0 = off (default: 1.0, digits: 0)")
     p.add_argument("--max-grad-norm", type=non_negative_float, default=0.0, help="gradient clipping norm, 0 = off")
     p.add_argument("--ema-decay", type=non_negative_float, default=0.0, help="EMA decay of the weights, 0 = no EMA")
-    p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"],
-                     help="autocast precision (default: what `accelerate launch` was configured with, else no)")
-    p.add_argument("--seed", type=non_negative_int, default=0, help="global seed (each process adds its rank)")
-    p.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is present")
-    p.add_argument("--results-dir", default="results", help="parent folder of the numbered run folders")
-    p.add_argument("--resume", help="'latest' (newest run of this model and data) or a run/checkpoint folder")
+    add_run_arguments(p, "model folder", keep_checkpoints=2)
     p.add_argument("--ckpt-every-epochs", type=positive_int, default=1, help="epochs between checkpoints")
-    p.add_argument("--keep-checkpoints", type=positive_int, default=2, help="newest checkpoints to keep")
-    p.add_argument("--push-to-hub", metavar="REPO_ID",
-                   help="upload the final model folder (with its model card) to this Hub repository")
     p.add_argument("--log-every", type=positive_int, default=20, help="steps between TensorBoard points")
     return p
 

@@ -54,6 +54,7 @@ from sdt_gen.training import (
 )
 from sdt_gen.visualize import make_grid_png
 from sdt_gen.cli import (
+    add_run_arguments,
     non_negative_float,
     non_negative_int,
     positive_float,
@@ -135,15 +136,11 @@ def exported_step(path: Path) -> int | None:
     return json.loads(record.read_text())["step"] if record.is_file() else None
 
 
-def export_pipeline(model, ema, vae, id2label, path: Path, step: int) -> SDTPipeline:
-    """Save the EMA weights of ``step`` as an ``SDTPipeline`` folder, replacing ``path`` only once it is complete."""
+def build_pipeline(model, ema, vae, id2label) -> SDTPipeline:
+    """An ``SDTPipeline`` of the EMA weights (in memory), with the sampler that matches the model's objective."""
     ema_model = SDTTransformer2DModel.from_config(model.config)
     ema.copy_to(ema_model.parameters())
-    pipe = SDTPipeline(
-        transformer=ema_model, scheduler=default_scheduler(model.config), vae=vae, id2label=id2label
-    )
-    pipe.save_pretrained_atomically(path, records={EXPORT_RECORD: {"step": step}})
-    return pipe
+    return SDTPipeline(transformer=ema_model, scheduler=default_scheduler(model.config), vae=vae, id2label=id2label)
 
 
 def save_sample_grid(pipe: SDTPipeline, args, path: Path, device: torch.device) -> None:
@@ -165,34 +162,22 @@ def save_sample_grid(pipe: SDTPipeline, args, path: Path, device: torch.device) 
 #                                  Training                                     #
 #################################################################################
 
-def main(args):
-    if args.data_path or args.latents_path:
-        defaults = IMAGENET_DEFAULTS
-    else:
-        defaults = MNIST_DEFAULTS if args.dataset == "mnist" else DIGITS_DEFAULTS
-    for key, value in defaults.items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    if args.model not in SDT_PRESETS:
-        raise ValueError(f"unknown --model {args.model!r}; expected one of {', '.join(SDT_PRESETS)}")
+def extract(args, accelerator) -> None:
+    """``--extract-latents``: encode ``--data-path`` with ``--vae`` into ``--latents-path`` (fast-DiT), then stop."""
+    if not (args.data_path and args.vae and args.latents_path):
+        raise ValueError("--extract-latents needs --data-path, --vae and --latents-path")
+    vae = load_vae(args.vae, accelerator.device)
+    images = ImageFolderDataset(args.data_path, args.image_size, random_flip=False, class_names=args.class_names)
+    meta = extract_latents(
+        accelerator, images, vae, args.latents_path, batch_size=args.extract_batch_size,
+        num_workers=args.num_workers, seed=args.seed, vae_path=args.vae,
+    )
+    if accelerator.is_main_process:
+        print(f"extracted {meta['count']} latents (and their mirror images) to {args.latents_path}")
 
-    accelerator = create_accelerator(args.mixed_precision, args.gradient_accumulation_steps, args.cpu, args.seed)
-    device = accelerator.device
 
-    if args.extract_latents:
-        if not (args.data_path and args.vae and args.latents_path):
-            raise ValueError("--extract-latents needs --data-path, --vae and --latents-path")
-        vae = load_vae(args.vae, device)
-        images = ImageFolderDataset(args.data_path, args.image_size, random_flip=False, class_names=args.class_names)
-        meta = extract_latents(
-            accelerator, images, vae, args.latents_path, batch_size=args.extract_batch_size,
-            num_workers=args.num_workers, seed=args.seed, vae_path=args.vae,
-        )
-        if accelerator.is_main_process:
-            print(f"extracted {meta['count']} latents (and their mirror images) to {args.latents_path}")
-        return None
-
-    patch_size = SDT_PRESETS[args.model]["patch_size"]
+def prepare_data(args, device: torch.device, patch_size: int):
+    """The training set, the model's input shape, the data's name and the VAE (``None`` in pixel space)."""
     dataset, shape, data_name = build_dataset(args, patch_size)
     if len(dataset) == 0:
         raise ValueError(f"the training data ({data_name}) holds no items")
@@ -214,11 +199,29 @@ def main(args):
         shape = (vae.config.latent_channels, side, side)
     elif args.vae:  # latents: the VAE only decodes samples for the exported pipeline
         vae = load_vae(args.vae, device)
+    return dataset, shape, data_name, vae
 
+
+def main(args):
+    if args.data_path or args.latents_path:
+        defaults = IMAGENET_DEFAULTS
+    else:
+        defaults = MNIST_DEFAULTS if args.dataset == "mnist" else DIGITS_DEFAULTS
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.model not in SDT_PRESETS:
+        raise ValueError(f"unknown --model {args.model!r}; expected one of {', '.join(SDT_PRESETS)}")
+
+    accelerator = create_accelerator(args.mixed_precision, args.gradient_accumulation_steps, args.cpu, args.seed)
+    device = accelerator.device
+    if args.extract_latents:
+        return extract(args, accelerator)
+
+    # Data, run folder, model, objective, optimizer, EMA.
+    dataset, shape, data_name, vae = prepare_data(args, device, SDT_PRESETS[args.model]["patch_size"])
     run_name = data_name if args.objective == "ddpm" else f"{data_name}-{args.objective}"  # NNN-<model>-digits-flow
     run_dir, checkpoint, logger = open_run(accelerator, args.results_dir, args.model, run_name, args.resume, args)
-
-    # Model, objective, optimizer, EMA.
     model = build_model(args, shape, len(dataset.id2label))
     if args.gradient_checkpointing:
         model.enable_gradient_checkpointing()
@@ -252,35 +255,50 @@ def main(args):
         accelerator.load_state(str(checkpoint))
         logger.info(f"resumed from {checkpoint} at step {state.step}")
 
-    def checkpoint_and_export(with_samples: bool) -> None:
-        save_checkpoint(accelerator, run_dir, state.step, keep_last=args.keep_checkpoints)
-        export(with_samples)
-
     logged: dict[str, float] = {}  # the last logged statistics, for the model card
+    latest_grid: Path | None = None  # the newest sample grid, shown on the model card
 
-    def export(with_samples: bool) -> None:
+    def own_random_stream():
+        # Building and sampling a pipeline draw random numbers; the training stream must not see them
+        # (exact resume).
+        return torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
+
+    def ema_pipeline() -> SDTPipeline:
+        return build_pipeline(accelerator.unwrap_model(model), ema, vae, dataset.id2label)
+
+    def sample_grid() -> None:
+        nonlocal latest_grid
         if not accelerator.is_main_process:
             return
-        # Exporting and sampling draw random numbers; the training stream must not see them (exact resume).
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            folder = run_dir / "pipeline"
-            pipe = export_pipeline(accelerator.unwrap_model(model), ema, vae, dataset.id2label, folder, state.step)
-            grid = run_dir / "samples" / f"step-{state.step:07d}.png" if with_samples else None
-            if grid is not None:
-                save_sample_grid(pipe, args, grid, device)
-                logger.info(f"step {state.step:07d}: saved checkpoint, pipeline and samples {grid}")
-            metrics = {"train loss (last logged step)": logged["loss"]} if "loss" in logged else {}
-            card = denoiser_card(pipe.transformer.config, data_name, state.step, metrics, grid and "samples.png")
-            save_card(card, folder, images={"samples.png": grid} if grid else None)
+        latest_grid = run_dir / "samples" / f"step-{state.step:07d}.png"
+        with own_random_stream():
+            save_sample_grid(ema_pipeline(), args, latest_grid, device)
+        logger.info(f"step {state.step:07d}: EMA samples {latest_grid}")
+
+    def export() -> None:
+        if not accelerator.is_main_process:
+            return
+        folder = run_dir / "pipeline"
+        with own_random_stream():
+            pipe = ema_pipeline()
+        pipe.save_pretrained_atomically(folder, records={EXPORT_RECORD: {"step": state.step}})
+        metrics = {"train loss (window before the last log)": logged["loss"]} if "loss" in logged else {}
+        card = denoiser_card(pipe.transformer.config, data_name, state.step, metrics, latest_grid and "samples.png")
+        save_card(card, folder, images={"samples.png": latest_grid} if latest_grid else None)
+        logger.info(f"step {state.step:07d}: checkpoint and pipeline saved")
 
     if state.step >= args.max_steps and exported_step(run_dir / "pipeline") != state.step:
         # Killed between its last checkpoint and the export: the pipeline must hold the final weights.
-        export(with_samples=True)
+        sample_grid()
+        export()
 
     model.train()
     progress = tqdm(
         total=args.max_steps, initial=state.step, desc="train", disable=not accelerator.is_local_main_process
     )
+    # Loss statistics stay on the device between log steps: reading them every step would force a
+    # host sync (and a cross-process reduce) per step, as DiT avoids.
+    window_loss, first_nonfinite = torch.zeros((), device=device), torch.zeros((), dtype=torch.long, device=device)
     window_start, window_steps, skipped = time.perf_counter(), 0, 0
     while state.step < args.max_steps:
         for x, y in skip_consumed_batches(accelerator, loader, state):
@@ -290,8 +308,7 @@ def main(args):
                 x = encode_images(vae, x)  # (B, C, H/8, W/8)
             with accelerator.accumulate(model):
                 t = loss_fn.sample_timesteps(x.shape[0], device)
-                losses = loss_fn(model, x, t, model_kwargs=dict(class_labels=y))
-                loss = losses["loss"].mean()
+                loss = loss_fn(model, x, t, model_kwargs=dict(class_labels=y))["loss"].mean()
                 accelerator.backward(loss)
                 grad_norm = None
                 if accelerator.sync_gradients:
@@ -304,13 +321,23 @@ def main(args):
             state.step += 1
             window_steps += 1
             ema.step(accelerator.unwrap_model(model).parameters())
-            mean_loss = accelerator.reduce(loss.detach(), reduction="mean")
-            check_finite(mean_loss, state.step, run_dir)
+            window_loss += loss.detach()
+            bad = (first_nonfinite == 0) & ~torch.isfinite(loss.detach())
+            first_nonfinite = torch.where(bad, state.step, first_nonfinite)  # the first NaN step, on the device
             progress.update(1)
-            if state.step % args.log_every == 0 or state.step == args.max_steps:
+            last = state.step == args.max_steps
+            checkpoint_now = state.step % args.ckpt_every == 0 or last
+            if state.step % args.log_every == 0 or checkpoint_now:
+                # Every process reaches this together, so all stop together on a NaN.
+                mean_loss = accelerator.reduce(window_loss, reduction="mean").item() / window_steps
+                failed = accelerator.gather(first_nonfinite[None])
+                failed = failed[failed > 0]
+                if len(failed):
+                    check_finite(float("nan"), int(failed.min()), run_dir)
+                check_finite(mean_loss, state.step, run_dir)
                 elapsed = time.perf_counter() - window_start
                 stats = {
-                    "loss": mean_loss.item(), "grad_norm": float(grad_norm), "lr": optimizer.param_groups[0]["lr"],
+                    "loss": mean_loss, "grad_norm": float(grad_norm), "lr": optimizer.param_groups[0]["lr"],
                     "steps_per_sec": window_steps / elapsed,
                     "images_per_sec": window_steps * args.global_batch_size / elapsed,
                 }
@@ -322,10 +349,15 @@ def main(args):
                     f"{stats['steps_per_sec']:.2f} steps/s {stats['images_per_sec']:.1f} img/s"
                     + (f" ({skipped} corrupt images skipped)" if skipped else "")
                 )
+                window_loss.zero_()
                 window_start, window_steps = time.perf_counter(), 0
-            if state.step % args.ckpt_every == 0 or state.step == args.max_steps:
-                checkpoint_and_export(with_samples=state.step % args.sample_every == 0 or state.step == args.max_steps)
-                window_start = time.perf_counter()
+            if state.step % args.sample_every == 0 or last:
+                sample_grid()
+            if checkpoint_now:
+                save_checkpoint(accelerator, run_dir, state.step, keep_last=args.keep_checkpoints)
+                export()
+            if state.step % args.sample_every == 0 or checkpoint_now:
+                window_start = time.perf_counter()  # the rate counts training only
             if state.step >= args.max_steps:
                 break
         else:
@@ -373,7 +405,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     opt = p.add_argument_group("optimisation")
     opt.add_argument("--global-batch-size", type=positive_int, help="images per optimizer step over all processes (default: 256, digits: 64)")
-    opt.add_argument("--gradient-accumulation-steps", type=positive_int, default=1, help="micro-batches per optimizer step")
     opt.add_argument("--lr", type=positive_float, help="AdamW learning rate, constant (default: 1e-4, digits: 2e-3)")
     opt.add_argument("--weight-decay", type=non_negative_float, default=0.0, help="AdamW weight decay")
     opt.add_argument("--max-grad-norm", type=non_negative_float, help="gradient clipping norm, 0 = off (default: off, digits: 1.0)")
@@ -385,25 +416,17 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--ema-decay", type=non_negative_float, help="EMA decay (default: DiT's 0.9999, digits: 0.999)")
     opt.add_argument("--ema-warmup", action=argparse.BooleanOptionalAction, default=None,
                      help="ramp the EMA decay up as diffusers does (default: off = DiT's constant decay; digits: on)")
-    opt.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"],
-                     help="autocast precision (default: what `accelerate launch` was configured with, else no)")
-    opt.add_argument("--seed", type=non_negative_int, default=0, help="global seed (each process adds its rank)")
-    opt.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is present")
 
     run = p.add_argument_group("run folder, checkpoints and samples")
-    run.add_argument("--results-dir", default="results", help="parent folder of the numbered run folders")
-    run.add_argument("--resume", help="'latest' (newest run of this model and data) or a run/checkpoint folder")
+    add_run_arguments(run, "pipeline folder", keep_checkpoints=3)
     run.add_argument("--ckpt-every", type=positive_int, help="steps between checkpoints and pipeline exports (default: 50000, digits: 700)")
-    run.add_argument("--keep-checkpoints", type=positive_int, default=3, help="newest checkpoints to keep")
     run.add_argument("--log-every", type=positive_int, help="steps between log lines (default: 100, digits: 50)")
-    run.add_argument("--sample-every", type=positive_int, help="steps between EMA sample grids, at checkpoints (default: 10000, digits: 700)")
+    run.add_argument("--sample-every", type=positive_int, help="steps between EMA sample grids (default: 10000, digits: 700)")
     run.add_argument("--sample-classes", type=non_negative_int, nargs="*", help="class ids of the grid rows (default: the first 10)")
     run.add_argument("--samples-per-class", type=positive_int, default=8, help="grid columns")
     run.add_argument("--sample-steps", type=positive_int, default=50, help="sampling steps of the grids")
     run.add_argument("--sample-scheduler", choices=sorted(SCHEDULERS),
                      help="sampler of the grids (default: dpm, flow models: euler)")
-    run.add_argument("--push-to-hub", metavar="REPO_ID",
-                     help="upload the final pipeline folder (with its model card) to this Hub repository")
     run.add_argument("--sample-guidance-scale", type=non_negative_float, default=4.0, help="classifier-free guidance of the grids")
     return p
 

@@ -16,9 +16,11 @@ import statistics
 import time
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, DiTPipeline, DiTTransformer2DModel
+from diffusers import AutoencoderKL, DDIMScheduler, DiTPipeline, DiTTransformer2DModel
 
 from sdt_gen import SDT_PRESETS, SDTPipeline, SDTTransformer2DModel
+from sdt_gen.diffusion import dit_schedule
+from sdt_gen.pipelines import dit_scheduler
 
 
 def tiny_vae() -> AutoencoderKL:
@@ -30,11 +32,11 @@ def tiny_vae() -> AutoencoderKL:
 
 
 def make_scheduler(name: str):
+    """DiT's schedule as a ``ddpm`` (the pipeline's sampler) or ``ddim`` sampler."""
     # DiTPipeline cannot run a learned-variance DDPM, so both sides use a fixed-variance sampler.
-    kwargs = dict(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02, clip_sample=False)
     if name == "ddpm":
-        return DDPMScheduler(**kwargs, variance_type="fixed_small", timestep_spacing="linspace")
-    return DDIMScheduler(**kwargs)
+        return dit_scheduler(learn_sigma=False)
+    return DDIMScheduler(**dit_schedule())
 
 
 def run_once(pipe, labels, args, device) -> float:

@@ -30,7 +30,6 @@ checkpoint, and refuses to continue under another protocol. Writes ``results.jso
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -72,7 +71,8 @@ from sdt_gen.metrics import (  # noqa: E402
     sample_labels,
     sample_to_folder,
 )
-from sdt_gen.metrics.sampling import to_uint8, write_json_atomically  # noqa: E402
+from sdt_gen.files import atomic_file, write_json_atomically  # noqa: E402
+from sdt_gen.metrics.sampling import to_uint8  # noqa: E402
 from sdt_gen.pipelines import SCHEDULERS, scheduler_by_name  # noqa: E402
 from sdt_gen.visualize import make_grid_png  # noqa: E402
 
@@ -99,7 +99,7 @@ METRICS = (
 def write_json(path: Path, value) -> None:
     """Write ``value`` atomically (a killed study leaves no half-written record), creating its folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomically(path, value)
+    write_json_atomically(path, value, sort_keys=True)
 
 
 def read_json(path: Path):
@@ -238,9 +238,8 @@ def reference_features(args, out: Path, evaluator) -> torch.Tensor | None:
         return load_file(cache)["features"]
     features, _ = features_and_logits_of(evaluator, as_image_dataset(reference_images(args)), batch_size=256, num_workers=0)
     cache.parent.mkdir(parents=True, exist_ok=True)
-    partial = cache.with_name(cache.name + ".partial")
-    save_file({"features": features.contiguous()}, partial)
-    os.replace(partial, cache)
+    with atomic_file(cache) as partial:
+        save_file({"features": features.contiguous()}, partial)
     return features
 
 
@@ -561,11 +560,11 @@ def plot_gates(args, out: Path, curves: dict, runs: dict) -> None:
 #################################################################################
 
 def main(args):
+    if args.scheduler is None and args.objective == "flow":
+        args.scheduler = "euler"
     for key, value in {**STUDY, **(QUICK if args.quick else {})}.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    if args.scheduler is None and args.objective == "flow":
-        args.scheduler = "euler"
     if args.out is None:
         args.out = "studies/mnist-decay" + ("-quick" if args.quick else "") + ("-flow" if args.objective == "flow" else "")
     bad = [m for m in args.modes if m not in DECAY_MODES]

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
@@ -31,6 +30,8 @@ import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
 import torch
+
+from sdt_gen.files import write_text_atomically
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAINING_PRESETS = {"SDT-XL/2": 32, "SDT-B/2": 64}  # preset: batch
@@ -159,9 +160,7 @@ def write_report(out: Path, report: dict) -> None:
         lines += [f"## {title}", ""]
         lines += [f"Did not run: {section['error']}", ""] if isinstance(section, dict) else [markdown_table(section)]
     for name, text in (("report.json", json.dumps(report, indent=2)), ("report.md", "\n".join(lines))):
-        partial = out / (name + ".partial")
-        partial.write_text(text)
-        os.replace(partial, out / name)
+        write_text_atomically(out / name, text)
 
 
 def main(args) -> int:

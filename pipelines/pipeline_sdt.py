@@ -13,7 +13,6 @@ import inspect
 import json
 import os
 import re
-import shutil
 from collections.abc import Iterable, Mapping, Sequence
 from numbers import Integral
 from pathlib import Path
@@ -35,6 +34,8 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import logging
 from diffusers.utils.torch_utils import randn_tensor
 
+from sdt_gen.diffusion import SAMPLING_TIMESTEP_SPACING, make_scheduler
+from sdt_gen.files import atomic_folder
 from sdt_gen.hub import local_folder
 from sdt_gen.models.transformer_sdt import SDTTransformer2DModel
 
@@ -65,17 +66,10 @@ def dit_scheduler(learn_sigma: bool = True) -> DDPMScheduler:
     """DiT's sampler as a diffusers scheduler: 1000 linear betas in 1e-4..0.02, ancestral DDPM.
 
     With ``learn_sigma`` the model's variance channels are used (``"learned_range"``, DiT's
-    default); ``timestep_spacing="linspace"`` reproduces DiT's respacing of 1000 steps to 250.
+    default); ``timestep_spacing="linspace"`` reproduces DiT's respacing of 1000 steps to 250. The schedule
+    is training's (``sdt_gen.diffusion.make_scheduler``), so the two cannot disagree.
     """
-    return DDPMScheduler(
-        num_train_timesteps=1000,
-        beta_schedule="linear",
-        beta_start=1e-4,
-        beta_end=0.02,
-        variance_type="learned_range" if learn_sigma else "fixed_small",
-        clip_sample=False,
-        timestep_spacing="linspace",
-    )
+    return make_scheduler(learn_sigma=learn_sigma, timestep_spacing=SAMPLING_TIMESTEP_SPACING)
 
 
 def flow_scheduler() -> FlowMatchEulerDiscreteScheduler:
@@ -443,14 +437,10 @@ class SDTPipeline(DiffusionPipeline):
             path: the pipeline folder; an existing one is replaced only once the new one is complete.
             records: JSON files to write beside the parts, ``{file name: value}``.
         """
-        path = Path(path)
-        tmp = path.with_name(f".tmp-{path.name}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        self.save_pretrained(tmp)
-        for name, value in (records or {}).items():
-            (tmp / name).write_text(json.dumps(value) + "\n")
-        shutil.rmtree(path, ignore_errors=True)
-        os.replace(tmp, path)
+        with atomic_folder(path) as tmp:
+            self.save_pretrained(tmp)
+            for name, value in (records or {}).items():
+                (tmp / name).write_text(json.dumps(value) + "\n")
 
     # ------------------------------------------------------------------ sampling
 
@@ -613,11 +603,9 @@ class SDTPipeline(DiffusionPipeline):
         """Latents to images in ``[-1, 1]`` with the VAE; pixel-space samples are images already."""
         if self.vae is None:
             return x
-        config = self.vae.config
-        x = x.to(self.vae.dtype) / config.scaling_factor
-        if getattr(config, "shift_factor", None):
-            x = x + config.shift_factor
-        return self.vae.decode(x).sample
+        from sdt_gen.data.vae import decode_latents
+
+        return decode_latents(self.vae, x)
 
     def _postprocess(self, images: torch.Tensor, output_type: str):
         images = (images / 2 + 0.5).clamp(0, 1)  # (B, 3, H, W)

@@ -1,4 +1,5 @@
-"""What the command lines share: argument types that refuse bad values, and user errors as one line.
+"""What the command lines share: argument types that refuse bad values, the argument groups the
+training scripts (and the sampling scripts) have in common, and user errors as one line.
 
 A script builds its parser and ends with ``run_main(main, parser)``: a bad input (a ``ValueError`` or
 a missing file, whose messages say what to fix) prints ``error: ...`` and exits with status 2, as
@@ -44,6 +45,51 @@ def positive_float(text: str) -> float:
 def non_negative_float(text: str) -> float:
     """A finite number >= 0 (a guidance scale, a weight decay, a probability)."""
     return _number(text, float, lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")
+
+
+DTYPES = ("float32", "float16", "bfloat16")
+MIXED_PRECISIONS = ("no", "fp16", "bf16")
+
+
+def add_run_arguments(group, artifact: str, keep_checkpoints: int) -> None:
+    """What every training script takes about its process and run folder (as SiT shares its transport flags).
+
+    Args:
+        group: the parser or argument group to add to.
+        artifact: what ``--push-to-hub`` uploads, e.g. ``"pipeline folder"``.
+        keep_checkpoints: the default number of checkpoints kept.
+    """
+    group.add_argument("--gradient-accumulation-steps", type=positive_int, default=1,
+                       help="micro-batches per optimizer step")
+    group.add_argument("--mixed-precision", choices=MIXED_PRECISIONS,
+                       help="autocast precision (default: what `accelerate launch` was configured with, else no)")
+    group.add_argument("--seed", type=non_negative_int, default=0, help="global seed (each process adds its rank)")
+    group.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is present")
+    group.add_argument("--results-dir", default="results", help="parent folder of the numbered run folders")
+    group.add_argument("--resume", help="'latest' (newest run of this model and data) or a run/checkpoint folder")
+    group.add_argument("--keep-checkpoints", type=positive_int, default=keep_checkpoints, help="newest checkpoints to keep")
+    group.add_argument("--push-to-hub", metavar="REPO_ID",
+                       help=f"upload the final {artifact} (with its model card) to this Hub repository")
+
+
+def add_sampling_arguments(group, guidance_scale: float, scheduler_names: Sequence[str], scheduler_default: str) -> None:
+    """What ``sample.py`` and ``eval_fid.py`` take about sampling a pipeline.
+
+    Args:
+        group: the parser or argument group to add to.
+        guidance_scale: the default guidance.
+        scheduler_names: the ``--scheduler`` choices (``sdt_gen.pipelines.SCHEDULERS``).
+        scheduler_default: what the default (the saved scheduler) is, for the help text.
+    """
+    group.add_argument("--guidance-scale", type=non_negative_float, default=guidance_scale,
+                       help="classifier-free guidance (1: none)")
+    group.add_argument("--guided-channels", type=positive_int, default=None,
+                       help="guide only the first k channels (3: DiT's original protocol); default all")
+    group.add_argument("--steps", type=positive_int, default=250, help="denoising steps")
+    group.add_argument("--scheduler", choices=sorted(scheduler_names),
+                       help=f"sampler built from the saved scheduler's config; default: {scheduler_default}")
+    group.add_argument("--batch-size", type=positive_int, default=32, help="images denoised at once (per process)")
+    group.add_argument("--dtype", default="float32", choices=DTYPES, help="the pipeline's weights and activations")
 
 
 def run_main(main: Callable[[argparse.Namespace], Any], parser: argparse.ArgumentParser,

@@ -70,6 +70,19 @@ def test_flow_objective_run_exports_a_flow_pipeline_that_samples(tmp_path):
         run(tmp_path, "--max-steps", "1", "--objective", "flow", "--snr-gamma", "5")
 
 
+def test_grids_follow_sample_every_and_the_loss_is_read_at_log_steps_only(tmp_path, monkeypatch):
+    from accelerate import Accelerator
+
+    reduces = []
+    real_reduce = Accelerator.reduce
+    monkeypatch.setattr(Accelerator, "reduce", lambda self, *a, **k: reduces.append(1) or real_reduce(self, *a, **k))
+    run_dir = run(tmp_path, "--max-steps", "5", "--sample-every", "2", "--ckpt-every", "5", "--log-every", "5")
+    grids = sorted(p.name for p in (run_dir / "samples").iterdir())
+    assert grids == ["step-0000002.png", "step-0000004.png", "step-0000005.png"]  # between checkpoints too
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir() if not p.name.startswith(".")) == ["step-0000005"]
+    assert len(reduces) == 1  # one reduce (and host read) per log step, not one per step
+
+
 def final_weights(run_dir: Path) -> dict:
     return load_file(str(sorted((run_dir / "checkpoints").iterdir())[-1] / "model.safetensors"))
 

@@ -4,7 +4,7 @@ from .labeled_images import LabeledImages, train_val_split
 from .digits import DIGITS_ID2LABEL, DigitsDataset
 from .mnist import MNIST_ID2LABEL, MNISTDataset, load_mnist_5k
 from .image_folder import ImageFolderDataset, center_crop_arr, collate_skip_none, imagenet_id2label, load_class_names
-from .vae import encode_images, load_vae, vae_downsampling
+from .vae import decode_latents, encode_images, load_vae, vae_downsampling
 from .latents import LatentDataset, extract_latents, shard_name, shard_ranges
 
 # The data sets that install with the project, by their command-line name (``--dataset``).
@@ -20,6 +20,7 @@ __all__ = [
     "MNIST_ID2LABEL",
     "MNISTDataset",
     "center_crop_arr",
+    "decode_latents",
     "encode_images",
     "collate_skip_none",
     "extract_latents",

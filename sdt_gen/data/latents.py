@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .image_folder import collate_skip_none
+from ..files import atomic_file, write_json_atomically
 from .vae import encode_images
 
 if TYPE_CHECKING:
@@ -72,9 +73,8 @@ class _IndexedItems(Dataset):
 
 def _write_atomic(tensors: dict[str, torch.Tensor], path: str) -> None:
     """Write a safetensors file under a temporary name, then rename it: readers never see half a shard."""
-    tmp_path = f"{path}.tmp"
-    save_file(tensors, tmp_path)
-    os.replace(tmp_path, path)
+    with atomic_file(path) as tmp:
+        save_file(tensors, tmp)
 
 
 @torch.no_grad()
@@ -203,9 +203,7 @@ def extract_latents(
             "seed": seed,
             "shards": names,
         }
-        with open(f"{meta_path}.tmp", "w") as f:
-            json.dump(meta, f, indent=2)
-        os.replace(f"{meta_path}.tmp", meta_path)
+        write_json_atomically(meta_path, meta)
     accelerator.wait_for_everyone()
     with open(meta_path) as f:
         return json.load(f)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
 import torch
 
@@ -25,9 +26,15 @@ def load_vae(path: str | os.PathLike, device: torch.device | str = "cpu"):
     return AutoencoderKL.from_pretrained(path).to(device).eval().requires_grad_(False)
 
 
-def vae_downsampling(vae) -> int:
-    """How many pixels one latent cell spans per side (8 for SD's VAE)."""
-    return 2 ** (len(vae.config.block_out_channels) - 1)
+def vae_downsampling(vae_or_config) -> int:
+    """How many pixels one latent cell spans per side (8 for SD's VAE): ``2 ** (len(block_out_channels) - 1)``.
+
+    Args:
+        vae_or_config: an ``AutoencoderKL``, its config, or that config as a plain dict.
+    """
+    config = getattr(vae_or_config, "config", vae_or_config)
+    channels = config["block_out_channels"] if isinstance(config, Mapping) else config.block_out_channels
+    return 2 ** (len(channels) - 1)
 
 
 @torch.no_grad()
@@ -39,3 +46,13 @@ def encode_images(vae, images: torch.Tensor, generator: torch.Generator | None =
     latents = vae.encode(images.to(vae.dtype)).latent_dist.sample(generator=generator)
     shift = getattr(vae.config, "shift_factor", None) or 0.0
     return (latents - shift) * vae.config.scaling_factor
+
+
+def decode_latents(vae, latents: torch.Tensor) -> torch.Tensor:
+    """The inverse of ``encode_images``' scaling, then the decoder: latents as the denoiser sees them to images
+    in about [-1, 1] ``(B, 3, H*f, W*f)``. Undoes ``scaling_factor`` and ``shift_factor`` in the VAE's dtype."""
+    config = vae.config
+    latents = latents.to(vae.dtype) / config.scaling_factor
+    if getattr(config, "shift_factor", None):
+        latents = latents + config.shift_factor
+    return vae.decode(latents).sample

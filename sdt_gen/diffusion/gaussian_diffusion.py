@@ -20,28 +20,42 @@ from typing import Any, Callable
 import torch
 from diffusers import DDPMScheduler
 
-# DiT's schedule. Exported so the pipeline's sampling scheduler is built from the same numbers.
+# DiT's schedule: the one definition that training, the pipeline's sampler and the benchmarks use.
 NUM_TRAIN_TIMESTEPS = 1000
 BETA_START = 1e-4
 BETA_END = 0.02
+# DiT respaces its 1000 steps to the sampling steps evenly, ends included (``timestep_spacing="linspace"``).
+SAMPLING_TIMESTEP_SPACING = "linspace"
 
 
-def make_scheduler(num_train_timesteps: int = NUM_TRAIN_TIMESTEPS, learn_sigma: bool = True) -> DDPMScheduler:
-    """DiT's ``DDPMScheduler``: linear betas 1e-4..0.02, no sample clipping.
+def dit_schedule(num_train_timesteps: int = NUM_TRAIN_TIMESTEPS) -> dict[str, Any]:
+    """DiT's noise schedule as keyword arguments of any DDPM-family diffusers scheduler (``DDPMScheduler``,
+    ``DDIMScheduler``, ...): linear betas 1e-4..0.02 over ``num_train_timesteps``, no sample clipping."""
+    return dict(
+        num_train_timesteps=num_train_timesteps,
+        beta_schedule="linear",
+        beta_start=BETA_START,
+        beta_end=BETA_END,
+        # DiT samples latents, whose range is not [-1, 1]: clipping x_0 would distort them.
+        clip_sample=False,
+    )
+
+
+def make_scheduler(
+    num_train_timesteps: int = NUM_TRAIN_TIMESTEPS, learn_sigma: bool = True, timestep_spacing: str | None = None
+) -> DDPMScheduler:
+    """DiT's ``DDPMScheduler``: ``dit_schedule()``, with the variance the model asks for.
 
     Args:
         num_train_timesteps: number of diffusion steps ``T``.
         learn_sigma: the model predicts the variance interpolation (``variance_type="learned_range"``);
             otherwise sampling uses the fixed posterior variance (``"fixed_small"``).
+        timestep_spacing: how sampling picks its steps; ``None`` keeps diffusers' default (training does
+            not sample). The pipeline's sampler passes ``SAMPLING_TIMESTEP_SPACING``.
     """
+    extra = {} if timestep_spacing is None else {"timestep_spacing": timestep_spacing}
     return DDPMScheduler(
-        num_train_timesteps=num_train_timesteps,
-        beta_schedule="linear",
-        beta_start=BETA_START,
-        beta_end=BETA_END,
-        variance_type="learned_range" if learn_sigma else "fixed_small",
-        # DiT samples latents, whose range is not [-1, 1]: clipping x_0 would distort them.
-        clip_sample=False,
+        **dit_schedule(num_train_timesteps), variance_type="learned_range" if learn_sigma else "fixed_small", **extra
     )
 
 

@@ -4,9 +4,10 @@ from .datasets import (
     IMAGE_EXTENSIONS,
     ArrayImageDataset,
     ImageDataset,
-    ImageFolderDataset,
+    ImageFilesDataset,
     ImageSource,
     NpzImageDataset,
+    ScoringImageFolder,
     as_image_dataset,
     write_adm_npz,
 )
@@ -31,7 +32,6 @@ from .statistics import mean_std, paired_difference
 from .protocol import CONFIG_FILES, build_protocol, format_table, write_results
 from .sampling import (
     LABEL_MODES,
-    ImageFilesDataset,
     TransformersImageClassifier,
     image_seed,
     labels_from_file_names,
@@ -55,9 +55,9 @@ __all__ = [
     "FeaturesAndLogits",
     "ImageDataset",
     "ImageFilesDataset",
-    "ImageFolderDataset",
     "ImageSource",
     "NpzImageDataset",
+    "ScoringImageFolder",
     "TransformersImageClassifier",
     "WeightsNotFoundError",
     "WeightsSource",

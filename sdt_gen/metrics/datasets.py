@@ -16,6 +16,7 @@ import copy
 import os
 import struct
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Union
 
@@ -25,6 +26,8 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms import InterpolationMode
+
+from ..files import atomic_file
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 
@@ -103,27 +106,22 @@ class ImageDataset(Dataset):
         return image
 
 
-class ImageFolderDataset(ImageDataset):
-    """PNG and JPEG files under a folder, searched recursively and sorted by relative path.
+class ImageFilesDataset(ImageDataset):
+    """The images of a list of PNG/JPEG files, in the order given (picklable, as torch-fidelity wants).
 
     Grayscale, palette and RGBA images are converted to RGB. ``files`` lists the paths in the
     order the dataset yields them, so callers can read labels from the file names.
 
     Args:
-        root: the folder.
+        files: the image files.
+        source: a description for error messages, e.g. their folder; defaults to the first file's folder.
     """
 
-    def __init__(self, root: str | os.PathLike) -> None:
-        root = Path(root)
-        if not root.is_dir():
-            raise NotADirectoryError(f"{root} is not a folder; expected a folder of PNG/JPEG images")
-        self.files = sorted(
-            (p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()),
-            key=lambda p: p.relative_to(root).as_posix(),
-        )
+    def __init__(self, files: Sequence[str | os.PathLike], source: str | None = None) -> None:
+        self.files = [Path(f) for f in files]
         if not self.files:
-            raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {root}")
-        super().__init__(str(root))
+            raise ValueError("no image files given")
+        super().__init__(source or str(self.files[0].parent))
 
     def __len__(self) -> int:
         return len(self.files)
@@ -134,6 +132,27 @@ class ImageFolderDataset(ImageDataset):
 
     def _name(self, index: int) -> str:
         return str(self.files[index])
+
+
+class ScoringImageFolder(ImageFilesDataset):
+    """The PNG and JPEG files under a folder as the metrics score them, searched recursively and sorted by
+    relative path (uint8, one size). Not the training set: that is ``sdt_gen.data.ImageFolderDataset``.
+
+    Args:
+        root: the folder.
+    """
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        root = Path(root)
+        if not root.is_dir():
+            raise NotADirectoryError(f"{root} is not a folder; expected a folder of PNG/JPEG images")
+        files = sorted(
+            (p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()),
+            key=lambda p: p.relative_to(root).as_posix(),
+        )
+        if not files:
+            raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {root}")
+        super().__init__(files, source=str(root))
 
 
 class ArrayImageDataset(ImageDataset):
@@ -246,7 +265,7 @@ def as_image_dataset(
     elif isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if path.is_dir():
-            dataset = ImageFolderDataset(path)
+            dataset = ScoringImageFolder(path)
         elif path.suffix == ".npz" and path.is_file():
             dataset = NpzImageDataset(path)
         elif not path.exists():
@@ -279,11 +298,10 @@ def write_adm_npz(images: ImageSource, path: str | os.PathLike) -> Path:
         "fortran_order": False,
         "shape": (len(dataset), *dataset.size, 3),
     }
-    partial = path.with_name(path.name + ".partial")
-    with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
-        with archive.open("arr_0.npy", "w", force_zip64=True) as member:
-            np.lib.format.write_array_header_1_0(member, header)
-            for index in range(len(dataset)):
-                member.write(dataset[index].permute(1, 2, 0).numpy().tobytes())  # (H, W, 3), C order
-    os.replace(partial, path)
+    with atomic_file(path) as partial:
+        with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+            with archive.open("arr_0.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array_header_1_0(member, header)
+                for index in range(len(dataset)):
+                    member.write(dataset[index].permute(1, 2, 0).numpy().tobytes())  # (H, W, 3), C order
     return path

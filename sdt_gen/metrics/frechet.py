@@ -132,7 +132,7 @@ def classifier_metrics(
             applies its own preprocessing.
         samples: the generated images (folder, ``.npz``, uint8 array or ``ImageDataset``).
         labels: the conditioning label of each sample, in the samples' order (for a folder:
-            ``ImageFolderDataset(folder).files``).
+            ``ScoringImageFolder(folder).files``).
         reference: real images, or ``None`` for the accuracy alone.
         batch_size: images per classifier call.
         resize: resize and center-crop reference images of another size than the samples.

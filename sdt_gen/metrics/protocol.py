@@ -7,7 +7,6 @@ that determined them, and appends the same record as one line to ``history.jsonl
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -21,17 +20,11 @@ from typing import Any
 
 import numpy as np
 
+from ..files import file_sha256, write_json_atomically
+
 # Files of a diffusers pipeline (or a bare model folder) that fix what a checkpoint computes.
 CONFIG_FILES = ("model_index.json", "transformer/config.json", "scheduler/scheduler_config.json", "config.json")
 _VERSIONED_PACKAGES = ("sdt-gen", "torch-fidelity", "torch", "diffusers")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _model_record(model_path: str | os.PathLike) -> dict[str, Any]:
@@ -43,7 +36,7 @@ def _model_record(model_path: str | os.PathLike) -> dict[str, Any]:
     path = Path(model_path)
     if not path.is_dir():
         raise FileNotFoundError(f"model {path} is not a folder; expected a diffusers pipeline folder")
-    hashes = {name: _sha256(path / name) for name in CONFIG_FILES if (path / name).is_file()}
+    hashes = {name: file_sha256(path / name) for name in CONFIG_FILES if (path / name).is_file()}
     if not hashes:
         raise ValueError(f"model {path} holds none of {list(CONFIG_FILES)}; expected a diffusers pipeline folder")
     return {"path": str(path.resolve()), "config_sha256": hashes}
@@ -132,7 +125,7 @@ def build_protocol(
         "samples_path": str(Path(samples_path).resolve()) if samples_path is not None else None,
         "reference": _reference_record(reference, cache_name, resize_reference),
         "feature_extractors": {
-            name: {"weights": str(Path(path).resolve()), "sha256": _sha256(Path(path))}
+            name: {"weights": str(Path(path).resolve()), "sha256": file_sha256(Path(path))}
             for name, path in (feature_extractors or {}).items()
         },
         "versions": {name: version(name) for name in _VERSIONED_PACKAGES} | {"python": platform.python_version()},
@@ -162,9 +155,7 @@ def write_results(out_dir: str | os.PathLike, metrics: Mapping[str, Any], protoc
     record = {"metrics": dict(metrics), "protocol": dict(protocol)}
     results = out_dir / "results.json"
     # Written beside and renamed, so a crash never leaves a truncated results.json.
-    partial = results.with_name(results.name + ".partial")
-    partial.write_text(json.dumps(record, indent=2, default=_json_default) + "\n")
-    os.replace(partial, results)
+    write_json_atomically(results, record, default=_json_default)
     with open(out_dir / "history.jsonl", "a") as history:
         history.write(json.dumps(record, default=_json_default) + "\n")
     return results

@@ -40,14 +40,13 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..pipelines.pipeline_sdt import SEED_STRIDE, image_seed, label_slug
-from .datasets import ImageFolderDataset
+from ..files import PARTIAL_SUFFIX, atomic_file, write_json_atomically
 
 logger = logging.getLogger(__name__)
 
 LABEL_MODES = ("random", "balanced")
 MANIFEST = "sampling.json"
 _SAMPLE_NAME = re.compile(r"^(\d{6,})_(\d+)_(.*)\.png$")
-_PARTIAL_SUFFIX = ".partial"
 
 
 class ProcessGroup(Protocol):
@@ -114,24 +113,9 @@ def labels_from_file_names(paths: Sequence[str | os.PathLike]) -> list[int]:
     """The conditioning label of each sample, read from its file name (``{index}_{label}_{name}.png``).
 
     Args:
-        paths: sample files, e.g. ``ImageFolderDataset(folder).files``.
+        paths: sample files, e.g. ``ScoringImageFolder(folder).files``.
     """
     return [parse_sample_file_name(path)[1] for path in paths]
-
-
-class ImageFilesDataset(ImageFolderDataset):
-    """The images of a list of files, in the order given (picklable, as torch-fidelity wants).
-
-    Args:
-        files: the image files.
-        source: a description for error messages, e.g. their folder.
-    """
-
-    def __init__(self, files: Sequence[str | os.PathLike], source: str | None = None) -> None:
-        self.files = [Path(f) for f in files]
-        if not self.files:
-            raise ValueError("no image files given")
-        super(ImageFolderDataset, self).__init__(source or str(self.files[0].parent))
 
 
 def _existing_samples(folder: Path) -> dict[int, Path]:
@@ -234,13 +218,6 @@ def _check_manifest(folder: Path, record: dict[str, Any]) -> None:
         )
 
 
-def write_json_atomically(path: Path, value: Any) -> None:
-    """Writes ``value`` as JSON under a temporary name, then renames it: readers never see half a file."""
-    partial = path.with_name(path.name + _PARTIAL_SUFFIX)
-    partial.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
-    os.replace(partial, path)
-
-
 def to_uint8(images: np.ndarray) -> np.ndarray:
     """Float images in ``[0, 1]`` to uint8, rounding as diffusers' ``numpy_to_pil`` does."""
     return (np.asarray(images) * 255).round().clip(0, 255).astype(np.uint8)
@@ -248,9 +225,8 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
 
 def _write_png_atomically(image: np.ndarray, path: Path) -> None:
     """Writes a uint8 (H, W, C) image, C = 1 (grey) or 3, under a temporary name first, then renames it."""
-    partial = path.with_name(path.name + _PARTIAL_SUFFIX)
-    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(partial, format="PNG")
-    os.replace(partial, path)
+    with atomic_file(path) as partial:
+        Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(partial, format="PNG")
 
 
 #################################################################################
@@ -325,10 +301,10 @@ def sample_to_folder(
 
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
-        for stale in out_dir.glob(f"*.png{_PARTIAL_SUFFIX}"):  # left by an interrupted run
+        for stale in out_dir.glob(f"*.png{PARTIAL_SUFFIX}"):  # left by an interrupted run
             stale.unlink()
         if not (out_dir / MANIFEST).is_file():
-            write_json_atomically(out_dir / MANIFEST, record)
+            write_json_atomically(out_dir / MANIFEST, record, sort_keys=True)
         if num_samples > len(missing):
             rest = f"drawing the other {len(missing)}" if missing else "nothing to draw"
             logger.info(f"{out_dir}: {num_samples - len(missing)} of {num_samples} samples exist, {rest}")

@@ -1,14 +1,8 @@
 """Assembled networks built from ``sdt_gen.layers``."""
 
 from .configuration_sdt import SDT_CLASSIFIER_PRESETS, SDTConfig
-from .modeling_sdt import (
-    SDTForImageClassification,
-    SDTModel,
-    SDTPreTrainedModel,
-    image_processor_for,
-    register_auto_classes,
-    save_classifier,
-)
+from .modeling_sdt import SDTForImageClassification, SDTModel, SDTPreTrainedModel, register_auto_classes
+from .processing_sdt import image_processor_for, save_classifier
 from .transformer_sdt import SDT_PRESETS, SDTTransformer2DModel, SDTTransformer2DModelOutput
 
 __all__ = [

@@ -17,6 +17,7 @@ from typing import Any
 
 from transformers import PretrainedConfig
 
+from ..data.vae import vae_downsampling
 from ..layers import ATTENTION_BACKENDS, DECAY_INITS, DECAY_LAYOUTS, DECAY_MODES, check_choice
 
 ARCHITECTURES = ("hierarchical", "isotropic")
@@ -267,7 +268,7 @@ class SDTConfig(PretrainedConfig):
         """Pixels per latent cell of the probe's VAE (1 without a VAE)."""
         if not self.vae_config:
             return 1
-        return 2 ** (len(self.vae_config.get("block_out_channels", [0])) - 1)
+        return vae_downsampling(self.vae_config)
 
     # ------------------------------------------------------------------ presets
 

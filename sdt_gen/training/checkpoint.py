@@ -18,11 +18,12 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..files import TMP_FOLDER_PREFIX, replace_folder, temporary_folder
+
 if TYPE_CHECKING:
     from accelerate import Accelerator
 
 _CHECKPOINT_RE = re.compile(r"step-(\d{7,})")
-_TMP_PREFIX = ".tmp-"
 # Written by every accelerate save_state (process 0's RNG states): marks a checkpoint folder.
 _STATE_MARKER = "random_states_0.pkl"
 
@@ -137,11 +138,12 @@ def save_checkpoint(
             "save_checkpoint names checkpoints itself: build the Accelerator without automatic_checkpoint_naming"
         )
     root = Path(run_dir) / "checkpoints"
-    final, tmp = root / checkpoint_name(step), root / f"{_TMP_PREFIX}{checkpoint_name(step)}"
+    final = root / checkpoint_name(step)
+    tmp = temporary_folder(final)
     if accelerator.is_main_process:
         root.mkdir(parents=True, exist_ok=True)
         # Leftovers of a save that was killed: never complete, never read.
-        for stray in root.glob(f"{_TMP_PREFIX}*"):
+        for stray in root.glob(f"{TMP_FOLDER_PREFIX}*"):
             shutil.rmtree(stray)
     accelerator.wait_for_everyone()
 
@@ -149,13 +151,7 @@ def save_checkpoint(
     accelerator.wait_for_everyone()  # every process has written its part (RNG states, shards)
 
     if accelerator.is_main_process:
-        if final.exists():  # saving the same step twice (e.g. right after a resume): replace it
-            old = root / f"{_TMP_PREFIX}old-{final.name}"
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, final)
+        replace_folder(tmp, final)  # saving the same step twice (e.g. right after a resume) replaces it
         if keep_last is not None:
             for path in list_checkpoints(root)[:-keep_last]:
                 shutil.rmtree(path)

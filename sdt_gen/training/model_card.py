@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
 from huggingface_hub import ModelCard, ModelCardData
+
+from ..files import atomic_file, copy_file_atomically
 
 LICENSE = "apache-2.0"
 # Hub dataset ids of the data the scripts know by name.
@@ -110,12 +111,9 @@ def save_card(card: ModelCard, folder: str | os.PathLike, images: Mapping[str, P
     """Write ``card`` as ``folder/README.md`` and copy ``images`` (``{name: source}``) beside it, each file whole."""
     folder = Path(folder)
     for name, source in (images or {}).items():
-        tmp = folder / f".{name}.tmp"
-        shutil.copyfile(source, tmp)
-        os.replace(tmp, folder / name)
-    tmp = folder / ".README.md.tmp"
-    card.save(tmp)
-    os.replace(tmp, folder / "README.md")
+        copy_file_atomically(source, folder / name)
+    with atomic_file(folder / "README.md") as tmp:
+        card.save(tmp)
 
 
 def push_folder_to_hub(folder: str | os.PathLike, repo_id: str, commit_message: str) -> str:

@@ -12,6 +12,7 @@ from diffusers import AutoencoderKL
 from safetensors.torch import load_file
 
 from sdt_gen.data import ImageFolderDataset, LatentDataset, extract_latents, shard_name, shard_ranges
+from sdt_gen.files import partial_path
 
 
 def tiny_vae() -> AutoencoderKL:
@@ -108,7 +109,7 @@ def test_extraction_resumes_and_is_deterministic(dataset, vae, tmp_path):
     kept_mtime = kept.stat().st_mtime_ns
     # A killed run: one shard missing, a stray temporary file left behind.
     os.remove(out_dir / shard_name(8, 11))
-    (out_dir / f"{shard_name(8, 11)}.tmp").write_bytes(b"half a shard")
+    partial_path(out_dir / shard_name(8, 11)).write_bytes(b"half a shard")  # the name a shard is written as
 
     calls = []
     original_encode = vae.encode

@@ -14,8 +14,9 @@ from PIL import Image
 
 from sdt_gen.metrics import (
     ArrayImageDataset,
-    ImageFolderDataset,
+    ImageFilesDataset,
     NpzImageDataset,
+    ScoringImageFolder,
     as_image_dataset,
     write_adm_npz,
 )
@@ -23,7 +24,7 @@ from sdt_gen.metrics import (
 
 def test_folder_dataset_yields_sorted_uint8_rgb_tensors(reference_dir: Path):
     dataset = as_image_dataset(reference_dir)
-    assert isinstance(dataset, ImageFolderDataset)
+    assert isinstance(dataset, ScoringImageFolder)
     assert [p.name for p in dataset.files] == ["000.png", "001.jpg", "002.png", "003.png", "004.png"]
     for index in range(len(dataset)):
         image = dataset[index]
@@ -40,7 +41,7 @@ def test_folder_dataset_searches_subfolders(tmp_path: Path, make_image_array: Ca
         (tmp_path / name).parent.mkdir(exist_ok=True)
         Image.fromarray(image).save(tmp_path / name, format="PNG" if name.endswith("png") else "JPEG")
     (tmp_path / "notes.txt").write_text("not an image")
-    dataset = ImageFolderDataset(tmp_path)
+    dataset = ScoringImageFolder(tmp_path)
     assert [p.relative_to(tmp_path).as_posix() for p in dataset.files] == ["a/y.JPEG", "b/x.png", "c.png"]
 
 
@@ -113,3 +114,13 @@ def test_mixed_sizes_in_a_folder_error_per_image_unless_resized(tmp_path: Path, 
     with pytest.raises(ValueError, match="b.png is 24x20 but the images of .* must all be 16x16"):
         dataset[1]
     assert dataset.with_size((16, 16), resize=True)[1].shape == (3, 16, 16)
+
+
+def test_scoring_folder_is_an_image_files_dataset_built_through_its_init(reference_dir: Path):
+    folder = ScoringImageFolder(reference_dir)
+    assert isinstance(folder, ImageFilesDataset) and folder.source == str(reference_dir)
+    files = ImageFilesDataset(folder.files[:2])
+    assert files.source == str(reference_dir) and len(files) == 2 and files.size == folder.size
+    assert torch.equal(files[1], folder[1])
+    with pytest.raises(ValueError, match="no image files given"):
+        ImageFilesDataset([])

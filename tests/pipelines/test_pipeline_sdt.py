@@ -95,6 +95,27 @@ def test_dit_scheduler_is_dits_sampler():
     assert s.timesteps.tolist() == expected.tolist()
 
 
+def test_dit_scheduler_config_is_unchanged_and_shares_trainings_schedule():
+    from sdt_gen.diffusion import BETA_END, BETA_START, NUM_TRAIN_TIMESTEPS, dit_schedule, make_scheduler
+
+    def comparable(config):
+        return {k: sorted(v) if k == "_use_default_values" else v for k, v in config.items()}
+
+    for learn_sigma in (True, False):
+        # The sampler as the pipeline defined it with its own literals before it used training's schedule.
+        before = DDPMScheduler(
+            num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
+            variance_type="learned_range" if learn_sigma else "fixed_small", clip_sample=False,
+            timestep_spacing="linspace",
+        )
+        assert comparable(dit_scheduler(learn_sigma).config) == comparable(before.config)
+        public = dit_scheduler(learn_sigma).config
+        training = make_scheduler(learn_sigma=learn_sigma).config
+        assert {k: training[k] for k in dit_schedule()} == {k: public[k] for k in dit_schedule()}
+        assert training.variance_type == public["variance_type"] and training.timestep_spacing == "leading"
+    assert (NUM_TRAIN_TIMESTEPS, BETA_START, BETA_END) == (1000, 1e-4, 0.02)
+
+
 def test_latent_pipeline_output_types(make_pipeline):
     pipe = make_pipeline()
     kwargs = dict(class_labels=[1, 2, 3], num_inference_steps=STEPS)

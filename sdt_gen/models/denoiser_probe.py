@@ -1,0 +1,215 @@
+"""Linear probes of a trained denoiser: ``SDTForImageClassification.from_denoiser``'s parts.
+
+A probe is an isotropic SDT classifier (``modeling_sdt_vit``) whose backbone is a trained
+``SDTTransformer2DModel``'s patch embedding, positions and first blocks, those blocks being the
+denoiser's own adaLN blocks (``SDTProbeBlock``) with the conditioning fixed to one timestep and the
+null label, so that its features are exactly the denoiser's hidden states. A latent denoiser's probe
+keeps its VAE's encoder, frozen, in front. Here: loading the denoiser and its VAE (``load_denoiser``),
+the probe's config (``probe_config``), its modules (``build_denoiser_probe``) and copying the
+denoiser's weights into them (``load_denoiser_weights``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers.modeling_layers import GradientCheckpointingLayer
+
+from ..data.vae import vae_downsampling
+from .configuration_sdt import SDTConfig
+from .modeling_sdt_h import SDTPooler
+from .modeling_sdt_vit import build_embedding
+from .transformer_sdt import SDTBlock, SDTTransformer2DModel
+
+
+class SDTProbeBlock(SDTBlock, GradientCheckpointingLayer):
+    """The denoiser's adaLN block (``SDTBlock``) as a transformers ``GradientCheckpointingLayer``.
+
+    Same modules and forward as ``SDTBlock``, so a denoiser's block state dict loads into it unchanged;
+    only transformers' checkpointing switch is added.
+    """
+
+
+#################################################################################
+#                                Loading a denoiser                             #
+#################################################################################
+
+def load_denoiser(source: Any) -> tuple[SDTTransformer2DModel, nn.Module | None, dict | None]:
+    """``(transformer, vae or None, id2label or None)`` from a pipeline/transformer folder or object."""
+    if isinstance(source, SDTTransformer2DModel):
+        return source, None, None
+    if isinstance(getattr(source, "transformer", None), SDTTransformer2DModel):  # a loaded pipeline
+        config = getattr(source, "config", None) or {}
+        id2label = getattr(source, "id2label", None) or config.get("id2label")
+        return source.transformer, getattr(source, "vae", None), id2label
+    if not isinstance(source, (str, Path)):
+        raise TypeError(
+            f"expected an SDTPipeline or SDTTransformer2DModel (or a folder of one), got {type(source).__name__}"
+        )
+    path = Path(source)
+    if (path / "model_index.json").is_file():
+        index = json.loads((path / "model_index.json").read_text())
+        if not (path / "transformer" / "config.json").is_file():
+            raise FileNotFoundError(f"pipeline folder {path} has no transformer/config.json")
+        transformer = SDTTransformer2DModel.from_pretrained(path, subfolder="transformer")
+        vae = None
+        if (path / "vae" / "config.json").is_file():
+            from diffusers import AutoencoderKL
+
+            vae = AutoencoderKL.from_pretrained(path, subfolder="vae")
+        return transformer, vae, index.get("id2label")
+    if (path / "config.json").is_file():
+        return SDTTransformer2DModel.from_pretrained(path), None, None
+    raise FileNotFoundError(
+        f"{path} is neither an SDTPipeline folder (model_index.json and a transformer subfolder) "
+        "nor an SDTTransformer2DModel folder (config.json)"
+    )
+
+
+def probe_config(
+    transformer: SDTTransformer2DModel,
+    vae: nn.Module | None,
+    id2label: dict | None,
+    timestep: int | float,
+    layer: int | None,
+    pool: str,
+    freeze: bool,
+    config_overrides: dict[str, Any],
+) -> SDTConfig:
+    """The ``SDTConfig`` of a probe of ``transformer`` (with its ``vae`` and saved ``id2label``, if any).
+
+    The other arguments are ``SDTForImageClassification.from_denoiser``'s (see there).
+    """
+    denoiser_config = {k: v for k, v in dict(transformer.config).items() if not k.startswith("_")}
+    depth = denoiser_config["depth"]
+    if layer is None:
+        layer = depth - 1
+    if not -depth <= layer < depth:
+        raise ValueError(f"layer {layer} is out of range for a denoiser with {depth} blocks")
+    layer = layer % depth
+    if float(timestep) < 0:
+        raise ValueError(f"timestep must be non-negative, got {timestep}")
+
+    channels, factor, vae_config, scaling = denoiser_config["in_channels"], 1, None, None
+    if vae is not None:
+        from diffusers import AutoencoderKL
+
+        if not isinstance(vae, AutoencoderKL):
+            raise TypeError(f"only an AutoencoderKL VAE is supported, got {type(vae).__name__}")
+        if vae.config.latent_channels != channels:
+            raise ValueError(
+                f"the VAE has {vae.config.latent_channels} latent channels but the denoiser takes {channels}"
+            )
+        vae_config = {k: v for k, v in dict(vae.config).items() if not k.startswith("_")}
+        scaling = float(vae.config.scaling_factor)
+        channels = vae.config.in_channels
+        factor = vae_downsampling(vae)
+    height, width = transformer.sample_hw
+    image_size = height * factor if height == width else [height * factor, width * factor]
+
+    labels: dict[str, Any] = {}
+    if "id2label" not in config_overrides and "num_labels" not in config_overrides:
+        if id2label:
+            labels["id2label"] = {int(k): v for k, v in id2label.items()}
+        else:
+            labels["num_labels"] = denoiser_config["num_classes"]
+    return SDTConfig(
+        architecture="isotropic",
+        image_size=image_size,
+        num_channels=channels,
+        patch_size=denoiser_config["patch_size"],
+        hidden_size=denoiser_config["hidden_size"],
+        depth=layer + 1,
+        num_heads=denoiser_config["num_heads"],
+        mlp_ratio=denoiser_config["mlp_ratio"],
+        decay_mode=denoiser_config["decay_mode"],
+        decay_layout=denoiser_config["decay_layout"],
+        decay_init=denoiser_config["decay_init"],
+        attention_backend=denoiser_config["attention_backend"],
+        initial_value=denoiser_config["initial_value"],
+        heads_range=denoiser_config["heads_range"],
+        pool=pool,
+        denoiser_config=denoiser_config,
+        denoiser_timestep=timestep,
+        denoiser_layer=layer,
+        denoiser_label=denoiser_config["num_classes"],  # the null class
+        freeze_backbone=freeze,
+        vae_config=vae_config,
+        vae_scaling_factor=scaling,
+        image_mean=[0.5] * channels,
+        image_std=[0.5] * channels,
+        **{**labels, **config_overrides},
+    )
+
+
+#################################################################################
+#                                 The probe's modules                           #
+#################################################################################
+
+def build_denoiser_probe(model: nn.Module, config: SDTConfig) -> None:
+    """Give ``model`` (an ``SDTModel``) a probe's modules: ``vae`` (latent denoisers), ``patch_embed``,
+    ``pos_embed``, ``blocks``, the ``conditioning`` buffer, ``norm`` and ``pooler``; random until
+    ``load_denoiser_weights``."""
+    denoiser = config.denoiser_config
+    in_channels = denoiser["in_channels"]
+    if config.vae_config:
+        from diffusers import AutoencoderKL
+
+        model.vae = AutoencoderKL.from_config(config.vae_config)  # frozen: see apply_freeze
+        model.vae.decoder = model.vae.post_quant_conv = None  # only the encoder is used (and saved)
+    elif in_channels != config.num_channels:
+        raise ValueError(
+            f"the denoiser takes {in_channels}-channel samples but num_channels is {config.num_channels}; "
+            "a latent denoiser needs its VAE (vae_config)"
+        )
+    build_embedding(model, config, in_channels)
+    model.blocks = nn.ModuleList(
+        SDTProbeBlock(
+            config.hidden_size,
+            config.num_heads,
+            config.mlp_ratio,
+            mlp_norm_eps=denoiser.get("mlp_norm_eps", 1e-6),
+            decay_mode=config.decay_mode,
+            decay_layout=config.decay_layout,
+            decay_init=config.decay_init,
+            attention_backend=config.attention_backend,
+            initial_value=config.initial_value,
+            heads_range=config.heads_range,
+        )
+        for _ in range(config.depth)
+    )
+    # The denoiser's adaLN input t_emb(timestep) + y_emb(null label), computed once (from_denoiser).
+    model.register_buffer("conditioning", torch.zeros(1, config.hidden_size))
+    model.norm = nn.Identity()  # the features are the denoiser's hidden states, untouched
+    model.pooler = SDTPooler(config.hidden_size, fc_norm=True, norm_eps=config.layer_norm_eps)
+
+
+@torch.no_grad()
+def load_denoiser_weights(model: nn.Module, denoiser: SDTTransformer2DModel, vae: nn.Module | None = None) -> None:
+    """Copy a denoiser's patch embedding and first ``depth`` blocks, and fix its conditioning.
+
+    The conditioning is ``denoiser.conditioning(denoiser_timestep, denoiser_label)``, computed in
+    eval mode (no label dropout) and kept as the ``conditioning`` buffer.
+    """
+    config = model.config
+    if not config.is_denoiser_probe:
+        raise ValueError("load_denoiser_weights needs a config built by SDTForImageClassification.from_denoiser")
+    model.patch_embed.load_state_dict(denoiser.x_embedder.state_dict())
+    for mine, theirs in zip(model.blocks, denoiser.blocks):
+        mine.load_state_dict(theirs.state_dict())
+    was_training = denoiser.training
+    denoiser.eval()
+    device = denoiser.x_embedder.proj.weight.device
+    timestep = torch.as_tensor([config.denoiser_timestep], device=device)
+    label = torch.tensor([config.denoiser_label], device=device)
+    model.conditioning.copy_(denoiser.conditioning(timestep, label))  # (1, D)
+    denoiser.train(was_training)
+    if model.vae is not None:
+        if vae is None:
+            raise ValueError("this probe encodes images with a VAE: pass the denoiser's vae")
+        encoder = {k: v for k, v in vae.state_dict().items() if k.startswith(("encoder.", "quant_conv."))}
+        model.vae.load_state_dict(encoder)
