@@ -395,7 +395,9 @@ def write_summary(args, out: Path, results: dict) -> None:
     columns = [(label, key) for label, key, _ in METRICS if key in next(iter(summary.values()))]
     lines = [
         "# Decay study", "",
-        f"{protocol['model']} on {protocol['data']}, {protocol['steps']} steps of {protocol['global_batch_size']} "
+        f"{protocol['model']} on {protocol['data']}, "
+        + ("SiT's flow-matching objective, " if args.objective == "flow" else "")
+        + f"{protocol['steps']} steps of {protocol['global_batch_size']} "
         f"images (lr {protocol['lr']}), seeds {' '.join(map(str, args.seeds))}; EMA weights of step "
         f"{eval_steps(args)[-1]}. Samples: {protocol['sampling']['num_samples']} class-balanced, "
         f"{protocol['sampling']['scheduler']} {protocol['sampling']['steps']} steps, guidance "
