@@ -38,7 +38,7 @@ from sdt_gen.data import (
 )
 from sdt_gen.diffusion import OBJECTIVES, TIME_SAMPLINGS, make_objective
 from sdt_gen.hub import local_folder
-from sdt_gen.layers import ATTENTION_BACKENDS, DECAY_LAYOUTS, DECAY_MODES
+from sdt_gen.layers import ATTENTION_BACKENDS, DECAY_LAYOUTS, DECAY_MODES, DecayConfig
 from sdt_gen.pipelines import SCHEDULERS, default_scheduler, scheduler_by_name
 from sdt_gen.training import (
     DiTEMA,
@@ -102,7 +102,7 @@ def build_dataset(args, patch_size: int):
 #################################################################################
 
 def build_model(args, shape, num_classes: int) -> SDTTransformer2DModel:
-    decay = dict(decay_mode=args.decay_mode, decay_layout=args.decay_layout, attention_backend=args.attention_backend)
+    decay = DecayConfig.from_config(args).config_keys()  # the decay flags, as model config keys
     if args.init_from_dit:
         if args.objective != "ddpm":
             raise ValueError(f"--init-from-dit starts from a DDPM-trained DiT; it cannot start a {args.objective} model")
@@ -111,7 +111,7 @@ def build_model(args, shape, num_classes: int) -> SDTTransformer2DModel:
             from diffusers import DiTTransformer2DModel
 
             dit = DiTTransformer2DModel.from_pretrained(dit, subfolder="transformer")
-        model = SDTTransformer2DModel.from_dit(dit, decay_init="zero", **decay)
+        model = SDTTransformer2DModel.from_dit(dit, **{**decay, "decay_init": "zero"})
         expected = (model.config.in_channels, *model.sample_hw)
         if tuple(shape) != expected or model.config.num_classes != num_classes:
             raise ValueError(
@@ -123,7 +123,7 @@ def build_model(args, shape, num_classes: int) -> SDTTransformer2DModel:
     return SDTTransformer2DModel.from_preset(
         args.model, sample_size=[height, width] if height != width else height, in_channels=channels,
         num_classes=num_classes, learn_sigma=args.learn_sigma and args.objective == "ddpm", objective=args.objective,
-        decay_init=args.decay_init, **decay,
+        **decay,
     )
 
 

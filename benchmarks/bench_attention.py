@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from sdt_gen.layers import SpatialDecayAttention
+from sdt_gen.layers import DecayConfig, SpatialDecayAttention
 
 SHAPES = {"S/2": (384, 6), "XL/2": (1152, 16)}
 
@@ -65,7 +65,7 @@ def attention_rows(device, backend: str, dtype, tokens=(256, 1024), tokens_per_b
             x = torch.randn(batch, count, dim, device=device, dtype=dtype, requires_grad=True)
             results = {}
             for mode in ("none", "fixed", "cag"):
-                layer = SpatialDecayAttention(dim, heads, decay_mode=mode, attention_backend=backend)
+                layer = SpatialDecayAttention(dim, heads, DecayConfig(mode=mode, backend=backend))
                 results[mode] = measure(layer.to(device, dtype), x, (side, side), iters)
             base_time, base_mem = results["none"]
             rows += [

@@ -4,13 +4,14 @@ Skipped (visibly) without CUDA; `python benchmarks/gpu_report.py` runs them (`py
 """
 
 import copy
+import dataclasses
 
 import pytest
 import torch
 
 from sdt_gen import SDTTransformer2DModel
 from sdt_gen.diffusion import DiffusionLoss
-from sdt_gen.layers import SpatialDecayAttention
+from sdt_gen.layers import DecayConfig, SpatialDecayAttention
 
 pytestmark = [
     pytest.mark.cuda,
@@ -58,9 +59,9 @@ def assert_grads_close(got: dict, want: dict, atol: float, rtol: float):
 @pytest.mark.parametrize("layout", ["full", "decomposed"])
 def test_flex_layer_matches_sdpa_forward_and_backward(mode, layout):
     torch.manual_seed(0)
-    dense = SpatialDecayAttention(64, 4, decay_mode=mode, decay_layout=layout, attention_backend="sdpa").cuda()
+    dense = SpatialDecayAttention(64, 4, DecayConfig(mode=mode, layout=layout, backend="sdpa")).cuda()
     fused = copy.deepcopy(dense)
-    fused.attention_backend = "flex"
+    fused.decay = dataclasses.replace(dense.decay, backend="flex")
     x = torch.randn(2, GRID[0] * GRID[1], 64, device="cuda")
     results = []
     for layer in (dense, fused):

@@ -1,7 +1,8 @@
 """The vocabulary of SDT models: spatial decay, attention, embeddings. Depends on torch only."""
 
-from .attention import ATTENTION_BACKENDS, SpatialDecayAttention, resolve_backend, spatial_decay_attention
+from .attention import SpatialDecayAttention, resolve_backend, spatial_decay_attention
 from .blockwise_attention import blockwise_decay_attention
+from .decay_config import ATTENTION_BACKENDS, DecayConfig
 from .drop import DropPath, drop_path
 from .embeddings import LabelEmbedding, PatchEmbed, sincos_1d, sincos_2d
 from .spatial_decay import (
@@ -24,6 +25,7 @@ __all__ = [
     "DECAY_LAYOUTS",
     "DECAY_MODES",
     "ContextAwareGate",
+    "DecayConfig",
     "DropPath",
     "LabelEmbedding",
     "PatchEmbed",

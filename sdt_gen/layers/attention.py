@@ -9,10 +9,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .blockwise_attention import blockwise_decay_attention
+from .decay_config import ATTENTION_BACKENDS, DecayConfig
 from .spatial_decay import (
-    DECAY_INITS,
     DECAY_LAYOUTS,
-    DECAY_MODES,
     ContextAwareGate,
     check_choice,
     decay_bias,
@@ -21,8 +20,6 @@ from .spatial_decay import (
     manhattan_distance,
     rmt_gammas,
 )
-
-ATTENTION_BACKENDS = ("sdpa", "flex", "auto")
 
 # Devices where ``auto`` picks FlexAttention: it is only fused (compiled) there.
 FLEX_DEVICE_TYPES = ("cuda",)
@@ -173,13 +170,8 @@ class SpatialDecayAttention(nn.Module):
     Args:
         dim: token width ``C`` (divisible by ``num_heads``).
         num_heads: number of heads ``H``.
+        decay: the decay's mode, layout, gate init, backend and RMT gammas (``DecayConfig``).
         qkv_bias: bias on the fused q/k/v projection.
-        decay_mode: ``"none"`` (plain attention), ``"fixed"`` (RMT) or ``"cag"`` (SDT).
-        decay_layout: ``"full"`` or ``"decomposed"``.
-        decay_init: ``"rmt"`` or ``"zero"`` (``cag`` mode only; see ``ContextAwareGate``).
-        attention_backend: ``"sdpa"``, ``"flex"`` or ``"auto"``.
-        initial_value: RMT's ``a`` of the per-head gammas.
-        heads_range: RMT's ``b`` of the per-head gammas.
         lepe_kernel_size: if > 0, adds RMT's LePE, a depthwise conv of this size on ``v``.
     """
 
@@ -187,29 +179,19 @@ class SpatialDecayAttention(nn.Module):
         self,
         dim: int,
         num_heads: int,
+        decay: DecayConfig = DecayConfig(),
         qkv_bias: bool = True,
-        decay_mode: str = "cag",
-        decay_layout: str = "full",
-        decay_init: str = "rmt",
-        attention_backend: str = "auto",
-        initial_value: float = 2.0,
-        heads_range: float = 6.0,
         lepe_kernel_size: int = 0,
     ):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
-        self.initial_value, self.heads_range = initial_value, heads_range  # to rebuild the gammas buffer
-        self.decay_mode = check_choice("decay_mode", decay_mode, DECAY_MODES)
-        self.decay_layout = check_choice("decay_layout", decay_layout, DECAY_LAYOUTS)
-        self.attention_backend = check_choice("attention_backend", attention_backend, ATTENTION_BACKENDS)
-        check_choice("decay_init", decay_init, DECAY_INITS)
-
+        self.decay = decay
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
-        gammas = rmt_gammas(num_heads, initial_value, heads_range)
-        self.gate = ContextAwareGate(dim, num_heads, decay_init, gammas) if decay_mode == "cag" else None
+        gammas = rmt_gammas(num_heads, decay.initial_value, decay.heads_range)
+        self.gate = ContextAwareGate(dim, num_heads, decay.init, gammas) if decay.mode == "cag" else None
         self.register_buffer("gammas", gammas, persistent=False)
         self.lepe = (
             nn.Conv2d(dim, dim, lepe_kernel_size, padding=lepe_kernel_size // 2, groups=dim)
@@ -219,9 +201,9 @@ class SpatialDecayAttention(nn.Module):
 
     def decay_rates(self, x: torch.Tensor) -> torch.Tensor | None:
         """Per-token log-decay rates for tokens ``x`` ``(B, N, C)``: ``(B | 1, H, N | 1)`` or None."""
-        if self.decay_mode == "none":
+        if self.decay.mode == "none":
             return None
-        if self.decay_mode == "fixed":
+        if self.decay.mode == "fixed":
             return fixed_rates(self.gammas)
         return self.gate(x)
 
@@ -229,7 +211,7 @@ class SpatialDecayAttention(nn.Module):
         batch, tokens, channels = x.shape
         q, k, v = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)  # (B, H, N, D)
         out = spatial_decay_attention(
-            q, k, v, self.decay_rates(x), grid_size, self.decay_layout, self.attention_backend
+            q, k, v, self.decay_rates(x), grid_size, self.decay.layout, self.decay.backend
         )  # (B, H, N, D)
         out = out.transpose(1, 2).reshape(batch, tokens, channels)  # (B, N, C)
         if self.lepe is not None:

@@ -18,7 +18,7 @@ from typing import Any
 from transformers import PretrainedConfig
 
 from ..data.vae import vae_downsampling
-from ..layers import ATTENTION_BACKENDS, DECAY_INITS, DECAY_LAYOUTS, DECAY_MODES, check_choice
+from ..layers import ATTENTION_BACKENDS, DECAY_INITS, DECAY_LAYOUTS, DECAY_MODES, DecayConfig, check_choice
 
 ARCHITECTURES = ("hierarchical", "isotropic")
 POOL_TYPES = ("mean",)
@@ -262,6 +262,12 @@ class SDTConfig(PretrainedConfig):
             if self.hidden_size % 4:
                 raise ValueError(f"hidden_size must be divisible by 4 for 2D sin-cos positions, got {self.hidden_size}")
             check_image_size((height, width), self.patch_size * self.vae_downsample, "the patch embedding")
+
+    @property
+    def decay(self) -> DecayConfig:
+        """The decay settings as one object (per-stage layouts and heads ranges of SDT-H replace its
+        ``layout`` and ``heads_range`` stage by stage)."""
+        return DecayConfig.from_config(self)
 
     @property
     def vae_downsample(self) -> int:

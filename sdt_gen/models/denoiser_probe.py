@@ -20,6 +20,7 @@ from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from ..data.vae import vae_downsampling
+from ..layers import DecayConfig
 from .configuration_sdt import SDTConfig
 from .modeling_sdt_h import SDTPooler
 from .modeling_sdt_vit import build_embedding
@@ -126,12 +127,7 @@ def probe_config(
         depth=layer + 1,
         num_heads=denoiser_config["num_heads"],
         mlp_ratio=denoiser_config["mlp_ratio"],
-        decay_mode=denoiser_config["decay_mode"],
-        decay_layout=denoiser_config["decay_layout"],
-        decay_init=denoiser_config["decay_init"],
-        attention_backend=denoiser_config["attention_backend"],
-        initial_value=denoiser_config["initial_value"],
-        heads_range=denoiser_config["heads_range"],
+        **DecayConfig.from_config(denoiser_config).config_keys(),
         pool=pool,
         denoiser_config=denoiser_config,
         denoiser_timestep=timestep,
@@ -173,12 +169,7 @@ def build_denoiser_probe(model: nn.Module, config: SDTConfig) -> None:
             config.num_heads,
             config.mlp_ratio,
             mlp_norm_eps=denoiser.get("mlp_norm_eps", 1e-6),
-            decay_mode=config.decay_mode,
-            decay_layout=config.decay_layout,
-            decay_init=config.decay_init,
-            attention_backend=config.attention_backend,
-            initial_value=config.initial_value,
-            heads_range=config.heads_range,
+            decay=config.decay,
         )
         for _ in range(config.depth)
     )

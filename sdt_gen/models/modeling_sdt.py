@@ -388,7 +388,7 @@ class SDTForImageClassification(SDTPreTrainedModel):
 
 def _init_decay(attn: SpatialDecayAttention) -> None:
     """RMT gammas (a non-persistent buffer shared with the gate) and the CAG's start values."""
-    gammas = rmt_gammas(attn.num_heads, attn.initial_value, attn.heads_range)
+    gammas = rmt_gammas(attn.num_heads, attn.decay.initial_value, attn.decay.heads_range)
     if attn.gammas.is_meta:  # left on meta by a checkpoint load
         attn.gammas = torch.empty_like(gammas)
     init.copy_(attn.gammas, gammas.to(attn.gammas.device))

@@ -10,13 +10,13 @@ pre-norm blocks. ``SDTLayer`` and ``SDTPooler`` also serve the isotropic backbon
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import replace
 
 import torch
 from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from ..layers import DropPath, SpatialDecayAttention
+from ..layers import DecayConfig, DropPath, SpatialDecayAttention
 from .configuration_sdt import SDTConfig
 
 
@@ -33,17 +33,6 @@ def to_tokens(x: torch.Tensor) -> torch.Tensor:
 def linear_drop_rates(rate: float, count: int) -> list[float]:
     """Stochastic depth rising linearly from 0 to ``rate`` over ``count`` blocks (plain floats: meta-safe)."""
     return [rate * i / max(count - 1, 1) for i in range(count)]
-
-
-def attention_kwargs(config: SDTConfig) -> dict[str, Any]:
-    """The ``SpatialDecayAttention`` settings every classifier layer takes from the config."""
-    return dict(
-        decay_mode=config.decay_mode,
-        decay_init=config.decay_init,
-        attention_backend=config.attention_backend,
-        initial_value=config.initial_value,
-        qkv_bias=config.qkv_bias,
-    )
 
 
 #################################################################################
@@ -120,8 +109,7 @@ class SDTLayer(GradientCheckpointingLayer):
         dim: token width.
         num_heads: attention heads.
         mlp_ratio: MLP inner width over ``dim``.
-        decay_mode, decay_layout, decay_init, attention_backend, initial_value, heads_range,
-            qkv_bias, lepe_kernel_size: passed to ``SpatialDecayAttention``.
+        decay, qkv_bias, lepe_kernel_size: passed to ``SpatialDecayAttention``.
         cpe_kernel_size: depthwise conv positional encoding before the block (0: none).
         mlp_dwconv: RMT's depthwise conv inside the MLP.
         drop_path: stochastic depth of both residual branches.
@@ -135,12 +123,7 @@ class SDTLayer(GradientCheckpointingLayer):
         num_heads: int,
         mlp_ratio: float = 4.0,
         *,
-        decay_mode: str = "cag",
-        decay_layout: str = "full",
-        decay_init: str = "rmt",
-        attention_backend: str = "auto",
-        initial_value: float = 2.0,
-        heads_range: float = 6.0,
+        decay: DecayConfig = DecayConfig(),
         qkv_bias: bool = True,
         lepe_kernel_size: int = 0,
         cpe_kernel_size: int = 0,
@@ -155,18 +138,7 @@ class SDTLayer(GradientCheckpointingLayer):
             nn.Conv2d(dim, dim, cpe_kernel_size, padding=cpe_kernel_size // 2, groups=dim) if cpe_kernel_size else None
         )
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
-        self.attn = SpatialDecayAttention(
-            dim,
-            num_heads,
-            qkv_bias=qkv_bias,
-            decay_mode=decay_mode,
-            decay_layout=decay_layout,
-            decay_init=decay_init,
-            attention_backend=attention_backend,
-            initial_value=initial_value,
-            heads_range=heads_range,
-            lepe_kernel_size=lepe_kernel_size,
-        )
+        self.attn = SpatialDecayAttention(dim, num_heads, decay, qkv_bias=qkv_bias, lepe_kernel_size=lepe_kernel_size)
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = SDTMlp(dim, int(dim * mlp_ratio), mlp_dwconv)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
@@ -233,15 +205,18 @@ def build_hierarchical(model: nn.Module, config: SDTConfig) -> None:
                 dims[i],
                 config.stage_values("heads")[i],
                 config.stage_values("mlp_ratios")[i],
-                decay_layout=config.stage_values("decay_layouts")[i],
-                heads_range=config.stage_values("heads_ranges")[i],
+                decay=replace(
+                    config.decay,
+                    layout=config.stage_values("decay_layouts")[i],
+                    heads_range=config.stage_values("heads_ranges")[i],
+                ),
+                qkv_bias=config.qkv_bias,
                 lepe_kernel_size=config.lepe_kernel_size,
                 cpe_kernel_size=config.cpe_kernel_size,
                 mlp_dwconv=config.mlp_dwconv,
                 drop_path=drop_rates.pop(0),
                 layer_scale_init_value=config.stage_values("layer_scale_init_values")[i],
                 norm_eps=config.layer_norm_eps,
-                **attention_kwargs(config),
             )
             for _ in range(depth)
         )

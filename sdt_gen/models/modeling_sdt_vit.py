@@ -14,7 +14,7 @@ from torch import nn
 
 from ..layers import PatchEmbed, sincos_2d
 from .configuration_sdt import SDTConfig
-from .modeling_sdt_h import SDTLayer, SDTPooler, attention_kwargs, linear_drop_rates
+from .modeling_sdt_h import SDTLayer, SDTPooler, linear_drop_rates
 
 
 def build_isotropic(model: nn.Module, config: SDTConfig) -> None:
@@ -27,12 +27,11 @@ def build_isotropic(model: nn.Module, config: SDTConfig) -> None:
             config.hidden_size,
             config.num_heads,
             config.mlp_ratio,
-            decay_layout=config.decay_layout,
-            heads_range=config.heads_range,
+            decay=config.decay,
+            qkv_bias=config.qkv_bias,
             drop_path=drop_rates[i],
             layer_scale_init_value=config.layer_scale_init_value,
             norm_eps=config.layer_norm_eps,
-            **attention_kwargs(config),
         )
         for i in range(config.depth)
     )

@@ -20,7 +20,7 @@ from diffusers.utils import BaseOutput
 from torch import nn
 
 from ..diffusion.objectives import OBJECTIVES
-from ..layers import LabelEmbedding, PatchEmbed, SpatialDecayAttention, decay_map, fixed_rates, sincos_2d
+from ..layers import DecayConfig, LabelEmbedding, PatchEmbed, SpatialDecayAttention, decay_map, fixed_rates, sincos_2d
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -40,7 +40,7 @@ class SDTBlock(nn.Module):
         mlp_ratio: MLP hidden width over token width.
         norm_eps: epsilon of the attention-branch LayerNorm.
         mlp_norm_eps: epsilon of the MLP-branch LayerNorm (diffusers' DiT uses 1e-5 there).
-        **attention_kwargs: decay settings passed to ``SpatialDecayAttention``.
+        decay: the attention's spatial decay (``DecayConfig``).
     """
 
     def __init__(
@@ -50,11 +50,11 @@ class SDTBlock(nn.Module):
         mlp_ratio: float = 4.0,
         norm_eps: float = 1e-6,
         mlp_norm_eps: float = 1e-6,
-        **attention_kwargs,
+        decay: DecayConfig = DecayConfig(),
     ):
         super().__init__()
         self.norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=norm_eps)
-        self.attn = SpatialDecayAttention(hidden_size, num_heads, qkv_bias=True, **attention_kwargs)
+        self.attn = SpatialDecayAttention(hidden_size, num_heads, decay, qkv_bias=True)
         self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=mlp_norm_eps)
         mlp_hidden = int(hidden_size * mlp_ratio)
         self.mlp = nn.Sequential(
@@ -181,16 +181,9 @@ class SDTTransformer2DModel(ModelMixin, ConfigMixin):
             self.y_embedder = LabelEmbedding(num_classes, hidden_size, class_dropout_prob)
             self.register_buffer("pos_embed", sincos_2d(hidden_size, *self.grid_size).unsqueeze(0), persistent=False)
 
-            attention_kwargs = dict(
-                decay_mode=decay_mode,
-                decay_layout=decay_layout,
-                decay_init=decay_init,
-                attention_backend=attention_backend,
-                initial_value=initial_value,
-                heads_range=heads_range,
-            )
+            decay = DecayConfig(decay_mode, decay_layout, decay_init, attention_backend, initial_value, heads_range)
             self.blocks = nn.ModuleList(
-                SDTBlock(hidden_size, num_heads, mlp_ratio, mlp_norm_eps=mlp_norm_eps, **attention_kwargs)
+                SDTBlock(hidden_size, num_heads, mlp_ratio, mlp_norm_eps=mlp_norm_eps, decay=decay)
                 for _ in range(depth)
             )
             self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels)
@@ -362,9 +355,9 @@ class SDTTransformer2DModel(ModelMixin, ConfigMixin):
         shape = (sample.shape[0], self.config.num_heads, self.grid_size[0] * self.grid_size[1])
         rates = []
         for block in self.blocks:
-            if block.attn.decay_mode == "cag":
+            if block.attn.decay.mode == "cag":
                 rates.append(gate_rates.pop())
-            elif block.attn.decay_mode == "fixed":
+            elif block.attn.decay.mode == "fixed":
                 rates.append(fixed_rates(block.attn.gammas).expand(shape))
             else:
                 rates.append(torch.zeros(shape, device=sample.device))

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from sdt_gen.layers import (
+    DecayConfig,
     SpatialDecayAttention,
     decay_bias,
     fixed_rates,
@@ -107,7 +108,7 @@ def test_mode_none_calls_plain_sdpa_without_mask():
 @pytest.mark.parametrize("mode", ["none", "fixed", "cag"])
 @pytest.mark.parametrize("layout", ["full", "decomposed"])
 def test_module_shapes_and_gradients(mode, layout):
-    attn = SpatialDecayAttention(16, 2, decay_mode=mode, decay_layout=layout, attention_backend="sdpa", lepe_kernel_size=3)
+    attn = SpatialDecayAttention(16, 2, DecayConfig(mode=mode, layout=layout, backend="sdpa"), lepe_kernel_size=3)
     x = torch.randn(2, 12, 16, requires_grad=True)
     out = attn(x, GRID)
     assert out.shape == (2, 12, 16)
@@ -126,7 +127,7 @@ def test_module_shapes_and_gradients(mode, layout):
 )
 def test_unknown_choices_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        SpatialDecayAttention(16, 2, **kwargs)
+        SpatialDecayAttention(16, 2, DecayConfig.from_config(kwargs))
 
 
 def test_mode_none_with_decomposed_layout_is_unmasked_axial_attention():
@@ -165,3 +166,19 @@ def test_auto_falls_back_to_sdpa_once_when_flex_fails(monkeypatch):
     assert len(calls) == 1
     with pytest.raises(RuntimeError, match="no compiler found"):  # asked for by name: the error is raised
         spatial_decay_attention(q, k, v, rates, GRID, "full", "flex")
+
+
+def test_decay_config_reads_and_writes_the_flat_config_keys():
+    keys = dict(decay_mode="fixed", decay_layout="decomposed", decay_init="zero", attention_backend="sdpa",
+                initial_value=3.0, heads_range=4.0)
+    decay = DecayConfig.from_config(keys)
+    assert decay == DecayConfig("fixed", "decomposed", "zero", "sdpa", 3.0, 4.0)
+    assert decay.config_keys() == keys
+    assert DecayConfig.from_config({"decay_mode": "none"}) == DecayConfig(mode="none")  # the rest: defaults
+    # a model config (attributes) reads the same way: the denoiser's and the classifiers'
+    from sdt_gen import SDTConfig, SDTTransformer2DModel
+
+    model = SDTTransformer2DModel(sample_size=8, patch_size=2, in_channels=1, hidden_size=32, depth=1, num_heads=2,
+                                  num_classes=3, **keys)
+    assert DecayConfig.from_config(model.config) == decay == model.blocks[0].attn.decay
+    assert SDTConfig.from_preset("SDT-ViT-Ti/16", **keys).decay == decay

@@ -89,7 +89,7 @@ def test_preset_shapes_follow_the_method():
     assert config.lepe_kernel_size == 5 and config.cpe_kernel_size == 3
     with torch.device("meta"):
         model = SDTModel(SDTConfig.from_preset("SDT-H-T", decay_mode="fixed"))
-    layouts = [stage.blocks[0].attn.decay_layout for stage in model.stages]
+    layouts = [stage.blocks[0].attn.decay.layout for stage in model.stages]
     assert layouts == ["decomposed", "decomposed", "full", "full"]
     assert SDTConfig.from_preset("SDT-H-T", decay_mode="none", num_labels=10).decay_mode == "none"
 

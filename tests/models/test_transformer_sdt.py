@@ -301,3 +301,19 @@ def test_decay_rates_are_what_decay_maps_show():
     fixed = SDTTransformer2DModel.from_preset("SDT-Ti/4", sample_size=16, decay_mode="fixed").decay_rates(x, t, y)
     assert torch.allclose(fixed, fixed_rates(rmt_gammas(4)).expand(2, 4, 16)[None].expand(4, -1, -1, -1))
     assert (SDTTransformer2DModel.from_preset("SDT-Ti/4", sample_size=16, decay_mode="none").decay_rates(x, t, y) == 0).all()
+
+
+def test_a_config_saved_before_the_objective_key_loads_as_ddpm(tmp_path):
+    import json
+
+    model = SDTTransformer2DModel(sample_size=8, patch_size=2, in_channels=1, hidden_size=32, depth=1, num_heads=2,
+                                  num_classes=3)
+    model.save_pretrained(tmp_path / "old")
+    config_path = tmp_path / "old" / "config.json"
+    config = json.loads(config_path.read_text())
+    del config["objective"]  # as written by the code before flow matching
+    config_path.write_text(json.dumps(config))
+    loaded = SDTTransformer2DModel.from_pretrained(tmp_path / "old")
+    assert loaded.config.objective == "ddpm" and loaded.config.learn_sigma
+    for (name, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(a, b), name
