@@ -1,16 +1,7 @@
 """Diffusers pipelines for SDT models, installed as ``sdt_gen.pipelines``."""
 
-from .pipeline_sdt import (
-    SCHEDULERS,
-    SDTPipeline,
-    check_pipeline_folder,
-    default_scheduler,
-    dit_scheduler,
-    flow_scheduler,
-    image_seed,
-    label_slug,
-    scheduler_by_name,
-)
+from .pipeline_sdt import SDTPipeline, check_pipeline_folder, image_seed, label_slug
+from .schedulers import SCHEDULERS, default_scheduler, dit_scheduler, flow_scheduler, scheduler_by_name
 
 __all__ = ["SCHEDULERS", "SDTPipeline", "check_pipeline_folder", "default_scheduler", "dit_scheduler",
            "flow_scheduler", "image_seed", "label_slug", "scheduler_by_name"]

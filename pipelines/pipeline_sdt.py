@@ -19,25 +19,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import (
-    AutoencoderKL,
-    DDIMScheduler,
-    DDPMParallelScheduler,
-    DDPMScheduler,
-    DPMSolverMultistepScheduler,
-    FlowMatchEulerDiscreteScheduler,
-    FlowMatchHeunDiscreteScheduler,
-    UnCLIPScheduler,
-)
+from diffusers import AutoencoderKL, DDPMParallelScheduler, DDPMScheduler, UnCLIPScheduler
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline, ImagePipelineOutput
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import logging
 from diffusers.utils.torch_utils import randn_tensor
 
-from sdt_gen.diffusion import SAMPLING_TIMESTEP_SPACING, make_scheduler
 from sdt_gen.files import atomic_folder
 from sdt_gen.hub import local_folder
 from sdt_gen.models.transformer_sdt import SDTTransformer2DModel
+
+from .schedulers import FLOW_SCHEDULERS, dit_scheduler
 
 logger = logging.get_logger(__name__)
 
@@ -48,50 +40,6 @@ _OUTPUT_TYPES = ("pil", "np", "pt")
 
 ClassLabels = int | str | Sequence[int | str] | torch.Tensor | np.ndarray
 """What ``SDTPipeline`` takes as class labels: one id or name, a sequence of them, or a 1-D tensor or array of ids."""
-
-SCHEDULERS = {
-    "ddpm": DDPMScheduler, "ddim": DDIMScheduler, "dpm": DPMSolverMultistepScheduler,  # DDPM-trained models
-    "euler": FlowMatchEulerDiscreteScheduler, "heun": FlowMatchHeunDiscreteScheduler,  # flow-trained models
-}
-"""Short scheduler names used by ``sample.py`` and ``scheduler_by_name``."""
-# Schedulers that integrate a velocity field (a ``"flow"`` model's output) rather than denoise.
-_FLOW_SCHEDULERS = (FlowMatchEulerDiscreteScheduler, FlowMatchHeunDiscreteScheduler)
-
-
-#################################################################################
-#                                   Schedulers                                  #
-#################################################################################
-
-def dit_scheduler(learn_sigma: bool = True) -> DDPMScheduler:
-    """DiT's sampler as a diffusers scheduler: 1000 linear betas in 1e-4..0.02, ancestral DDPM.
-
-    With ``learn_sigma`` the model's variance channels are used (``"learned_range"``, DiT's
-    default); ``timestep_spacing="linspace"`` reproduces DiT's respacing of 1000 steps to 250. The schedule
-    is training's (``sdt_gen.diffusion.make_scheduler``), so the two cannot disagree.
-    """
-    return make_scheduler(learn_sigma=learn_sigma, timestep_spacing=SAMPLING_TIMESTEP_SPACING)
-
-
-def flow_scheduler() -> FlowMatchEulerDiscreteScheduler:
-    """The sampler of flow models: diffusers' Euler over 1000 train timesteps, no shift (SiT's ODE)."""
-    return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
-
-
-def default_scheduler(transformer_config: Mapping) -> SchedulerMixin:
-    """The scheduler a pipeline is exported with: ``flow_scheduler()`` for flow models, DiT's otherwise."""
-    if transformer_config.get("objective", "ddpm") == "flow":
-        return flow_scheduler()
-    return dit_scheduler(transformer_config["learn_sigma"])
-
-
-def scheduler_by_name(name: str, config: Mapping | None = None) -> SchedulerMixin:
-    """A scheduler of ``SCHEDULERS`` (``"ddpm"``, ``"ddim"``, ``"dpm"`` for DDPM models; ``"euler"``,
-    ``"heun"`` for flow models), built from ``config`` if given."""
-    if name not in SCHEDULERS:
-        raise ValueError(f"unknown scheduler {name!r}; expected one of {', '.join(SCHEDULERS)}")
-    cls = SCHEDULERS[name]
-    return cls.from_config(config) if config is not None else cls()
-
 
 PIPELINE_MODULE = "pipeline_sdt"
 PIPELINE_LOADER = (
@@ -303,7 +251,7 @@ class SDTPipeline(DiffusionPipeline):
     def _check_scheduler(self, scheduler: SchedulerMixin) -> None:
         """Refuse a scheduler of the other kind than the transformer's objective, naming the right ones."""
         flow_model = self.transformer.config.get("objective", "ddpm") == "flow"
-        if flow_model == isinstance(scheduler, _FLOW_SCHEDULERS):
+        if flow_model == isinstance(scheduler, FLOW_SCHEDULERS):
             return
         name = type(scheduler).__name__
         if flow_model:

@@ -1,0 +1,62 @@
+"""The samplers of SDT pipelines: diffusers schedulers by short name, and the one each model is exported with."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    FlowMatchHeunDiscreteScheduler,
+)
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+
+from sdt_gen.diffusion import SAMPLING_TIMESTEP_SPACING, make_scheduler
+
+SCHEDULERS = {
+    "ddpm": DDPMScheduler, "ddim": DDIMScheduler, "dpm": DPMSolverMultistepScheduler,  # DDPM-trained models
+    "euler": FlowMatchEulerDiscreteScheduler, "heun": FlowMatchHeunDiscreteScheduler,  # flow-trained models
+}
+"""Short scheduler names used by ``sample.py`` and ``scheduler_by_name``."""
+# Schedulers that integrate a velocity field (a ``"flow"`` model's output) rather than denoise.
+FLOW_SCHEDULERS = (FlowMatchEulerDiscreteScheduler, FlowMatchHeunDiscreteScheduler)
+
+
+#################################################################################
+#                                   Schedulers                                  #
+#################################################################################
+
+def dit_scheduler(learn_sigma: bool = True) -> DDPMScheduler:
+    """DiT's sampler as a diffusers scheduler: 1000 linear betas in 1e-4..0.02, ancestral DDPM.
+
+    With ``learn_sigma`` the model's variance channels are used (``"learned_range"``, DiT's
+    default); ``timestep_spacing="linspace"`` reproduces DiT's respacing of 1000 steps to 250. The schedule
+    is training's (``sdt_gen.diffusion.make_scheduler``), so the two cannot disagree.
+    """
+    return make_scheduler(learn_sigma=learn_sigma, timestep_spacing=SAMPLING_TIMESTEP_SPACING)
+
+
+def flow_scheduler() -> FlowMatchEulerDiscreteScheduler:
+    """The sampler of flow models: diffusers' Euler over 1000 train timesteps, no shift (SiT's ODE)."""
+    return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
+
+
+def default_scheduler(transformer_config: Mapping) -> SchedulerMixin:
+    """The scheduler a pipeline is exported with: ``flow_scheduler()`` for flow models, DiT's otherwise."""
+    if transformer_config.get("objective", "ddpm") == "flow":
+        return flow_scheduler()
+    return dit_scheduler(transformer_config["learn_sigma"])
+
+
+def scheduler_by_name(name: str, config: Mapping | None = None) -> SchedulerMixin:
+    """A scheduler of ``SCHEDULERS`` (``"ddpm"``, ``"ddim"``, ``"dpm"`` for DDPM models; ``"euler"``,
+    ``"heun"`` for flow models), built from ``config`` if given."""
+    if name not in SCHEDULERS:
+        raise ValueError(f"unknown scheduler {name!r}; expected one of {', '.join(SCHEDULERS)}")
+    cls = SCHEDULERS[name]
+    return cls.from_config(config) if config is not None else cls()
+
+
+__all__ = ["FLOW_SCHEDULERS", "SCHEDULERS", "default_scheduler", "dit_scheduler", "flow_scheduler", "scheduler_by_name"]
