@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from .gaussian_diffusion import NUM_TRAIN_TIMESTEPS, mean_flat
+from .gaussian_diffusion import NUM_TRAIN_TIMESTEPS, mean_flat, model_prediction
 
 TIME_SAMPLINGS = ("uniform", "logit_normal")
 
@@ -94,14 +94,7 @@ class FlowMatchingLoss:
             model_kwargs: extra model arguments, e.g. ``{"class_labels": y}``.
             noise: the ``eps`` end of the path; ``randn_like(x0)`` when omitted.
         """
-        if t.shape != (x0.shape[0],):
-            raise ValueError(f"t must have shape ({x0.shape[0]},) to match x0, got {tuple(t.shape)}")
-        if noise is None:
-            noise = torch.randn_like(x0)
-        xt, target = self.noised(x0, t, noise)
-        velocity = model_fn(xt, t, **(model_kwargs or {}))
-        if not isinstance(velocity, torch.Tensor):
-            velocity = velocity[0]
+        velocity, target, _ = model_prediction(self, model_fn, x0, t, model_kwargs, noise)
         if velocity.shape != x0.shape:
             raise ValueError(
                 f"model output has shape {tuple(velocity.shape)}; a flow model predicts the velocity, shaped like "

@@ -161,6 +161,32 @@ def _extract(schedule: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> tor
     return values.reshape(-1, *([1] * (like.dim() - 1)))
 
 
+def model_prediction(
+    objective, model_fn: Callable[..., Any], x0: torch.Tensor, t: torch.Tensor,
+    model_kwargs: dict[str, Any] | None = None, noise: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What every objective's loss starts with: ``(model output, target, x_t)`` for clean ``x0`` at ``t``.
+
+    Args:
+        objective: gives ``noised(x0, t, noise) -> (x_t, target)``.
+        model_fn: called as ``model_fn(x_t, t, **model_kwargs)``; returns the prediction as a tensor, or a
+            tuple / diffusers output whose first entry is that tensor.
+        x0: ``(N, C, H, W)`` clean data.
+        t: ``(N,)`` timesteps.
+        model_kwargs: extra model arguments, e.g. ``{"class_labels": y}``.
+        noise: the ``eps`` to add; drawn from ``randn_like(x0)`` when omitted.
+    """
+    if t.shape != (x0.shape[0],):
+        raise ValueError(f"t must have shape ({x0.shape[0]},) to match x0, got {tuple(t.shape)}")
+    if noise is None:
+        noise = torch.randn_like(x0)
+    xt, target = objective.noised(x0, t, noise)  # (N, C, H, W) each
+    output = model_fn(xt, t, **(model_kwargs or {}))
+    if not isinstance(output, torch.Tensor):
+        output = output[0]  # a tuple or a diffusers BaseOutput: both index their first field with [0]
+    return output, target, xt
+
+
 # --------------------------------------------------------------------------------------
 #                                     The objective
 # --------------------------------------------------------------------------------------
@@ -342,15 +368,7 @@ class DiffusionLoss:
         Returns:
             dict of ``(N,)`` tensors: ``loss`` and ``mse``, plus ``vb`` when ``learn_sigma``.
         """
-        if t.shape != (x0.shape[0],):
-            raise ValueError(f"t must have shape ({x0.shape[0]},) to match x0, got {tuple(t.shape)}")
-        if noise is None:
-            noise = torch.randn_like(x0)
-        xt, _ = self.noised(x0, t, noise)  # (N, C, H, W)
-        model_output = model_fn(xt, t, **(model_kwargs or {}))
-        if not isinstance(model_output, torch.Tensor):
-            # A tuple or a diffusers BaseOutput: both index their first field with [0].
-            model_output = model_output[0]
+        model_output, noise, xt = model_prediction(self, model_fn, x0, t, model_kwargs, noise)
 
         eps, v = self.split_output(model_output, xt)
         mse = mean_flat((noise - eps) ** 2)  # (N,)

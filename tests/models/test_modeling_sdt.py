@@ -22,23 +22,14 @@ from sdt_gen import (
     save_classifier,
 )
 
-from helpers import perturbed
+from helpers import perturbed, tiny_classifier_config
 
 # ----------------------------------------------------------------------------- helpers
 
 
 def tiny_config(architecture="hierarchical", **overrides):
-    """A config small enough for a CPU test: 64px SDT-H (grids 16, 8, 4, 2) or 32px isotropic (8x8)."""
-    if architecture == "hierarchical":
-        config = dict(
-            architecture="hierarchical", image_size=64, dims=[16, 32, 48, 64], depths=[1, 1, 2, 1], heads=[2, 2, 4, 4],
-            mlp_ratios=[2.0, 2.0, 2.0, 2.0], head_hidden_size=32, layer_scale_init_values=[0.0, 0.0, 0.1, 0.1],
-        )
-    else:
-        config = dict(architecture="isotropic", image_size=32, patch_size=4, hidden_size=32, depth=2, num_heads=2,
-                      layer_scale_init_value=0.1)
-    config.update(attention_backend="sdpa", drop_path_rate=0.1, num_labels=5)
-    return SDTConfig(**{**config, **overrides})
+    """``tiny_classifier_config`` with stochastic depth on."""
+    return tiny_classifier_config(architecture, **{"drop_path_rate": 0.1, **overrides})
 
 
 def tiny_denoiser(in_channels=3, depth=3, **overrides):

@@ -16,7 +16,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 
 from sdt_gen import SDTConfig, SDTForImageClassification, SDTModel, SDTTransformer2DModel
 
-from helpers import perturbed
+from helpers import perturbed, tiny_classifier_config
 
 ARCHITECTURES = ["hierarchical", "isotropic", "probe"]
 
@@ -34,15 +34,7 @@ def tiny_config(architecture: str = "hierarchical", **overrides) -> SDTConfig:
         if "num_labels" in overrides or "id2label" in overrides:  # a new label set, not one next to the old
             del config["id2label"], config["label2id"]
         return SDTConfig.from_dict({**config, **overrides})
-    if architecture == "hierarchical":
-        config = dict(
-            architecture="hierarchical", image_size=64, dims=[16, 32, 48, 64], depths=[1, 1, 2, 1], heads=[2, 2, 4, 4],
-            mlp_ratios=[2.0, 2.0, 2.0, 2.0], head_hidden_size=32, layer_scale_init_values=[0.0, 0.0, 0.1, 0.1],
-        )
-    else:
-        config = dict(architecture="isotropic", image_size=32, patch_size=4, hidden_size=32, depth=2, num_heads=2,
-                      layer_scale_init_value=0.1)
-    return SDTConfig(**{**config, "attention_backend": "sdpa", "num_labels": 5, **overrides})
+    return tiny_classifier_config(architecture, **overrides)
 
 
 def pixels(config: SDTConfig, batch: int = 2, seed: int = 0) -> torch.Tensor:
