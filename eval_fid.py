@@ -34,6 +34,7 @@ from sdt_gen.metrics import (
     LABEL_MODES,
     METRICS,
     ImageFilesDataset,
+    ImageDataset,
     ScoringImageFolder,
     TransformersImageClassifier,
     as_image_dataset,
@@ -71,8 +72,8 @@ def image_size(pipe: SDTPipeline) -> tuple[int, int]:
     return height * factor, width * factor
 
 
-def check_reference(args, size: tuple[int, int]) -> None:
-    """A reference of another image size than the samples' is an error unless --resize-ref."""
+def open_reference(args, size: tuple[int, int]) -> ImageDataset:
+    """The --ref images at the samples' size; another size is an error unless --resize-ref."""
     reference = as_image_dataset(args.ref)
     if reference.size != tuple(size) and not args.resize_ref:
         raise ValueError(
@@ -80,6 +81,7 @@ def check_reference(args, size: tuple[int, int]) -> None:
             f"{size[0]}x{size[1]}; pass --resize-ref to resize (shorter side, bicubic) and center-crop the "
             f"reference to the samples' size, as ADM prepares its reference batches"
         )
+    return reference.with_size(size, args.resize_ref)
 
 
 def check_classifier_labels(classifier: TransformersImageClassifier, num_classes: int, id2label: dict) -> None:
@@ -160,10 +162,11 @@ def main(args):
     classifier = TransformersImageClassifier(args.classifier, device) if args.classifier else None
     if classifier is not None and pipe is not None:
         check_classifier_labels(classifier, pipe.transformer.config.num_classes, pipe.id2label)
+    reference = None
     if args.ref is not None and (any(m != "isc" for m in metrics) or classifier is not None):
-        check_reference(args, size)
+        reference = open_reference(args, size)
     if metrics:
-        preflight(metrics, args.ref, args.inception_weights, args.vgg16_weights, cache_name=args.ref_cache,
+        preflight(metrics, reference, args.inception_weights, args.vgg16_weights, cache_name=args.ref_cache,
                   cache_root=args.cache_root, sample_size=size, resize=args.resize_ref)
 
     # 2. Sample on every process
@@ -195,7 +198,7 @@ def main(args):
     if metrics:
         results = compute_metrics(
             samples,
-            args.ref,
+            reference,
             metrics,
             inception_weights=args.inception_weights,
             vgg16_weights=args.vgg16_weights,
@@ -206,7 +209,6 @@ def main(args):
             kid_subset_size=args.kid_subset_size,
         )
     if classifier is not None:
-        reference = args.ref
         if reference is None:
             results["notes"].append("classifier Fréchet distance skipped: it needs reference images (--ref)")
         results.update(
@@ -226,11 +228,10 @@ def main(args):
     if pipe is not None:
         manifest = json.loads((out_dir / "samples" / MANIFEST).read_text())
         extra.update(dtype=args.dtype, weights_sha256=manifest["weights_sha256"])
-    no_reference = args.ref is None and args.ref_cache is None  # IS or conditional accuracy alone
     protocol = build_protocol(
         num_samples=len(samples),
         reference=args.ref,
-        cache_name="" if no_reference else args.ref_cache,  # build_protocol insists on a reference...
+        cache_name=args.ref_cache,
         model_path=args.model,
         scheduler=pipe.scheduler if pipe is not None else None,
         num_inference_steps=args.steps if pipe is not None else None,
@@ -243,8 +244,6 @@ def main(args):
         feature_extractors=results.get("feature_extractors"),
         extra=extra,
     )
-    if no_reference:
-        protocol["reference"] = None  # ...which this run did not have
     path = write_results(out_dir, results, protocol)
     print(format_table(results))
     print(f"results: {path} (also appended to {path.with_name('history.jsonl')})")

@@ -190,9 +190,12 @@ class SpatialDecayAttention(nn.Module):
         self.decay = decay
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
-        gammas = rmt_gammas(num_heads, decay.initial_value, decay.heads_range)
-        self.gate = ContextAwareGate(dim, num_heads, decay.init, gammas) if decay.mode == "cag" else None
-        self.register_buffer("gammas", gammas, persistent=False)
+        self.gate = (
+            ContextAwareGate(dim, num_heads, decay.init, decay.initial_value, decay.heads_range)
+            if decay.mode == "cag"
+            else None
+        )
+        self.register_buffer("gammas", rmt_gammas(num_heads, decay.initial_value, decay.heads_range), persistent=False)
         self.lepe = (
             nn.Conv2d(dim, dim, lepe_kernel_size, padding=lepe_kernel_size // 2, groups=dim)
             if lepe_kernel_size

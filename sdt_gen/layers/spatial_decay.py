@@ -137,22 +137,31 @@ class ContextAwareGate(nn.Module):
         num_heads: number of heads ``H``.
         decay_init: ``"rmt"`` starts as RMT's fixed decay (``W_g = 0``, ``b_g = logit(gamma_k)``,
             ``alpha = 1``); ``"zero"`` starts as plain attention (``alpha = 0``).
-        gammas: RMT gammas ``(H,)`` used by the ``"rmt"`` initialisation.
+        initial_value, heads_range: RMT's ``a`` and ``b`` of the gammas the ``"rmt"`` start matches.
     """
 
-    def __init__(self, dim: int, num_heads: int, decay_init: str = "rmt", gammas: torch.Tensor | None = None):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        decay_init: str = "rmt",
+        initial_value: float = 2.0,
+        heads_range: float = 6.0,
+    ):
         super().__init__()
         self.decay_init = check_choice("decay_init", decay_init, DECAY_INITS)
+        self.initial_value = initial_value
+        self.heads_range = heads_range
         self.proj = nn.Linear(dim, num_heads)
         self.alpha = nn.Parameter(torch.ones(num_heads))
-        self.register_buffer("gammas", gammas if gammas is not None else rmt_gammas(num_heads), persistent=False)
         self.reset_parameters()
 
+    @torch.no_grad()
     def reset_parameters(self) -> None:
-        nn.init.zeros_(self.proj.weight)
-        with torch.no_grad():
-            self.proj.bias.copy_(torch.logit(self.gammas.double()).float())
-            self.alpha.fill_(1.0 if self.decay_init == "rmt" else 0.0)
+        gammas = rmt_gammas(self.alpha.numel(), self.initial_value, self.heads_range)
+        self.proj.weight.zero_()
+        self.proj.bias.copy_(torch.logit(gammas.double()).float())
+        self.alpha.fill_(1.0 if self.decay_init == "rmt" else 0.0)
 
     def log_gates(self, x: torch.Tensor) -> torch.Tensor:
         """``g = logsigmoid(x W_g + b_g)``: ``(B, N, C) -> (B, H, N)``."""

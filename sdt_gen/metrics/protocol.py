@@ -44,8 +44,10 @@ def _model_record(model_path: str | os.PathLike) -> dict[str, Any]:
 
 def _reference_record(
     reference: str | os.PathLike | None, cache_name: str | None, resize: bool
-) -> dict[str, Any]:
+) -> dict[str, Any] | None:
     """The reference's path and kind: ``folder``, ``npz`` or ``cache`` (statistics read by name).
+
+    ``None`` when there was no reference (Inception Score or conditional accuracy alone).
 
     Args:
         reference: the reference folder or ``.npz``, or ``None`` when only the cache was read.
@@ -54,7 +56,7 @@ def _reference_record(
     """
     if reference is None:
         if cache_name is None:
-            raise ValueError("the protocol needs a reference path or a cache_name; got neither")
+            return None
         kind = "cache"
     else:
         reference = Path(reference)
@@ -91,7 +93,8 @@ def build_protocol(
 
     Args:
         num_samples: how many images were scored.
-        reference: the reference folder or ``.npz``; ``None`` when only cached statistics were read.
+        reference: the reference folder or ``.npz``; ``None`` when only cached statistics were read
+            or nothing was compared against a reference.
         model_path: the pipeline folder; its config files are hashed.
         scheduler: the scheduler (its class name and config are recorded) or its class name.
         num_inference_steps: sampling steps.

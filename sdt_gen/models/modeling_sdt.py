@@ -387,17 +387,15 @@ class SDTForImageClassification(SDTPreTrainedModel):
 #################################################################################
 
 def _init_decay(attn: SpatialDecayAttention) -> None:
-    """RMT gammas (a non-persistent buffer shared with the gate) and the CAG's start values."""
+    """RMT gammas (a non-persistent buffer) and, unless a checkpoint gave them, the CAG's start values."""
     gammas = rmt_gammas(attn.num_heads, attn.decay.initial_value, attn.decay.heads_range)
     if attn.gammas.is_meta:  # left on meta by a checkpoint load
         attn.gammas = torch.empty_like(gammas)
     init.copy_(attn.gammas, gammas.to(attn.gammas.device))
     gate = attn.gate
-    if gate is not None:
-        gate.gammas = attn.gammas  # one tensor, as SpatialDecayAttention builds it (a load may have split them)
-        init.zeros_(gate.proj.weight)
-        init.copy_(gate.proj.bias, torch.logit(gammas.double()).float().to(gate.proj.bias.device))
-        init.constant_(gate.alpha, 1.0 if gate.decay_init == "rmt" else 0.0)
+    # transformers marks what a checkpoint loaded; the gate's own reset would overwrite it.
+    if gate is not None and not any(getattr(p, "_is_hf_initialized", False) for p in gate.parameters()):
+        gate.reset_parameters()
 
 
 #################################################################################

@@ -40,14 +40,14 @@ def test_fixed_bias_is_distance_times_log_gamma():
 
 
 def test_cag_with_rmt_init_equals_fixed_and_zero_init_equals_none():
-    gammas = rmt_gammas(3)
+    gammas = rmt_gammas(3, initial_value=1.5, heads_range=4.0)
     x = torch.randn(2, 12, 16)
     dist = manhattan_distance(3, 4)
-    rmt_gate = ContextAwareGate(16, 3, "rmt", gammas)
+    rmt_gate = ContextAwareGate(16, 3, "rmt", initial_value=1.5, heads_range=4.0)
     torch.testing.assert_close(
         decay_bias(rmt_gate(x), dist), decay_bias(fixed_rates(gammas), dist).expand(2, -1, -1, -1)
     )
-    zero_gate = ContextAwareGate(16, 3, "zero", gammas)
+    zero_gate = ContextAwareGate(16, 3, "zero")
     assert torch.count_nonzero(decay_bias(zero_gate(x), dist)) == 0
 
 

@@ -95,7 +95,7 @@ def test_fresh_model_is_identity_of_zero_output_and_gates_start_as_rmt():
     assert torch.count_nonzero(model(x, t, y).sample) == 0  # adaLN-Zero: zero output layer
     gate = model.blocks[1].attn.gate
     assert torch.count_nonzero(gate.proj.weight) == 0
-    torch.testing.assert_close(torch.sigmoid(gate.proj.bias), gate.gammas)
+    torch.testing.assert_close(torch.sigmoid(gate.proj.bias), model.blocks[1].attn.gammas)
 
 
 def test_label_dropout_uses_the_null_class_of_the_config():
