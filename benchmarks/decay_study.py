@@ -34,10 +34,6 @@ import sys
 import time
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from accelerate import PartialState  # noqa: E402
@@ -46,6 +42,14 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the training scripts beside benchmarks/
 import train_classifier  # noqa: E402
 import train_dit  # noqa: E402
+from decay_study_report import (  # noqa: E402
+    METRICS,
+    plot_curves,
+    plot_decay_maps,
+    plot_gates,
+    plot_samples,
+    write_summary,
+)
 
 from sdt_gen.cli import (  # noqa: E402
     non_negative_float,
@@ -74,7 +78,6 @@ from sdt_gen.metrics import (  # noqa: E402
 from sdt_gen.files import atomic_file, write_json_atomically  # noqa: E402
 from sdt_gen.metrics.sampling import to_uint8  # noqa: E402
 from sdt_gen.pipelines import SCHEDULERS, scheduler_by_name  # noqa: E402
-from sdt_gen.visualize import make_grid_png  # noqa: E402
 
 STUDY = dict(
     modes=["none", "fixed", "cag"], seeds=[0, 1, 2], model="SDT-Ti/4", steps=3000, evals=3, global_batch_size=32,
@@ -88,12 +91,7 @@ HELDOUT_TIMESTEPS = (25, 100, 250, 400, 550, 700, 850, 975)
 GATE_TIMESTEPS = (0, 100, 200, 300, 400, 500, 600, 700, 800, 900, 999)
 SAMPLE_SEED = 0
 NEIGHBOURHOOD = 3
-# (label, key, lower is better): the metrics of the summary table and the paired differences.
-METRICS = (
-    ("FD", "fd", True), ("cond. acc.", "accuracy", False), ("precision", "precision", False),
-    ("recall", "recall", False), ("held-out loss", "heldout_mse", True),
-    ("FID", "fid", True), ("IS", "inception_score", False),
-)
+
 
 
 def write_json(path: Path, value) -> None:
@@ -385,178 +383,6 @@ def final_pipeline(out: Path, name: str) -> Path:
     return run_folder(out, name) / "pipeline"
 
 
-def fmt(stat: dict, digits: int = 3) -> str:
-    return f"{stat['mean']:.{digits}g} ± {stat['std']:.2g}" if stat["n"] > 1 else f"{stat['mean']:.{digits}g}"
-
-
-def write_summary(args, out: Path, results: dict) -> None:
-    summary, paired, evaluator = results["summary"], results["paired_vs_none"], results["evaluator"]
-    protocol = results["protocol"]
-    columns = [(label, key) for label, key, _ in METRICS if key in next(iter(summary.values()))]
-    lines = [
-        "# Decay study", "",
-        f"{protocol['model']} on {protocol['data']}, "
-        + ("SiT's flow-matching objective, " if args.objective == "flow" else "")
-        + f"{protocol['steps']} steps of {protocol['global_batch_size']} "
-        f"images (lr {protocol['lr']}), seeds {' '.join(map(str, args.seeds))}; EMA weights of step "
-        f"{eval_steps(args)[-1]}. Samples: {protocol['sampling']['num_samples']} class-balanced, "
-        f"{protocol['sampling']['scheduler']} {protocol['sampling']['steps']} steps, guidance "
-        f"{protocol['sampling']['guidance_scale']}. Evaluator held-out top-1: "
-        f"{evaluator.get('heldout_top1', float('nan')):.4f}. Mean ± standard deviation over seeds; steps/s and "
-        "training time are wall clock, checkpoints and exports included, evaluations not.", "",
-        "| mode | " + " | ".join(label for label, _ in columns) + " | steps/s | training time |",
-        "|---" * (len(columns) + 3) + "|",
-    ]
-    for mode in args.modes:
-        stats = summary[mode]
-        cells = [fmt(stats[key]) for _, key in columns]
-        wall = stats["training_seconds"]["mean"] / 60
-        lines.append(f"| {mode} | " + " | ".join(cells) + f" | {fmt(stats['steps_per_second'])} | {wall:.1f} min |")
-    if paired:
-        lines += ["", "Paired differences against `none` (same seed), mean and 95% interval:", "",
-                  "| mode | " + " | ".join(label for label, _ in columns) + " | steps/s |",
-                  "|---" * (len(columns) + 2) + "|"]
-        for mode, diffs in paired.items():
-            cells = [f"{diffs[key]['mean']:+.3g} [{diffs[key]['low']:+.3g}, {diffs[key]['high']:+.3g}]"
-                     for _, key in columns + [("", "steps_per_second")]]
-            lines.append(f"| {mode} | " + " | ".join(cells) + " |")
-        lines += ["", "Reading:", ""]
-        for mode, diffs in paired.items():
-            lines.append(f"- **{mode} vs none**: " + describe(diffs, columns))
-    total = sum(results["seconds"].values()) / 60
-    lines += ["", f"Compute: {total:.0f} min in all (training {results['seconds']['training'] / 60:.0f}, evaluation "
-              f"{results['seconds']['evaluation'] / 60:.0f}, evaluator {results['seconds']['evaluator_training'] / 60:.0f}). "
-              "Written by `python benchmarks/decay_study.py`; every number and the protocol are in `results.json`."]
-    (out / "summary.md").write_text("\n".join(lines) + "\n")
-
-
-def describe(diffs: dict, columns) -> str:
-    """In words: which differences the 95% intervals support, and which they do not."""
-    better = {key: lower for _, key, lower in METRICS}
-    supported, unsupported = [], []
-    for label, key in columns:
-        d = diffs[key]
-        if d["excludes_zero"]:
-            direction = "better" if (d["mean"] < 0) == better[key] else "worse"
-            supported.append(f"{label} {direction} by {abs(d['mean']):.3g}")
-        else:
-            unsupported.append(label)
-    parts = []
-    if supported:
-        parts.append("interval excludes 0 for " + ", ".join(supported))
-    if unsupported:
-        parts.append("no measurable difference (interval contains 0) in " + ", ".join(unsupported))
-    return "; ".join(parts) + "."
-
-
-#################################################################################
-#                                   Pictures                                    #
-#################################################################################
-
-MODE_COLOURS = {"none": "tab:gray", "fixed": "tab:blue", "cag": "tab:red"}
-
-
-def plot_curves(args, out: Path, runs: dict) -> None:
-    """FD, conditional accuracy and held-out loss against the training step: mean over seeds, band min..max."""
-    keys = [(k, label) for label, k, _ in METRICS if k in ("fd", "accuracy", "heldout_mse")
-            and all(k in r["evals"][str(eval_steps(args)[0])] for r in runs.values())]
-    fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.4), squeeze=False)
-    steps = eval_steps(args)
-    for ax, (key, label) in zip(axes[0], keys):
-        for mode in args.modes:
-            values = np.array([[r["evals"][str(s)][key] for s in steps] for r in runs.values() if r["mode"] == mode])
-            colour = MODE_COLOURS.get(mode)
-            ax.plot(steps, values.mean(0), marker="o", label=mode, color=colour)
-            ax.fill_between(steps, values.min(0), values.max(0), alpha=0.2, color=colour)
-        ax.set_xlabel("training step")
-        ax.set_title(label)
-        ax.grid(alpha=0.3)
-    axes[0][0].legend()
-    fig.tight_layout()
-    fig.savefig(out / "fd_vs_step.png", dpi=110)
-    plt.close(fig)
-
-
-def plot_samples(args, out: Path) -> None:
-    """The same classes and seeds under every mode (seed 0 runs, last step): one block per mode."""
-    seed, step = args.seeds[0], eval_steps(args)[-1]
-    per_block = min(40, args.num_samples)
-    fig, axes = plt.subplots(1, len(args.modes), figsize=(4 * len(args.modes), 2.2), squeeze=False)
-    for ax, mode in zip(axes[0], args.modes):
-        folder = out / "evals" / run_name(mode, seed) / f"step-{step:07d}" / "samples"
-        samples = ImageFilesDataset(sorted(folder.glob("*.png"))[:per_block])
-        images = np.stack([samples[i].numpy() for i in range(len(samples))])  # (N, 3, H, W) uint8
-        ax.imshow(make_grid_png(images, nrow=min(10, per_block), scale=1))
-        ax.set_title(f"{mode} (seed {seed}, step {step})")
-        ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(out / "samples.png", dpi=110)
-    plt.close(fig)
-
-
-def plot_decay_maps(args, out: Path, heldout) -> None:
-    """Learned cag decay against fixed, for three query tokens at three noise levels (seed 0, heads averaged)."""
-    if not {"fixed", "cag"} <= set(args.modes):
-        return
-    seed = args.seeds[0]
-    models = {m: SDTPipeline.from_pretrained(final_pipeline(out, run_name(m, seed))).transformer for m in ("fixed", "cag")}
-    x0, labels, _ = heldout
-    x0, labels = x0[:1], labels[:1]
-    h, w = models["cag"].grid_size
-    queries = [(1, 1), (h // 2, w // 2), (h - 2, w // 3)]
-    rows = [("fixed", 500), ("cag", 50), ("cag", 500), ("cag", 950)]
-    depth = models["cag"].config.depth
-    layers = sorted({0, depth - 1})
-    fig, axes = plt.subplots(len(rows), 1 + len(queries) * len(layers), figsize=(1.6 * (1 + 3 * len(layers)), 1.7 * 4))
-    for r, (mode, t) in enumerate(rows):
-        noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(t))
-        t_batch = torch.full((1,), t, dtype=torch.long)
-        xt = noisy_input(models[mode], x0, t_batch, noise)
-        axes[r][0].imshow(xt[0, 0], cmap="gray")
-        axes[r][0].set_ylabel(f"{mode}, t={t}" if mode == "cag" else "fixed (any t)", fontsize=8)
-        for q, query in enumerate(queries):
-            maps = models[mode].decay_maps(xt, t_batch, labels, query=query)  # (depth, 1, H, h, w)
-            for li, layer in enumerate(layers):
-                ax = axes[r][1 + q * len(layers) + li]
-                ax.imshow(maps[layer, 0].mean(0), cmap="magma", vmin=0, vmax=1)
-                if r == 0:
-                    ax.set_title(f"query {query}\nlayer {layer}", fontsize=7)
-    for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.suptitle("decay exp(B(query, .)), mean over heads; left: the noisy input", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(out / "decay_maps.png", dpi=110)
-    plt.close(fig)
-
-
-def plot_gates(args, out: Path, curves: dict, runs: dict) -> None:
-    """Per layer and head: the learned decay per unit distance against the timestep (cag), and fixed's gamma."""
-    cag = np.array([c for name, c in curves.items() if runs[name]["mode"] == "cag"])  # (seeds, T, depth, H)
-    fixed = np.array([c for name, c in curves.items() if runs[name]["mode"] == "fixed"])
-    if not len(cag):
-        return
-    depth, heads = cag.shape[2], cag.shape[3]
-    fig, axes = plt.subplots(1, depth, figsize=(3.2 * depth, 3.2), sharey=True, squeeze=False)
-    for layer, ax in enumerate(axes[0]):
-        for head in range(heads):
-            colour = f"C{head}"
-            ax.plot(GATE_TIMESTEPS, cag[:, :, layer, head].mean(0), color=colour, label=f"head {head}")
-            ax.fill_between(GATE_TIMESTEPS, cag[:, :, layer, head].min(0), cag[:, :, layer, head].max(0),
-                            color=colour, alpha=0.2)
-            if len(fixed):
-                ax.axhline(fixed[0, 0, layer, head], color=colour, linestyle="--", linewidth=0.8)
-        ax.set_title(f"layer {layer}")
-        ax.set_xlabel("diffusion timestep (noise ->)")
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("decay per unit distance exp(2 mean a)")
-    axes[0][0].legend(fontsize=7)
-    fig.suptitle("cag (solid: mean over seeds, band min..max) and fixed RMT gammas (dashed)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(out / "gates_vs_timestep.png", dpi=110)
-    plt.close(fig)
-
-
 #################################################################################
 #                                     Main                                      #
 #################################################################################
@@ -610,11 +436,17 @@ def main(args):
         "gates_vs_timestep": {"timesteps": list(GATE_TIMESTEPS), "strength": curves},
     }
     write_json(out / "results.json", results)
-    write_summary(args, out, results)
-    plot_curves(args, out, runs)
-    plot_samples(args, out)
-    plot_decay_maps(args, out, heldout)
-    plot_gates(args, out, curves, runs)
+    steps = eval_steps(args)
+    write_summary(out, results, objective=args.objective, final_step=steps[-1])
+    plot_curves(out, runs, args.modes, steps)
+    seed = args.seeds[0]
+    samples = {mode: out / "evals" / run_name(mode, seed) / f"step-{steps[-1]:07d}" / "samples" for mode in args.modes}
+    plot_samples(out, samples, min(40, args.num_samples), f"seed {seed}, step {steps[-1]}")
+    if {"fixed", "cag"} <= set(args.modes):
+        models = {m: SDTPipeline.from_pretrained(final_pipeline(out, run_name(m, seed))).transformer
+                  for m in ("fixed", "cag")}
+        plot_decay_maps(out, models, heldout[0][:1], heldout[1][:1], noisy_input)
+    plot_gates(out, curves, runs, GATE_TIMESTEPS)
     print((out / "summary.md").read_text())
     return results
 

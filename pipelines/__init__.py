@@ -1,7 +1,8 @@
 """Diffusers pipelines for SDT models, installed as ``sdt_gen.pipelines``."""
 
-from .pipeline_sdt import SDTPipeline, check_pipeline_folder, image_seed, label_slug
+from .class_names import ClassNames, label_slug
+from .pipeline_sdt import SDTPipeline, check_pipeline_folder, image_seed
 from .schedulers import SCHEDULERS, default_scheduler, dit_scheduler, flow_scheduler, scheduler_by_name
 
-__all__ = ["SCHEDULERS", "SDTPipeline", "check_pipeline_folder", "default_scheduler", "dit_scheduler",
+__all__ = ["SCHEDULERS", "ClassNames", "SDTPipeline", "check_pipeline_folder", "default_scheduler", "dit_scheduler",
            "flow_scheduler", "image_seed", "label_slug", "scheduler_by_name"]

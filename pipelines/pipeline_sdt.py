@@ -8,12 +8,10 @@ every latent channel unless DiT's original 3-of-4-channel protocol is asked for 
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import json
 import os
-import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from numbers import Integral
 from pathlib import Path
 
@@ -29,6 +27,7 @@ from sdt_gen.files import atomic_folder
 from sdt_gen.hub import local_folder
 from sdt_gen.models.transformer_sdt import SDTTransformer2DModel
 
+from .class_names import ClassLabels, ClassNames
 from .schedulers import FLOW_SCHEDULERS, dit_scheduler
 
 logger = logging.get_logger(__name__)
@@ -37,9 +36,6 @@ logger = logging.get_logger(__name__)
 _VARIANCE_SCHEDULERS = (DDPMScheduler, DDPMParallelScheduler, UnCLIPScheduler)
 _LEARNED_VARIANCE = ("learned", "learned_range")
 _OUTPUT_TYPES = ("pil", "np", "pt")
-
-ClassLabels = int | str | Sequence[int | str] | torch.Tensor | np.ndarray
-"""What ``SDTPipeline`` takes as class labels: one id or name, a sequence of them, or a 1-D tensor or array of ids."""
 
 PIPELINE_MODULE = "pipeline_sdt"
 PIPELINE_LOADER = (
@@ -60,11 +56,6 @@ def image_seed(seed: int, index: int) -> int:
         index: the image index (< 1_000_003).
     """
     return seed * SEED_STRIDE + index
-
-
-def label_slug(name: str) -> str:
-    """A class name as a file-name part: lower case, runs of other characters as ``_``."""
-    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_") or "class"
 
 
 #################################################################################
@@ -132,109 +123,28 @@ class SDTPipeline(DiffusionPipeline):
     ):
         super().__init__()
         self.register_modules(transformer=transformer, scheduler=scheduler, vae=vae)
-        num_classes = transformer.config.num_classes
-        labels = None
-        if id2label is not None:
-            labels = {}
-            for key, name in id2label.items():
-                class_id = int(key)
-                if not 0 <= class_id < num_classes:
-                    raise ValueError(f"id2label has class id {class_id}, outside the model's 0..{num_classes - 1}")
-                labels[str(class_id)] = str(name)
-            labels = dict(sorted(labels.items(), key=lambda item: int(item[0])))
-        self.register_to_config(id2label=labels)  # JSON keys are strings; saved in model_index.json
-        self._name_index = self._build_name_index(labels or {})
+        self._class_names = ClassNames(id2label, transformer.config.num_classes)
+        self.register_to_config(id2label=self._class_names.to_json())  # saved in model_index.json
 
     # ------------------------------------------------------------------ labels
-
-    @staticmethod
-    def _build_name_index(id2label: Mapping[str, str]) -> dict[str, list[int]]:
-        index: dict[str, list[int]] = {}
-        for key, label in id2label.items():
-            names = {label.strip().lower()} | {name.strip().lower() for name in label.split(",")}
-            for name in names - {""}:
-                index.setdefault(name, []).append(int(key))
-        return index
 
     @property
     def id2label(self) -> dict[int, str]:
         """Class names by integer id (empty when the pipeline has none)."""
-        return {int(k): v for k, v in (self.config.id2label or {}).items()}
+        return self._class_names.id2label
 
     @property
     def labels(self) -> dict[str, int]:
-        """Lower-case class name (each comma-separated synonym) to id, as ``DiTPipeline.labels``.
-
-        Names shared by several classes (ImageNet has a few, e.g. "crane") are left out: use the id.
-        """
-        return {name: ids[0] for name, ids in sorted(self._name_index.items()) if len(ids) == 1}
+        """Lower-case class name (each comma-separated synonym) to id, as ``DiTPipeline.labels``."""
+        return self._class_names.labels
 
     def label_name(self, class_id: int) -> str:
         """The first name of class ``class_id``, or the id as text when there is no ``id2label``."""
-        label = self.id2label.get(int(class_id))
-        return label.split(",")[0].strip() if label else str(class_id)
+        return self._class_names.name(class_id)
 
     def get_label_ids(self, labels: ClassLabels) -> list[int]:
-        """Map class ids and names (case-insensitive, any comma-separated synonym) to validated ids, one per image.
-
-        Takes what ``DiTPipeline`` takes (a list of ids, a 1-D integer tensor; names through its
-        ``get_label_ids``) and also one id, one name, a list mixing ids and names, or a 1-D NumPy array.
-
-        Raises:
-            ValueError: an id outside ``0..num_classes-1``; an unknown or ambiguous name (suggesting the closest
-                known names); a tensor or array with more than one dimension.
-            TypeError: ``labels`` or one of its entries is neither a class id nor a class name.
-        """
-        if isinstance(labels, (torch.Tensor, np.ndarray)):
-            if labels.ndim > 1:
-                raise ValueError(
-                    f"class_labels must be a 1-D tensor or array (one class per image), got shape {tuple(labels.shape)}"
-                )
-            labels = labels.reshape(-1).tolist()
-        elif isinstance(labels, (str, Integral)):
-            labels = [labels]
-        elif not isinstance(labels, Iterable):
-            raise TypeError(
-                "class_labels must be a class id, a class name, a list of them or a 1-D tensor of ids, "
-                f"got {labels!r} of type {type(labels).__name__}"
-            )
-        num_classes = self.transformer.config.num_classes
-        ids = []
-        for label in labels:
-            if isinstance(label, (torch.Tensor, np.ndarray)) and label.ndim == 0:
-                label = label.item()  # [torch.tensor(3), 5] is a list of ids, as torch.tensor() reads it
-            if isinstance(label, str) and label.strip().isdigit() and label.strip().lower() not in self._name_index:
-                label = int(label)
-            if isinstance(label, Integral) and not isinstance(label, (bool, np.bool_)):
-                class_id = int(label)
-                if not 0 <= class_id < num_classes:
-                    raise ValueError(
-                        f"class id {class_id} is out of range: this model has classes 0..{num_classes - 1} "
-                        f"(for unconditional samples use guidance_scale=0)"
-                    )
-            elif isinstance(label, str):
-                class_id = self._lookup_name(label)
-            else:
-                raise TypeError(
-                    f"class label {label!r} of type {type(label).__name__} is neither a class id (int) "
-                    "nor a class name (str)"
-                )
-            ids.append(class_id)
-        return ids
-
-    def _lookup_name(self, name: str) -> int:
-        key = name.strip().lower()
-        if not self._name_index:
-            raise ValueError(f"class name {name!r} given, but this pipeline has no id2label: pass class ids")
-        ids = self._name_index.get(key)
-        if ids is None:
-            close = difflib.get_close_matches(key, list(self._name_index), n=5, cutoff=0.5)
-            hint = f"; closest names: {', '.join(repr(c) for c in close)}" if close else ""
-            raise ValueError(f"unknown class name {name!r}{hint}")
-        if len(ids) > 1:
-            choices = ", ".join(f"{i} ({self.id2label[i]})" for i in ids)
-            raise ValueError(f"class name {name!r} is ambiguous: it names classes {choices}; pass the id")
-        return ids[0]
+        """Map class ids and names to validated ids, one per image (see ``ClassNames.ids``)."""
+        return self._class_names.ids(labels)
 
     # ------------------------------------------------------------------ schedulers
 

@@ -39,7 +39,8 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..pipelines.pipeline_sdt import SEED_STRIDE, image_seed, label_slug
+from ..pipelines.class_names import label_slug
+from ..pipelines.pipeline_sdt import SEED_STRIDE, image_seed
 from ..files import PARTIAL_SUFFIX, atomic_file, write_json_atomically
 
 logger = logging.getLogger(__name__)
