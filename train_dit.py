@@ -14,7 +14,6 @@ EMA weights as an ``SDTPipeline`` folder).
 """
 
 import argparse
-import json
 import math
 import time
 from pathlib import Path
@@ -40,8 +39,11 @@ from sdt_gen.diffusion import OBJECTIVES, TIME_SAMPLINGS, make_objective
 from sdt_gen.hub import local_folder
 from sdt_gen.layers import ATTENTION_BACKENDS, DECAY_LAYOUTS, DECAY_MODES, DecayConfig
 from sdt_gen.pipelines import SCHEDULERS, default_scheduler, scheduler_by_name
+from sdt_gen.files import DamagedFolderError, atomic_folder, verify_manifest, write_manifest
 from sdt_gen.training import (
+    PREEMPTED_EXIT_CODE,
     DiTEMA,
+    PreemptionHandler,
     TrainState,
     check_finite,
     create_accelerator,
@@ -127,13 +129,17 @@ def build_model(args, shape, num_classes: int) -> SDTTransformer2DModel:
     )
 
 
-EXPORT_RECORD = "training_state.json"  # in the pipeline folder: the training step its weights are from
+EXPORT_RECORD = "training_state.json"  # in the pipeline folder: its step and each file's size and sha256
 
 
 def exported_step(path: Path) -> int | None:
-    """The training step of the EMA weights in pipeline folder ``path``; ``None`` if there is no export."""
-    record = Path(path) / EXPORT_RECORD
-    return json.loads(record.read_text())["step"] if record.is_file() else None
+    """The training step of the EMA weights in pipeline folder ``path``; ``None`` if it is missing or damaged."""
+    if not (Path(path) / EXPORT_RECORD).is_file():
+        return None
+    try:
+        return verify_manifest(path, EXPORT_RECORD)["step"]
+    except DamagedFolderError:
+        return None
 
 
 def build_pipeline(model, ema, vae, id2label) -> SDTPipeline:
@@ -276,20 +282,24 @@ def main(args):
         logger.info(f"step {state.step:07d}: EMA samples {latest_grid}")
 
     def export() -> None:
+        """The EMA pipeline with its model card, written whole; its manifest records the step."""
         if not accelerator.is_main_process:
             return
-        folder = run_dir / "pipeline"
         with own_random_stream():
             pipe = ema_pipeline()
-        pipe.save_pretrained_atomically(folder, records={EXPORT_RECORD: {"step": state.step}})
         metrics = {"train loss (window before the last log)": logged["loss"]} if "loss" in logged else {}
         card = denoiser_card(pipe.transformer.config, data_name, state.step, metrics, latest_grid and "samples.png")
-        save_card(card, folder, images={"samples.png": latest_grid} if latest_grid else None)
+        with atomic_folder(run_dir / "pipeline") as tmp:
+            pipe.save_pretrained(tmp)
+            save_card(card, tmp, images={"samples.png": latest_grid} if latest_grid else None)
+            write_manifest(tmp, EXPORT_RECORD, step=state.step)
         logger.info(f"step {state.step:07d}: checkpoint and pipeline saved")
 
-    if state.step >= args.max_steps and exported_step(run_dir / "pipeline") != state.step:
-        # Killed between its last checkpoint and the export: the pipeline must hold the final weights.
-        sample_grid()
+    if checkpoint is not None and exported_step(run_dir / "pipeline") != state.step:
+        # Killed between a checkpoint and its export (or the pipeline was damaged since): the pipeline
+        # must hold the weights of the newest checkpoint.
+        if state.step >= args.max_steps:
+            sample_grid()
         export()
 
     model.train()
@@ -300,68 +310,78 @@ def main(args):
     # host sync (and a cross-process reduce) per step, as DiT avoids.
     window_loss, first_nonfinite = torch.zeros((), device=device), torch.zeros((), dtype=torch.long, device=device)
     window_start, window_steps, skipped = time.perf_counter(), 0, 0
-    while state.step < args.max_steps:
-        for x, y in skip_consumed_batches(accelerator, loader, state):
-            state.batch_in_epoch += 1
-            skipped += per_process - len(y)
-            if vae is not None and args.data_path:
-                x = encode_images(vae, x)  # (B, C, H/8, W/8)
-            with accelerator.accumulate(model):
-                t = loss_fn.sample_timesteps(x.shape[0], device)
-                loss = loss_fn(model, x, t, model_kwargs=dict(class_labels=y))["loss"].mean()
-                accelerator.backward(loss)
-                grad_norm = None
-                if accelerator.sync_gradients:
-                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm or math.inf)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            if not accelerator.sync_gradients:
-                continue
+    with PreemptionHandler() as preemption:  # SIGTERM / SIGINT: a checkpoint after this step, then exit
+        while state.step < args.max_steps:
+            for x, y in skip_consumed_batches(accelerator, loader, state):
+                state.batch_in_epoch += 1
+                skipped += per_process - len(y)
+                if vae is not None and args.data_path:
+                    x = encode_images(vae, x)  # (B, C, H/8, W/8)
+                with accelerator.accumulate(model):
+                    t = loss_fn.sample_timesteps(x.shape[0], device)
+                    loss = loss_fn(model, x, t, model_kwargs=dict(class_labels=y))["loss"].mean()
+                    accelerator.backward(loss)
+                    grad_norm = None
+                    if accelerator.sync_gradients:
+                        grad_norm = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm or math.inf)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                if not accelerator.sync_gradients:
+                    continue
 
-            state.step += 1
-            window_steps += 1
-            ema.step(accelerator.unwrap_model(model).parameters())
-            window_loss += loss.detach()
-            bad = (first_nonfinite == 0) & ~torch.isfinite(loss.detach())
-            first_nonfinite = torch.where(bad, state.step, first_nonfinite)  # the first NaN step, on the device
-            progress.update(1)
-            last = state.step == args.max_steps
-            checkpoint_now = state.step % args.ckpt_every == 0 or last
-            if state.step % args.log_every == 0 or checkpoint_now:
-                # Every process reaches this together, so all stop together on a NaN.
-                mean_loss = accelerator.reduce(window_loss, reduction="mean").item() / window_steps
-                failed = accelerator.gather(first_nonfinite[None])
-                failed = failed[failed > 0]
-                if len(failed):
-                    check_finite(float("nan"), int(failed.min()), run_dir)
-                check_finite(mean_loss, state.step, run_dir)
-                elapsed = time.perf_counter() - window_start
-                stats = {
-                    "loss": mean_loss, "grad_norm": float(grad_norm), "lr": optimizer.param_groups[0]["lr"],
-                    "steps_per_sec": window_steps / elapsed,
-                    "images_per_sec": window_steps * args.global_batch_size / elapsed,
-                }
-                accelerator.log(stats, step=state.step)
-                logged.update(stats)
-                progress.set_postfix(loss=f"{stats['loss']:.4f}")
-                logger.info(
-                    f"step {state.step:07d} loss {stats['loss']:.4f} grad_norm {stats['grad_norm']:.3f} "
-                    f"{stats['steps_per_sec']:.2f} steps/s {stats['images_per_sec']:.1f} img/s"
-                    + (f" ({skipped} corrupt images skipped)" if skipped else "")
-                )
-                window_loss.zero_()
-                window_start, window_steps = time.perf_counter(), 0
-            if state.step % args.sample_every == 0 or last:
-                sample_grid()
-            if checkpoint_now:
-                save_checkpoint(accelerator, run_dir, state.step, keep_last=args.keep_checkpoints)
-                export()
-            if state.step % args.sample_every == 0 or checkpoint_now:
-                window_start = time.perf_counter()  # the rate counts training only
-            if state.step >= args.max_steps:
-                break
-        else:
-            state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+                state.step += 1
+                window_steps += 1
+                ema.step(accelerator.unwrap_model(model).parameters())
+                window_loss += loss.detach()
+                bad = (first_nonfinite == 0) & ~torch.isfinite(loss.detach())
+                first_nonfinite = torch.where(bad, state.step, first_nonfinite)  # the first NaN step, on the device
+                progress.update(1)
+                last = state.step == args.max_steps
+                checkpoint_now = state.step % args.ckpt_every == 0 or last
+                if state.step % args.log_every == 0 or checkpoint_now:
+                    # Every process reaches this together, so all stop together on a NaN.
+                    mean_loss = accelerator.reduce(window_loss, reduction="mean").item() / window_steps
+                    failed = accelerator.gather(first_nonfinite[None])
+                    failed = failed[failed > 0]
+                    if len(failed):
+                        check_finite(float("nan"), int(failed.min()), run_dir)
+                    check_finite(mean_loss, state.step, run_dir)
+                    elapsed = time.perf_counter() - window_start
+                    stats = {
+                        "loss": mean_loss, "grad_norm": float(grad_norm), "lr": optimizer.param_groups[0]["lr"],
+                        "steps_per_sec": window_steps / elapsed,
+                        "images_per_sec": window_steps * args.global_batch_size / elapsed,
+                    }
+                    accelerator.log(stats, step=state.step)
+                    logged.update(stats)
+                    progress.set_postfix(loss=f"{stats['loss']:.4f}")
+                    logger.info(
+                        f"step {state.step:07d} loss {stats['loss']:.4f} grad_norm {stats['grad_norm']:.3f} "
+                        f"{stats['steps_per_sec']:.2f} steps/s {stats['images_per_sec']:.1f} img/s"
+                        + (f" ({skipped} corrupt images skipped)" if skipped else "")
+                    )
+                    window_loss.zero_()
+                    window_start, window_steps = time.perf_counter(), 0
+                if state.step % args.sample_every == 0 or last:
+                    sample_grid()
+                if checkpoint_now:
+                    checkpoint_path = save_checkpoint(accelerator, run_dir, state.step, keep_last=args.keep_checkpoints)
+                    export()
+                if state.step % args.sample_every == 0 or checkpoint_now:
+                    window_start = time.perf_counter()  # the rate counts training only
+                if not last and preemption.stop_requested(accelerator):
+                    folder = checkpoint_path if checkpoint_now else save_checkpoint(
+                        accelerator, run_dir, state.step, keep_last=args.keep_checkpoints
+                    )
+                    progress.close()
+                    accelerator.end_training()
+                    logger.info(f"step {state.step:07d}: stopped by a signal; checkpoint {folder}, continue with "
+                                f"--resume latest (exit status {PREEMPTED_EXIT_CODE})")
+                    raise SystemExit(PREEMPTED_EXIT_CODE)
+                if state.step >= args.max_steps:
+                    break
+            else:
+                state.epoch, state.batch_in_epoch = state.epoch + 1, 0
 
     progress.close()
     accelerator.wait_for_everyone()

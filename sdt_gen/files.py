@@ -126,6 +126,58 @@ def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
     replace_folder(tmp, path)
 
 
+class DamagedFolderError(ValueError):
+    """A folder's files do not match its manifest: one missing, truncated or changed (the message names it)."""
+
+
+def write_manifest(folder: str | os.PathLike, name: str, **fields: Any) -> Path:
+    """Records every file under ``folder`` (size and sha256) in ``folder/name``, with ``fields``.
+
+    Write it last: a folder whose manifest verifies holds exactly what was written, however it was
+    copied, truncated or bit-flipped since (``verify_manifest``).
+
+    Args:
+        folder: the finished folder.
+        name: the manifest's file name (``checkpoint.json``).
+        fields: further JSON values to record (``step=1000``).
+    """
+    folder = Path(folder)
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != name)
+    record = dict(fields, files={
+        p.relative_to(folder).as_posix(): {"bytes": p.stat().st_size, "sha256": file_sha256(p)} for p in files
+    })
+    write_json_atomically(folder / name, record, sort_keys=True)
+    return folder / name
+
+
+def verify_manifest(folder: str | os.PathLike, name: str) -> dict:
+    """The fields of ``folder/name`` once every file it records is present, of its size and content.
+
+    Raises:
+        DamagedFolderError: the manifest is missing or unreadable, or a file it records is missing,
+            of another size or of another sha256; the message names the file and what is wrong.
+    """
+    folder = Path(folder)
+    manifest = folder / name
+    if not manifest.is_file():
+        raise DamagedFolderError(f"{manifest} is missing: {folder} was not completely written")
+    try:
+        record = json.loads(manifest.read_text())
+        files = record.pop("files")
+    except (ValueError, KeyError, AttributeError) as error:
+        raise DamagedFolderError(f"{manifest} is damaged ({error})") from None
+    for relative, expected in files.items():
+        path = folder / relative
+        if not path.is_file():
+            raise DamagedFolderError(f"{path} is missing")
+        size = path.stat().st_size
+        if size != expected["bytes"]:
+            raise DamagedFolderError(f"{path} has {size} bytes, {expected['bytes']} were written (truncated or cut)")
+        if file_sha256(path) != expected["sha256"]:
+            raise DamagedFolderError(f"{path} does not match the sha256 recorded when it was written (corrupted)")
+    return record
+
+
 def file_sha256(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
     """The sha256 of the file's raw bytes, as a hex string (what ``sha256sum`` prints), read in chunks."""
     digest = hashlib.sha256()
@@ -136,6 +188,7 @@ def file_sha256(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
 
 
 __all__ = [
+    "DamagedFolderError",
     "PARTIAL_SUFFIX",
     "TMP_FOLDER_PREFIX",
     "atomic_file",
@@ -145,7 +198,9 @@ __all__ = [
     "partial_path",
     "replace_folder",
     "temporary_folder",
+    "verify_manifest",
     "write_bytes_atomically",
     "write_json_atomically",
+    "write_manifest",
     "write_text_atomically",
 ]

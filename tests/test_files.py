@@ -90,3 +90,31 @@ def test_file_sha256_is_sha256sums(tmp_path):
     data = bytes(range(256)) * 5000  # more than one chunk
     (tmp_path / "w.bin").write_bytes(data)
     assert file_sha256(tmp_path / "w.bin", chunk_size=1000) == hashlib.sha256(data).hexdigest()
+
+
+def test_manifest_names_the_missing_truncated_or_changed_file(tmp_path):
+    from sdt_gen.files import DamagedFolderError, verify_manifest, write_manifest
+
+    folder = tmp_path / "folder"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a.bin").write_bytes(b"0123456789")
+    (folder / "sub" / "b.json").write_text("{}")
+    write_manifest(folder, "manifest.json", step=7)
+    assert verify_manifest(folder, "manifest.json") == {"step": 7}
+
+    (folder / "a.bin").write_bytes(b"01234")
+    with pytest.raises(DamagedFolderError, match=r"a.bin has 5 bytes, 10 were written"):
+        verify_manifest(folder, "manifest.json")
+    (folder / "a.bin").write_bytes(b"0123456780")
+    with pytest.raises(DamagedFolderError, match=r"a.bin does not match the sha256"):
+        verify_manifest(folder, "manifest.json")
+    (folder / "a.bin").write_bytes(b"0123456789")
+    (folder / "sub" / "b.json").unlink()
+    with pytest.raises(DamagedFolderError, match=r"sub/b.json is missing"):
+        verify_manifest(folder, "manifest.json")
+    (folder / "manifest.json").write_text("{not json")
+    with pytest.raises(DamagedFolderError, match=r"manifest.json is damaged"):
+        verify_manifest(folder, "manifest.json")
+    (folder / "manifest.json").unlink()
+    with pytest.raises(DamagedFolderError, match=r"manifest.json is missing"):
+        verify_manifest(folder, "manifest.json")

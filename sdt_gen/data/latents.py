@@ -24,10 +24,12 @@ import bisect
 import json
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
@@ -112,6 +114,17 @@ def _encode_range(
     return {key: torch.cat(values) for key, values in parts.items()}
 
 
+@contextmanager
+def open_shard(path: str, remedy: str) -> Iterator[Any]:
+    """``safe_open(path)``; a damaged shard raises a ``ValueError`` naming it and ``remedy``."""
+    try:
+        f = safe_open(path, framework="pt")
+    except (SafetensorError, OSError) as error:
+        raise ValueError(f"latent shard {path} is damaged ({error}): {remedy}") from None
+    with f:
+        yield f
+
+
 def _check_existing_shards(out_dir: str, plan: list[tuple[int, int]], shard_size: int) -> None:
     """Refuse to mix shards from an extraction with another data set size or shard size."""
     planned = {shard_name(start, end) for start, end in plan}
@@ -178,7 +191,14 @@ def extract_latents(
     ]
     for start, end in tqdm(todo, desc="extracting latents", disable=not accelerator.is_local_main_process):
         tensors = _encode_range(dataset, vae, start, end, batch_size, num_workers, seed, accelerator.device)
-        _write_atomic(tensors, os.path.join(out_dir, shard_name(start, end)))
+        shard_path = os.path.join(out_dir, shard_name(start, end))
+        try:
+            _write_atomic(tensors, shard_path)
+        except OSError as error:
+            raise OSError(
+                f"could not write latent shard {shard_path}: {error.strerror or error}; the shards written so far "
+                "are complete, run the extraction again to continue"
+            ) from error
     accelerator.wait_for_everyone()
 
     meta_path = os.path.join(out_dir, "meta.json")
@@ -186,7 +206,7 @@ def extract_latents(
         names = [shard_name(start, end) for start, end in plan]
         count = 0
         for name in names:
-            with safe_open(os.path.join(out_dir, name), framework="pt") as f:
+            with open_shard(os.path.join(out_dir, name), "delete it and run the extraction again") as f:
                 count += f.get_slice("indices").get_shape()[0]
                 latent_shape = f.get_slice("latents").get_shape()[1:]
         meta = {
@@ -202,6 +222,7 @@ def extract_latents(
             "shard_size": shard_size,
             "seed": seed,
             "shards": names,
+            "shard_bytes": [os.path.getsize(os.path.join(out_dir, name)) for name in names],
         }
         write_json_atomically(meta_path, meta)
     accelerator.wait_for_everyone()
@@ -250,9 +271,15 @@ class LatentDataset(Dataset):
 
         self.latent_shape = tuple(self.meta["latent_shape"])
         self.paths = [os.path.join(path, name) for name in listed]
+        for shard_path, expected in zip(self.paths, self.meta.get("shard_bytes") or []):
+            if os.path.getsize(shard_path) != expected:
+                raise ValueError(
+                    f"latent shard {shard_path} has {os.path.getsize(shard_path)} bytes but {expected} were written "
+                    "(truncated or partly copied): copy it again, or delete it and meta.json and rerun the extraction"
+                )
         labels, self.offsets = [], [0]  # offsets[k]: global row of shard k's first item
         for shard_path in self.paths:
-            with safe_open(shard_path, framework="pt") as f:
+            with open_shard(shard_path, "copy it again, or delete it and meta.json and rerun the extraction") as f:
                 if set(f.keys()) != set(SHARD_KEYS):
                     raise ValueError(f"{shard_path} holds {sorted(f.keys())}; expected {sorted(SHARD_KEYS)}")
                 shard_labels = f.get_tensor("labels")  # (n,)

@@ -127,8 +127,14 @@ class ImageFilesDataset(ImageDataset):
         return len(self.files)
 
     def _load(self, index: int) -> torch.Tensor:
-        with Image.open(self.files[index]) as image:
-            return TF.pil_to_tensor(image.convert("RGB"))
+        try:
+            with Image.open(self.files[index]) as image:
+                return TF.pil_to_tensor(image.convert("RGB"))
+        except (OSError, SyntaxError, ValueError) as error:  # PIL's errors for truncated or garbled files
+            raise ValueError(
+                f"{self.files[index]} is damaged or not an image ({error}): replace or delete it (eval_fid.py "
+                "samples missing files again)"
+            ) from None
 
     def _name(self, index: int) -> str:
         return str(self.files[index])

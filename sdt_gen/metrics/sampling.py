@@ -328,7 +328,13 @@ def sample_to_folder(
                 output_type="np",
             ).images  # (B, H, W, C) floats in [0, 1]
             for index, image in zip(batch, to_uint8(images)):
-                _write_png_atomically(image, paths[index])
+                try:
+                    _write_png_atomically(image, paths[index])
+                except OSError as error:
+                    raise OSError(
+                        f"could not write sample {paths[index]}: {error.strerror or error}; the samples written so far "
+                        f"in {out_dir} are complete, run again to continue"
+                    ) from error
             # The other processes advance at the same pace.
             progress.update(min(len(batch) * world, progress.total - progress.n))
     _wait(accelerator)

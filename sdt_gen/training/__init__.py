@@ -1,6 +1,7 @@
-"""What both training scripts share: run folder, logging, atomic checkpoints and exact resume."""
+"""What both training scripts share: run folder, logging, verified atomic checkpoints, exact resume, preemption."""
 
 from .checkpoint import (
+    CHECKPOINT_MANIFEST,
     TrainState,
     check_finite,
     checkpoint_name,
@@ -9,14 +10,19 @@ from .checkpoint import (
     resolve_resume,
     save_checkpoint,
     skip_consumed_batches,
+    verify_checkpoint,
 )
 from .ema import DiTEMA
 from .model_card import classifier_card, denoiser_card, push_folder_to_hub, save_card
+from .preemption import PREEMPTED_EXIT_CODE, PreemptionHandler
 from .setup import create_accelerator, open_run
 from .run_dir import create_logger, create_run_dir, latest_run_dir, run_tag, save_config
 
 __all__ = [
+    "CHECKPOINT_MANIFEST",
     "DiTEMA",
+    "PREEMPTED_EXIT_CODE",
+    "PreemptionHandler",
     "TrainState",
     "check_finite",
     "classifier_card",
@@ -36,4 +42,5 @@ __all__ = [
     "save_checkpoint",
     "save_config",
     "skip_consumed_batches",
+    "verify_checkpoint",
 ]

@@ -5,10 +5,15 @@ optimizer, RNG states, the data loader's sampler and every object registered wit
 ``register_for_checkpointing`` (EMA, ``TrainState``). It is written as ``.tmp-step-NNNNNNN`` and
 renamed when complete, so a run killed while saving leaves the previous checkpoint intact;
 the next save removes the leftover temporary folder.
+
+Before the rename, ``checkpoint.json`` records every file's size and sha256. A resume verifies
+them, so a checkpoint damaged later (a partial copy, a full disk, a flaky network filesystem) is
+named in one line and passed over for the newest intact one, never half-loaded.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -18,14 +23,18 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..files import TMP_FOLDER_PREFIX, replace_folder, temporary_folder
+from ..files import TMP_FOLDER_PREFIX, DamagedFolderError, replace_folder, temporary_folder, verify_manifest, write_manifest
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
 
+logger = logging.getLogger(__name__)
+
 _CHECKPOINT_RE = re.compile(r"step-(\d{7,})")
 # Written by every accelerate save_state (process 0's RNG states): marks a checkpoint folder.
 _STATE_MARKER = "random_states_0.pkl"
+CHECKPOINT_MANIFEST = "checkpoint.json"
+"""Written last into every checkpoint: its step and each file's size and sha256."""
 
 
 @dataclass
@@ -84,14 +93,43 @@ def list_checkpoints(directory: str | os.PathLike) -> list[Path]:
     return [path for _, path in sorted(found)]
 
 
+def verify_checkpoint(path: str | os.PathLike) -> None:
+    """Checks that checkpoint ``path`` holds every file its ``checkpoint.json`` records, whole and unchanged.
+
+    A checkpoint written before manifests existed (no ``checkpoint.json``) passes with a warning.
+
+    Raises:
+        DamagedFolderError: naming the file that is missing, truncated or corrupted.
+    """
+    path = Path(path)
+    if not (path / CHECKPOINT_MANIFEST).is_file() and (path / _STATE_MARKER).is_file():
+        logger.warning(f"checkpoint {os.fspath(path)} has no {CHECKPOINT_MANIFEST}; loading it unverified")
+        return
+    verify_manifest(path, CHECKPOINT_MANIFEST)
+
+
 def latest_checkpoint(directory: str | os.PathLike) -> Path:
-    """The newest complete checkpoint in ``directory`` (a run folder or its ``checkpoints/``)."""
+    """The newest intact checkpoint in ``directory`` (a run folder or its ``checkpoints/``).
+
+    Damaged newer checkpoints are passed over, each with one warning line naming what is wrong.
+    """
     checkpoints = list_checkpoints(directory)
     if not checkpoints:
         raise FileNotFoundError(
             f"no checkpoint (a step-NNNNNNN folder) in {os.fspath(directory)!r} or its checkpoints/"
         )
-    return checkpoints[-1]
+    damaged = []
+    for path in reversed(checkpoints):
+        try:
+            verify_checkpoint(path)
+        except DamagedFolderError as error:
+            logger.warning(f"checkpoint {path.name} is damaged, skipped: {error}")
+            damaged.append(str(error))
+            continue
+        return path
+    raise DamagedFolderError(
+        f"every checkpoint in {os.fspath(directory)!r} is damaged: {'; '.join(damaged)}"
+    )
 
 
 def resolve_resume(run_dir: str | os.PathLike, resume: str | os.PathLike | None) -> Path | None:
@@ -114,7 +152,16 @@ def resolve_resume(run_dir: str | os.PathLike, resume: str | os.PathLike | None)
         raise FileNotFoundError(
             f"--resume {os.fspath(resume)!r}: no such folder; expected 'latest' or a checkpoint folder"
         )
-    return path if (path / _STATE_MARKER).is_file() else latest_checkpoint(path)
+    if not (path / _STATE_MARKER).is_file() and not (path / CHECKPOINT_MANIFEST).is_file():
+        return latest_checkpoint(path)  # a run or checkpoints folder
+    try:
+        verify_checkpoint(path)
+    except DamagedFolderError as error:
+        raise DamagedFolderError(
+            f"--resume {os.fspath(resume)!r} is damaged: {error}; resume from another checkpoint "
+            "(--resume latest picks the newest intact one)"
+        ) from None
+    return path
 
 
 def save_checkpoint(
@@ -130,6 +177,11 @@ def save_checkpoint(
 
     Returns:
         the checkpoint folder.
+
+    Raises:
+        OSError: a process could not write its part (no space left, no permission). The previous
+            checkpoints are untouched and the temporary folder is removed; the message names the
+            folder and the error.
     """
     if keep_last is not None and keep_last < 1:
         raise ValueError(f"keep_last must be at least 1 (or None to keep all), got {keep_last}")
@@ -147,16 +199,42 @@ def save_checkpoint(
             shutil.rmtree(stray)
     accelerator.wait_for_everyone()
 
-    accelerator.save_state(os.fspath(tmp))
-    accelerator.wait_for_everyone()  # every process has written its part (RNG states, shards)
-
+    error = None
+    try:
+        accelerator.save_state(os.fspath(tmp))
+    except OSError as raised:
+        error = raised
+    # Every process has written its part (RNG states, shards), or all learn that one could not.
+    _raise_if_any_failed(accelerator, error, tmp, final)
     if accelerator.is_main_process:
-        replace_folder(tmp, final)  # saving the same step twice (e.g. right after a resume) replaces it
-        if keep_last is not None:
-            for path in list_checkpoints(root)[:-keep_last]:
-                shutil.rmtree(path)
+        try:
+            write_manifest(tmp, CHECKPOINT_MANIFEST, step=step)
+            replace_folder(tmp, final)  # saving the same step twice (e.g. right after a resume) replaces it
+        except OSError as raised:
+            error = raised
+    _raise_if_any_failed(accelerator, error, tmp, final)
+    if accelerator.is_main_process and keep_last is not None:
+        for path in list_checkpoints(root)[:-keep_last]:
+            shutil.rmtree(path)
     accelerator.wait_for_everyone()
     return final
+
+
+def _raise_if_any_failed(accelerator: Accelerator, error: OSError | None, tmp: Path, final: Path) -> None:
+    """A collective: raises on every process if ``error`` is set on any, after removing the temporary folder."""
+    failed = torch.tensor([error is not None], device=accelerator.device)
+    if accelerator.num_processes > 1:
+        failed = accelerator.gather(failed)
+    if not bool(failed.any()):
+        return
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    reason = f"{error.strerror or error}" if error is not None else "another process could not write its part"
+    where = f" ({error.filename})" if error is not None and error.filename else ""
+    raise OSError(
+        f"could not write checkpoint {os.fspath(final)}: {reason}{where}; the earlier checkpoints are intact "
+        "and the partial one was removed",
+    )
 
 
 def skip_consumed_batches(accelerator: Accelerator, dataloader: Any, state: TrainState) -> Any:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, broadcast_object_list, set_seed
 
 from .checkpoint import resolve_resume
 from .run_dir import create_logger, create_run_dir, latest_run_dir, save_config
@@ -44,6 +44,24 @@ def create_accelerator(
     return accelerator
 
 
+def decided_on_main_process(accelerator: Accelerator, decide):
+    """``decide()`` run once, on the main process; every process gets its result or raises its error.
+
+    For decisions that read a lot (verifying a checkpoint's hashes) and must be the same everywhere.
+    """
+    outcome = [None, None]
+    if accelerator.is_main_process:
+        try:
+            outcome = [decide(), None]
+        except Exception as error:  # handed to every process, so none waits for the others forever
+            outcome = [None, error]
+    if accelerator.num_processes > 1:
+        broadcast_object_list(outcome)
+    if outcome[1] is not None:
+        raise outcome[1]
+    return outcome[0]
+
+
 def open_run(
     accelerator: Accelerator,
     results_dir: str | os.PathLike,
@@ -66,13 +84,14 @@ def open_run(
     Returns:
         ``(run_dir, checkpoint to load or None, logger)``.
     """
+    create_logger(None, accelerator.is_main_process)  # stdout, for what resolving the checkpoint reports
     if resume == "latest":
         run_dir = latest_run_dir(results_dir, model_name, data_name)
         if run_dir is None:
             raise FileNotFoundError(f"--resume latest: no earlier {model_name} run on {data_name} in {os.fspath(results_dir)!r}")
-        checkpoint = resolve_resume(run_dir, "latest")
+        checkpoint = decided_on_main_process(accelerator, lambda: resolve_resume(run_dir, "latest"))
     elif resume:
-        checkpoint = resolve_resume(resume, resume)
+        checkpoint = decided_on_main_process(accelerator, lambda: resolve_resume(resume, resume))
         run_dir = checkpoint.parent.parent  # run_dir/checkpoints/step-NNNNNNN
     else:
         run_dir, checkpoint = create_run_dir(results_dir, model_name, data_name, accelerator), None

@@ -197,3 +197,44 @@ def test_latent_dataset_errors(dataset, vae, tmp_path):
     os.rename(out_dir / shard_name(8, 11), out_dir / shard_name(8, 12))
     with pytest.raises(ValueError, match=r"disagree with meta.json: missing \['shard-00000008-00000011"):
         LatentDataset(out_dir)
+
+
+def test_damaged_shards_are_named(dataset, vae, tmp_path):
+    out_dir = tmp_path / "latents"
+    with pytest.warns(UserWarning):
+        extract_latents(Accelerator(cpu=True), dataset, vae, out_dir, batch_size=4, shard_size=4, num_workers=0)
+    shard = out_dir / shard_name(4, 8)
+    data = shard.read_bytes()
+    shard.write_bytes(data[: len(data) // 2])  # a partial copy
+    with pytest.raises(ValueError, match=rf"latent shard .*{shard.name} has \d+ bytes but {len(data)} were written"):
+        LatentDataset(out_dir)
+    shard.write_bytes(b"\xff" * len(data))  # the right size, a garbled header
+    with pytest.raises(ValueError, match=rf"latent shard .*{shard.name} is damaged"):
+        LatentDataset(out_dir)
+
+
+def test_a_full_disk_during_extraction_names_the_shard_and_keeps_the_others(dataset, vae, tmp_path, monkeypatch):
+    import errno
+
+    from sdt_gen.data import latents
+
+    real_save = latents.save_file
+    calls = []
+
+    def save_until_disk_is_full(tensors, path):
+        calls.append(path)
+        if len(calls) == 2:
+            with open(path, "wb") as f:
+                f.write(b"\0" * 10)  # part of it landed
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_save(tensors, path)
+
+    monkeypatch.setattr(latents, "save_file", save_until_disk_is_full)
+    out_dir = tmp_path / "latents"
+    with pytest.raises(OSError, match=rf"could not write latent shard .*{shard_name(4, 8)}: No space left on device"):
+        extract_latents(Accelerator(cpu=True), dataset, vae, out_dir, batch_size=4, shard_size=4, num_workers=0)
+    assert sorted(os.listdir(out_dir)) == [shard_name(0, 4)]  # no partial file left
+    monkeypatch.setattr(latents, "save_file", real_save)
+    with pytest.warns(UserWarning):
+        extract_latents(Accelerator(cpu=True), dataset, vae, out_dir, batch_size=4, shard_size=4, num_workers=0)
+    assert len(LatentDataset(out_dir)) == 10

@@ -172,3 +172,37 @@ def test_classifier_folder_problems_are_clear_errors(tmp_path: Path):
     (folder / "preprocessor_config.json").unlink()
     with pytest.raises(FileNotFoundError, match="has no preprocessor_config.json"):
         TransformersImageClassifier(folder)
+
+
+def test_a_damaged_sample_png_is_named(pipe: SDTPipeline, tmp_path: Path):
+    paths = sample_to_folder(pipe, tmp_path / "samples", 3, batch_size=3, **SAMPLING)
+    data = paths[1].read_bytes()
+    paths[1].write_bytes(data[: len(data) // 2])
+    dataset = ImageFilesDataset(paths)
+    assert dataset[0].shape == (3, 8, 8)
+    with pytest.raises(ValueError, match=rf"{paths[1].name} is damaged or not an image"):
+        dataset[1]
+
+
+def test_a_full_disk_while_sampling_names_the_file_and_keeps_the_others(pipe: SDTPipeline, tmp_path: Path, monkeypatch):
+    import errno
+    import os
+
+    from sdt_gen.metrics import sampling
+
+    real_write = sampling._write_png_atomically
+    written = []
+
+    def write_until_disk_is_full(image, path):
+        if len(written) == 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        written.append(path)
+        real_write(image, path)
+
+    monkeypatch.setattr(sampling, "_write_png_atomically", write_until_disk_is_full)
+    folder = tmp_path / "samples"
+    with pytest.raises(OSError, match=r"could not write sample .*000002_.*No space left on device.* run again"):
+        sample_to_folder(pipe, folder, 4, batch_size=4, **SAMPLING)
+    assert sorted(folder.glob("*.png")) == sorted(written)
+    monkeypatch.setattr(sampling, "_write_png_atomically", real_write)
+    assert len(sample_to_folder(pipe, folder, 4, batch_size=4, **SAMPLING)) == 4
