@@ -38,6 +38,7 @@ from sdt_gen.models.configuration_sdt import SDT_CLASSIFIER_PRESETS
 from sdt_gen.models.processing_sdt import default_normalization, save_classifier
 from sdt_gen.training import (
     DiTEMA,
+    PreemptionHandler,
     TrainState,
     check_finite,
     classifier_card,
@@ -198,42 +199,46 @@ def main(args):
     progress = tqdm(total=args.epochs * steps_per_epoch, initial=state.step, desc="train",
                     disable=not accelerator.is_local_main_process)
     metrics = {}
-    while state.epoch < args.epochs:
-        for pixels, labels in skip_consumed_batches(accelerator, train_loader, state):
-            state.batch_in_epoch += 1
-            with accelerator.accumulate(model):
-                logits = model(pixel_values=pixels).logits
-                loss = F.cross_entropy(logits, labels, label_smoothing=args.label_smoothing)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and args.max_grad_norm:
-                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            if not accelerator.sync_gradients:
-                continue
-            state.step += 1
-            if ema is not None:
-                ema.step(accelerator.unwrap_model(model).parameters())
-            mean_loss = accelerator.reduce(loss.detach(), reduction="mean")
-            check_finite(mean_loss, state.step, run_dir)
-            progress.update(1)
-            if state.step % args.log_every == 0:
-                accelerator.log({"loss": mean_loss.item(), "lr": scheduler.get_last_lr()[0]}, step=state.step)
-                progress.set_postfix(loss=f"{mean_loss.item():.4f}")
-        state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+    with PreemptionHandler() as preemption:  # SIGTERM / SIGINT: a checkpoint after this step, then exit
+        while state.epoch < args.epochs:
+            for pixels, labels in skip_consumed_batches(accelerator, train_loader, state):
+                state.batch_in_epoch += 1
+                with accelerator.accumulate(model):
+                    logits = model(pixel_values=pixels).logits
+                    loss = F.cross_entropy(logits, labels, label_smoothing=args.label_smoothing)
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients and args.max_grad_norm:
+                        accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                if not accelerator.sync_gradients:
+                    continue
+                state.step += 1
+                if ema is not None:
+                    ema.step(accelerator.unwrap_model(model).parameters())
+                mean_loss = accelerator.reduce(loss.detach(), reduction="mean")
+                check_finite(mean_loss, state.step, run_dir)
+                progress.update(1)
+                if state.step % args.log_every == 0:
+                    accelerator.log({"loss": mean_loss.item(), "lr": scheduler.get_last_lr()[0]}, step=state.step)
+                    progress.set_postfix(loss=f"{mean_loss.item():.4f}")
+                if preemption.stop_requested(accelerator):
+                    progress.close()
+                    preemption.checkpoint_and_exit(accelerator, run_dir, state.step, logger, args.keep_checkpoints)
+            state.epoch, state.batch_in_epoch = state.epoch + 1, 0
 
-        if ema is not None:
-            ema.store(model.parameters())
-            ema.copy_to(model.parameters())
-        metrics = evaluate(model, val_loader, accelerator)
-        if ema is not None:
-            ema.restore(model.parameters())
-        accelerator.log({f"val/{k}": v for k, v in metrics.items()}, step=state.step)
-        logger.info(f"epoch {state.epoch}/{args.epochs} step {state.step} loss {mean_loss.item():.4f} "
-                    f"val top-1 {metrics['top1']:.4f} top-5 {metrics['top5']:.4f}")
-        if state.epoch % args.ckpt_every_epochs == 0 or state.epoch == args.epochs:
-            save_checkpoint(accelerator, run_dir, state.step, keep_last=args.keep_checkpoints)
+            if ema is not None:
+                ema.store(model.parameters())
+                ema.copy_to(model.parameters())
+            metrics = evaluate(model, val_loader, accelerator)
+            if ema is not None:
+                ema.restore(model.parameters())
+            accelerator.log({f"val/{k}": v for k, v in metrics.items()}, step=state.step)
+            logger.info(f"epoch {state.epoch}/{args.epochs} step {state.step} loss {mean_loss.item():.4f} "
+                        f"val top-1 {metrics['top1']:.4f} top-5 {metrics['top5']:.4f}")
+            if state.epoch % args.ckpt_every_epochs == 0 or state.epoch == args.epochs:
+                save_checkpoint(accelerator, run_dir, state.step, keep_last=args.keep_checkpoints)
 
     progress.close()
     accelerator.wait_for_everyone()

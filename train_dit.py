@@ -41,7 +41,6 @@ from sdt_gen.layers import ATTENTION_BACKENDS, DECAY_LAYOUTS, DECAY_MODES, Decay
 from sdt_gen.pipelines import SCHEDULERS, default_scheduler, scheduler_by_name
 from sdt_gen.files import DamagedFolderError, atomic_folder, verify_manifest, write_manifest
 from sdt_gen.training import (
-    PREEMPTED_EXIT_CODE,
     DiTEMA,
     PreemptionHandler,
     TrainState,
@@ -370,14 +369,9 @@ def main(args):
                 if state.step % args.sample_every == 0 or checkpoint_now:
                     window_start = time.perf_counter()  # the rate counts training only
                 if not last and preemption.stop_requested(accelerator):
-                    folder = checkpoint_path if checkpoint_now else save_checkpoint(
-                        accelerator, run_dir, state.step, keep_last=args.keep_checkpoints
-                    )
                     progress.close()
-                    accelerator.end_training()
-                    logger.info(f"step {state.step:07d}: stopped by a signal; checkpoint {folder}, continue with "
-                                f"--resume latest (exit status {PREEMPTED_EXIT_CODE})")
-                    raise SystemExit(PREEMPTED_EXIT_CODE)
+                    preemption.checkpoint_and_exit(accelerator, run_dir, state.step, logger, args.keep_checkpoints,
+                                                   saved=checkpoint_path if checkpoint_now else None)
                 if state.step >= args.max_steps:
                     break
             else:

@@ -78,3 +78,31 @@ def test_bundled_default_reaches_90_percent_and_scores_conditional_accuracy(tmp_
     shuffled = classifier_metrics(classifier, images, labels[torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))])
     assert true["classifier_accuracy"] >= 0.9
     assert 0.0 <= shuffled["classifier_accuracy"] <= 0.25
+
+
+def test_sigterm_checkpoints_mid_epoch_exits_75_and_resume_is_exact(tmp_path, monkeypatch):
+    import os
+    import signal
+
+    from safetensors.torch import load_file
+
+    from sdt_gen.training import PREEMPTED_EXIT_CODE
+
+    straight, _ = run(tmp_path / "straight", "--epochs", "1")
+    real_check = train_classifier.check_finite
+
+    def signal_at_step_7(value, step, run_dir):
+        if step == 7:
+            os.kill(os.getpid(), signal.SIGTERM)  # as a scheduler would, in the middle of the epoch
+        return real_check(value, step, run_dir)
+
+    monkeypatch.setattr(train_classifier, "check_finite", signal_at_step_7)
+    with pytest.raises(SystemExit) as stopped:
+        run(tmp_path / "stopped", "--epochs", "1")
+    assert stopped.value.code == PREEMPTED_EXIT_CODE
+    run_dir = tmp_path / "stopped" / "results" / straight.name
+    assert [p.name for p in (run_dir / "checkpoints").iterdir()] == ["step-0000007"]
+    monkeypatch.setattr(train_classifier, "check_finite", real_check)
+    run(tmp_path / "stopped", "--epochs", "1", "--resume", "latest")
+    a, b = (load_file(str(d / "model" / "model.safetensors")) for d in (straight, run_dir))
+    assert a.keys() == b.keys() and all((a[k] - b[k]).abs().max() <= 1e-6 for k in a)

@@ -8,13 +8,17 @@ checkpoint being written is a temporary folder, so the previous ones stay intact
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import threading
 import time
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
 
 import torch
+
+from .checkpoint import save_checkpoint
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -37,8 +41,7 @@ class PreemptionHandler:
         ...     for batch in loader:
         ...         ...  # one training step
         ...         if preemption.stop_requested(accelerator):
-        ...             save_checkpoint(...)
-        ...             sys.exit(PREEMPTED_EXIT_CODE)
+        ...             preemption.checkpoint_and_exit(accelerator, run_dir, state.step, logger)
     """
 
     def __init__(self, signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT)):
@@ -69,6 +72,25 @@ class PreemptionHandler:
             return self.received is not None
         flag = torch.tensor([float(self.received is not None)], device=accelerator.device)
         return bool(accelerator.reduce(flag, reduction="sum").item() > 0)
+
+    def checkpoint_and_exit(
+        self,
+        accelerator: Accelerator,
+        run_dir: str | os.PathLike,
+        step: int,
+        logger: logging.Logger,
+        keep_last: int | None = None,
+        saved: Path | None = None,
+    ) -> NoReturn:
+        """Save a checkpoint of ``step`` (unless ``saved`` is it), say where, and exit with ``PREEMPTED_EXIT_CODE``.
+
+        Call it on every process, after ``stop_requested`` said yes on all of them.
+        """
+        folder = saved or save_checkpoint(accelerator, run_dir, step, keep_last=keep_last)
+        accelerator.end_training()
+        logger.info(f"step {step:07d}: stopped by a signal; checkpoint {folder}, continue with --resume latest "
+                    f"(exit status {PREEMPTED_EXIT_CODE})")
+        raise SystemExit(PREEMPTED_EXIT_CODE)
 
 
 __all__ = ["PREEMPTED_EXIT_CODE", "PreemptionHandler"]
