@@ -50,6 +50,12 @@ def default_scheduler(transformer_config: Mapping) -> SchedulerMixin:
     return dit_scheduler(transformer_config["learn_sigma"])
 
 
+def scheduler_names(transformer_config: Mapping) -> list[str]:
+    """The names of ``SCHEDULERS`` that can sample a model of this config (flow or DDPM samplers)."""
+    flow = transformer_config.get("objective", "ddpm") == "flow"
+    return [name for name, cls in SCHEDULERS.items() if issubclass(cls, FLOW_SCHEDULERS) == flow]
+
+
 def scheduler_by_name(name: str, config: Mapping | None = None) -> SchedulerMixin:
     """A scheduler of ``SCHEDULERS`` (``"ddpm"``, ``"ddim"``, ``"dpm"`` for DDPM models; ``"euler"``,
     ``"heun"`` for flow models), built from ``config`` if given."""
@@ -59,4 +65,12 @@ def scheduler_by_name(name: str, config: Mapping | None = None) -> SchedulerMixi
     return cls.from_config(config) if config is not None else cls()
 
 
-__all__ = ["FLOW_SCHEDULERS", "SCHEDULERS", "default_scheduler", "dit_scheduler", "flow_scheduler", "scheduler_by_name"]
+__all__ = [
+    "FLOW_SCHEDULERS",
+    "SCHEDULERS",
+    "default_scheduler",
+    "dit_scheduler",
+    "flow_scheduler",
+    "scheduler_by_name",
+    "scheduler_names",
+]

@@ -109,13 +109,17 @@ def make_grid_png(
 
 
 def save_decay_maps(
-    maps: torch.Tensor, path: str | os.PathLike, sample: int = 0, colormap: str = "viridis", scale: int | None = None
+    maps: torch.Tensor,
+    path: str | os.PathLike | None = None,
+    sample: int = 0,
+    colormap: str = "viridis",
+    scale: int | None = None,
 ) -> Image.Image:
     """Draw each layer's and head's decay over the token grid as a PNG: one row per layer, one column per head.
 
     Args:
         maps: ``(depth, B, H, h, w)`` decay values in (0, 1], e.g. ``SDTTransformer2DModel.decay_maps(...)``.
-        path: where to write the PNG.
+        path: where to write the PNG; ``None`` only returns the image.
         sample: which batch element to draw.
         colormap: a matplotlib colormap name; 0 and 1 map to its ends, so layers compare by colour.
         scale: nearest-neighbour magnification (default: token grids enlarged to about 96 px).
