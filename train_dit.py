@@ -133,8 +133,6 @@ EXPORT_RECORD = "training_state.json"  # in the pipeline folder: its step and ea
 
 def exported_step(path: Path) -> int | None:
     """The training step of the EMA weights in pipeline folder ``path``; ``None`` if it is missing or damaged."""
-    if not (Path(path) / EXPORT_RECORD).is_file():
-        return None
     try:
         return verify_manifest(path, EXPORT_RECORD)["step"]
     except DamagedFolderError:

@@ -288,17 +288,14 @@ class SDTPipeline(DiffusionPipeline):
 
     # ------------------------------------------------------------------ saving
 
-    def save_pretrained_atomically(self, path: str | os.PathLike, records: Mapping[str, object] | None = None) -> None:
+    def save_pretrained_atomically(self, path: str | os.PathLike) -> None:
         """``save_pretrained`` into a temporary sibling folder, then swap it in: ``path`` is never half-written.
 
         Args:
             path: the pipeline folder; an existing one is replaced only once the new one is complete.
-            records: JSON files to write beside the parts, ``{file name: value}``.
         """
         with atomic_folder(path) as tmp:
             self.save_pretrained(tmp)
-            for name, value in (records or {}).items():
-                (tmp / name).write_text(json.dumps(value) + "\n")
 
     # ------------------------------------------------------------------ sampling
 
