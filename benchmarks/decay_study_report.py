@@ -1,6 +1,6 @@
-"""What the decay study writes from its numbers: ``summary.md`` and its four pictures.
+"""What the decay study makes of its numbers: statistics, ``summary.md`` and its pictures.
 
-Plain functions of the study's results (``decay_study.py`` computes them); nothing here trains or
+Plain functions of the study's results (``decay_study.py`` trains, samples and scores); nothing here trains or
 samples. Matplotlib is imported only here.
 """
 
@@ -14,16 +14,116 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from sdt_gen.metrics import ImageFilesDataset  # noqa: E402
+from sdt_gen.metrics import ImageFilesDataset, holm, mean_std, paired_difference  # noqa: E402
 from sdt_gen.visualize import make_grid_png  # noqa: E402
 
-# (label, key, lower is better): the metrics of the summary table and the paired differences.
+# (label, key, lower is better): the metrics of the summary table and the paired differences, at the last point.
 METRICS = (
-    ("FD", "fd", True), ("cond. acc.", "accuracy", False), ("precision", "precision", False),
-    ("recall", "recall", False), ("held-out loss", "heldout_mse", True),
+    ("FD", "fd", True), ("FD held-out", "fd_heldout", True), ("cond. acc.", "accuracy", False),
+    ("precision", "precision", False), ("recall", "recall", False), ("held-out loss", "heldout_mse", True),
     ("FID", "fid", True), ("IS", "inception_score", False),
 )
-MODE_COLOURS = {"none": "tab:gray", "fixed": "tab:blue", "cag": "tab:red"}
+PRIMARY_KEY, PRIMARY_LABEL = "fd_last2", "FD, last two points"
+WITHIN_RUN_KEY, WITHIN_RUN_LABEL = "fd_se", "FD s.e. within run"  # the bootstrap over one run's samples
+ARM_COLOURS = {
+    "none": "tab:gray", "fixed": "tab:blue", "cag": "tab:red", "rope": "tab:green", "rope+cag": "tab:purple",
+    "rope+fixed": "tab:cyan",
+}
+
+
+def arm_of(run: dict) -> str:
+    """A run's arm; studies before arms had positions recorded it as ``mode``."""
+    return run.get("arm", run.get("mode"))
+
+
+def colour(arm: str) -> str | None:
+    return ARM_COLOURS.get(arm)
+
+
+#################################################################################
+#                                  Statistics                                   #
+#################################################################################
+
+def primary_value(run: dict, steps: list[int]) -> float:
+    """The primary metric of one run: FD against the train split, mean over the last two evaluation points."""
+    return float(np.mean([run["evals"][str(s)]["fd"] for s in steps[-2:]]))
+
+
+def fd_at_time(run: dict, steps: list[int], seconds: float) -> float | None:
+    """FD of a run after ``seconds`` of training CPU time, interpolated linearly between its evaluation points
+    (None before its first one)."""
+    times = run["times"]["cpu"]
+    if seconds < times[0] - 1e-9:
+        return None
+    return float(np.interp(seconds, times, [run["evals"][str(s)]["fd"] for s in steps]))
+
+
+def statistics(runs: dict, arms: list[str], steps: list[int], pairs: list[tuple[str, str, bool]]) -> dict:
+    """Per arm, mean/std of every metric; per comparison, paired differences with Holm-adjusted p-values.
+
+    Args:
+        runs: ``collect``'s runs.
+        arms: the study's arms, in order.
+        steps: the evaluation points.
+        pairs: ``(arm, against, primary)`` comparisons.
+
+    Returns:
+        ``summary`` (arm -> key -> mean/std), ``paired`` (``"arm - against"`` -> key -> difference, with ``p`` and
+        ``p_holm``), ``primary`` (the primary metric's comparisons) and ``equal_time`` (FD of each arm at the
+        cheapest arm's training CPU time, and its paired differences).
+    """
+    final = str(steps[-1])
+    keys = [key for _, key, _ in METRICS if all(key in r["evals"][final] for r in runs.values())]
+    with_fd = "fd" in keys and len(steps) >= 2
+    per_run = {}
+    for name, run in runs.items():
+        values = {key: run["evals"][final][key] for key in keys}
+        values.update({key: run[key] for key in ("steps_per_second", "seconds_per_step", "training_seconds",
+                                                  "training_cpu_seconds")})
+        if with_fd:
+            values[PRIMARY_KEY] = primary_value(run, steps)
+        if "fd_bootstrap" in run["evals"][final]:
+            values[WITHIN_RUN_KEY] = run["evals"][final]["fd_bootstrap"]["std"]
+        per_run[name] = values
+    all_keys = list(next(iter(per_run.values())))
+
+    def values(arm: str, key: str) -> list[float]:
+        picked = sorted((r["seed"], per_run[n][key]) for n, r in runs.items() if arm_of(r) == arm)
+        return [v for _, v in picked]
+
+    summary = {arm: {key: mean_std(values(arm, key)) for key in all_keys} for arm in arms}
+    paired = {f"{arm} - {against}": {key: paired_difference(values(arm, key), values(against, key)) for key in all_keys}
+              for arm, against, _ in pairs}
+    # Primary: one metric over the primary comparisons; secondary: everything else, metrics that measure quality.
+    tested = [key for key in all_keys if key in {k for _, k, _ in METRICS}]
+    primary = [f"{a} - {b}" for a, b, is_primary in pairs if is_primary and with_fd]
+    families = [[(c, PRIMARY_KEY) for c in primary]]
+    families.append([(c, key) for c in paired for key in tested] + [(c, PRIMARY_KEY) for c in paired if c not in primary and with_fd])
+    for family in families:
+        for (comparison, key), adjusted in zip(family, holm([paired[c][k]["p"] for c, k in family])):
+            paired[comparison][key]["p_holm"] = adjusted
+    result = {"summary": summary, "paired": paired, "primary": primary}
+    if with_fd:
+        result["equal_time"] = equal_time(runs, arms, steps, pairs)
+    return result
+
+
+def equal_time(runs: dict, arms: list[str], steps: list[int], pairs) -> dict:
+    """FD of every run at the training CPU time of the cheapest arm's last evaluation (mean over its seeds)."""
+    budget = min(np.mean([r["times"]["cpu"][-1] for r in runs.values() if arm_of(r) == arm]) for arm in arms)
+    fd = {name: fd_at_time(run, steps, budget) for name, run in runs.items()}
+
+    def values(arm: str) -> list[float] | None:
+        picked = [fd[n] for n, r in sorted(runs.items(), key=lambda item: item[1]["seed"]) if arm_of(r) == arm]
+        return None if any(v is None for v in picked) else picked
+
+    per_arm = {arm: values(arm) for arm in arms}
+    return {
+        "cpu_seconds": float(budget),
+        "fd": {arm: None if v is None else mean_std(v) for arm, v in per_arm.items()},
+        "paired": {f"{a} - {b}": None if per_arm[a] is None or per_arm[b] is None
+                   else paired_difference(per_arm[a], per_arm[b]) for a, b, _ in pairs},
+    }
 
 
 #################################################################################
@@ -34,72 +134,163 @@ def fmt(stat: dict, digits: int = 3) -> str:
     return f"{stat['mean']:.{digits}g} ± {stat['std']:.2g}" if stat["n"] > 1 else f"{stat['mean']:.{digits}g}"
 
 
+def interval(d: dict) -> str:
+    return f"{d['mean']:+.3g} [{d['low']:+.3g}, {d['high']:+.3g}]"
+
+
 def describe(diffs: dict, columns) -> str:
-    """In words: which differences the 95% intervals support, and which they do not."""
+    """In words: which differences survive the Holm adjustment at 5%, which only the uncorrected interval, which neither."""
     better = {key: lower for _, key, lower in METRICS}
-    supported, unsupported = [], []
+    better[PRIMARY_KEY] = True
+    held, uncorrected, level = [], [], []
     for label, key in columns:
         d = diffs[key]
-        if d["excludes_zero"]:
-            direction = "better" if (d["mean"] < 0) == better[key] else "worse"
-            supported.append(f"{label} {direction} by {abs(d['mean']):.3g}")
+        direction = "better" if (d["mean"] < 0) == better[key] else "worse"
+        if d.get("p_holm", 1.0) < 0.05:
+            held.append(f"{label} {direction} by {abs(d['mean']):.3g}")
+        elif d["excludes_zero"]:
+            uncorrected.append(f"{label} {direction} by {abs(d['mean']):.3g}")
         else:
-            unsupported.append(label)
+            level.append(label)
     parts = []
-    if supported:
-        parts.append("interval excludes 0 for " + ", ".join(supported))
-    if unsupported:
-        parts.append("no measurable difference (interval contains 0) in " + ", ".join(unsupported))
+    if held:
+        parts.append("after the Holm adjustment: " + ", ".join(held))
+    if uncorrected:
+        parts.append("95% interval excludes 0 but not after the Holm adjustment: " + ", ".join(uncorrected))
+    if level:
+        parts.append("no measurable difference (interval contains 0) in " + ", ".join(level))
     return "; ".join(parts) + "."
 
 
-def write_summary(out: Path, results: dict, objective: str, final_step: int) -> None:
-    """``summary.md``: the protocol in a sentence, mean ± std per mode, paired differences and their reading.
+def primary_side_by_side(label: str, results: dict) -> str | None:
+    """``cag - none`` of a study: at the last point and (where it has two points) over the last two."""
+    runs, steps = results["runs"], sorted(int(s) for s in next(iter(results["runs"].values()))["evals"])
+    cag = sorted((r["seed"], r) for r in runs.values() if arm_of(r) == "cag")
+    none = sorted((r["seed"], r) for r in runs.values() if arm_of(r) == "none")
+    if not cag or [s for s, _ in cag] != [s for s, _ in none]:
+        return None
+    last = paired_difference([r["evals"][str(steps[-1])]["fd"] for _, r in cag],
+                             [r["evals"][str(steps[-1])]["fd"] for _, r in none])
+    two = paired_difference([primary_value(r, steps) for _, r in cag], [primary_value(r, steps) for _, r in none])
+    return (f"| {label} | {results['protocol']['model']} | {len(cag)} | {interval(last)} | {interval(two)} |")
+
+
+def write_summary(out: Path, results: dict, objective: str, other_study: dict | None = None) -> None:
+    """``summary.md``: the protocol in a sentence, mean ± std per arm, the primary comparisons, paired differences
+    and their reading, equal training time, and the other study's ``cag - none`` beside this one's.
 
     Args:
         out: the study folder.
         results: what the study writes to ``results.json``.
         objective: the training objective (``"ddpm"`` or ``"flow"``).
-        final_step: the step whose EMA weights the table scores.
+        other_study: the ``results.json`` of a study at another token count, or None.
     """
-    summary, paired, evaluator = results["summary"], results["paired_vs_none"], results["evaluator"]
-    protocol, modes, seeds = results["protocol"], results["modes"], results["seeds"]
+    summary, paired, evaluator = results["summary"], results["paired"], results["evaluator"]
+    protocol, arms, seeds, steps = results["protocol"], results["arms"], results["seeds"], results["eval_steps"]
+    machines = sorted({m for r in results["runs"].values() for m in r["machines"]})
     columns = [(label, key) for label, key, _ in METRICS if key in next(iter(summary.values()))]
+    has_primary = PRIMARY_KEY in next(iter(summary.values()))
     lines = [
         "# Decay study", "",
         f"{protocol['model']} on {protocol['data']}, "
         + ("SiT's flow-matching objective, " if objective == "flow" else "")
         + f"{protocol['steps']} steps of {protocol['global_batch_size']} "
-        f"images (lr {protocol['lr']}), seeds {' '.join(map(str, seeds))}; EMA weights of step "
-        f"{final_step}. Samples: {protocol['sampling']['num_samples']} class-balanced, "
-        f"{protocol['sampling']['scheduler']} {protocol['sampling']['steps']} steps, guidance "
+        f"images (lr {protocol['lr']}), arms {', '.join(arms)}, seeds {' '.join(map(str, seeds))}; EMA weights "
+        f"scored at steps {', '.join(map(str, steps))}. Samples: {protocol['sampling']['num_samples']} "
+        f"class-balanced, {protocol['sampling']['scheduler']} {protocol['sampling']['steps']} steps, guidance "
         f"{protocol['sampling']['guidance_scale']}. Evaluator held-out top-1: "
-        f"{evaluator.get('heldout_top1', float('nan')):.4f}. Mean ± standard deviation over seeds; steps/s and "
-        "training time are wall clock, checkpoints and exports included, evaluations not.", "",
-        "| mode | " + " | ".join(label for label, _ in columns) + " | steps/s | training time |",
-        "|---" * (len(columns) + 3) + "|",
+        f"{evaluator.get('heldout_top1', float('nan')):.4f}. Runs at {protocol['threads']} thread(s), torch "
+        f"{protocol['torch']}, on {'; '.join(machines)}. Mean ± standard deviation over seeds; training time is "
+        "wall clock, checkpoints and exports included, evaluations not.", "",
     ]
-    for mode in modes:
-        stats = summary[mode]
-        cells = [fmt(stats[key]) for _, key in columns]
+    if has_primary:
+        lines += [
+            f"**Primary metric** (fixed in the protocol before the runs): {protocol['primary']['definition']}; "
+            f"{protocol['primary']['comparisons']}; {protocol['primary']['test']}.", "",
+            "| comparison | " + PRIMARY_LABEL + " | 95% interval | p | p (Holm) |", "|---|---|---|---|---|",
+        ]
+        for comparison in results["primary"]:
+            d = paired[comparison][PRIMARY_KEY]
+            lines.append(f"| {comparison} | {d['mean']:+.3g} | [{d['low']:+.3g}, {d['high']:+.3g}] | {d['p']:.3g} "
+                         f"| {d['p_holm']:.3g} |")
+        lines.append("")
+    table_keys = columns + ([(PRIMARY_LABEL, PRIMARY_KEY)] if has_primary else [])
+    arm_keys = list(table_keys)
+    if WITHIN_RUN_KEY in next(iter(summary.values())):
+        arm_keys.insert(1, (WITHIN_RUN_LABEL, WITHIN_RUN_KEY))
+    lines += [
+        f"At step {steps[-1]} ({WITHIN_RUN_LABEL}: the bootstrap standard error of one run's FD over its samples, "
+        "mean over seeds; ± elsewhere: the standard deviation over seeds):", "",
+        "| arm | " + " | ".join(label for label, _ in arm_keys) + " | s/step | training time |",
+        "|---" * (len(arm_keys) + 3) + "|",
+    ]
+    for arm in arms:
+        stats = summary[arm]
+        cells = [fmt(stats[key]) for _, key in arm_keys]
         wall = stats["training_seconds"]["mean"] / 60
-        lines.append(f"| {mode} | " + " | ".join(cells) + f" | {fmt(stats['steps_per_second'])} | {wall:.1f} min |")
+        lines.append(f"| {arm} | " + " | ".join(cells) + f" | {fmt(stats['seconds_per_step'])} | {wall:.1f} min |")
     if paired:
-        lines += ["", "Paired differences against `none` (same seed), mean and 95% interval:", "",
-                  "| mode | " + " | ".join(label for label, _ in columns) + " | steps/s |",
-                  "|---" * (len(columns) + 2) + "|"]
-        for mode, diffs in paired.items():
-            cells = [f"{diffs[key]['mean']:+.3g} [{diffs[key]['low']:+.3g}, {diffs[key]['high']:+.3g}]"
-                     for _, key in columns + [("", "steps_per_second")]]
-            lines.append(f"| {mode} | " + " | ".join(cells) + " |")
+        lines += ["", "Paired differences (same seed), mean and 95% interval; secondary tests, Holm-adjusted together:", "",
+                  "| comparison | " + " | ".join(label for label, _ in table_keys) + " | s/step |",
+                  "|---" * (len(table_keys) + 2) + "|"]
+        for comparison, diffs in paired.items():
+            cells = [interval(diffs[key]) for _, key in table_keys + [("", "seconds_per_step")]]
+            lines.append(f"| {comparison} | " + " | ".join(cells) + " |")
+    sweep_rows = sweep_table(results)
+    if sweep_rows:
+        lines += ["", f"Guidance sweep at step {steps[-1]} (FD / cond. acc., mean over seeds):", "", *sweep_rows]
+    if "equal_time" in results:
+        lines += ["", *equal_time_lines(results["equal_time"])]
+    if other_study is not None:
+        rows = [primary_side_by_side(f"{tokens(r)} tokens", r) for r in (other_study, results)]
+        if all(rows):
+            lines += ["", "`cag - none` FD at the two token counts (paired over seeds, mean and 95% interval):", "",
+                      "| grid | model | seeds | at the last point | last two points |", "|---|---|---|---|---|", *rows]
+    if paired:
         lines += ["", "Reading:", ""]
-        for mode, diffs in paired.items():
-            lines.append(f"- **{mode} vs none**: " + describe(diffs, columns))
+        for comparison, diffs in paired.items():
+            lines.append(f"- **{comparison}**: " + describe(diffs, table_keys))
     seconds = results["seconds"]
     lines += ["", f"Compute: {sum(seconds.values()) / 60:.0f} min in all (training {seconds['training'] / 60:.0f}, "
               f"evaluation {seconds['evaluation'] / 60:.0f}, evaluator {seconds['evaluator_training'] / 60:.0f}). "
               "Written by `python benchmarks/decay_study.py`; every number and the protocol are in `results.json`."]
     (out / "summary.md").write_text("\n".join(lines) + "\n")
+
+
+def tokens(results: dict) -> int:
+    """The token count of a study's model on 32x32 digits (``SDT-Ti/4`` -> 64)."""
+    patch = int(results["protocol"]["model"].rsplit("/", 1)[1])
+    return (32 // patch) ** 2
+
+
+def sweep_table(results: dict) -> list[str]:
+    final = str(results["eval_steps"][-1])
+    runs = list(results["runs"].values())
+    if not all("guidance_sweep" in r["evals"][final] and "fd" in r["evals"][final] for r in runs):
+        return []
+    main_scale = results["protocol"]["sampling"]["guidance_scale"]
+    scales = sorted([*runs[0]["evals"][final]["guidance_sweep"], f"{main_scale:g}"], key=float)
+    rows = ["| arm | " + " | ".join(f"guidance {s}" for s in scales) + " |", "|---" * (len(scales) + 1) + "|"]
+    for arm in results["arms"]:
+        cells = []
+        for scale in scales:
+            scores = [r["evals"][final] if scale == f"{main_scale:g}" else r["evals"][final]["guidance_sweep"][scale]
+                      for r in runs if arm_of(r) == arm]
+            cells.append(f"{np.mean([s['fd'] for s in scores]):.3g} / {np.mean([s['accuracy'] for s in scores]):.3f}")
+        rows.append(f"| {arm} | " + " | ".join(cells) + " |")
+    return rows
+
+
+def equal_time_lines(equal: dict) -> list[str]:
+    lines = [f"At equal training time: FD of every arm after {equal['cpu_seconds'] / 60:.1f} min of training CPU time "
+             "(the cheapest arm's last evaluation, mean over its seeds), interpolated linearly between evaluation "
+             "points; one thread, so CPU time is compute and other jobs on the machine do not inflate it:", ""]
+    for arm, stat in equal["fd"].items():
+        lines.append(f"- {arm}: " + ("not reached (its first evaluation came later)" if stat is None else fmt(stat)))
+    for comparison, d in equal["paired"].items():
+        if d is not None:
+            lines.append(f"- {comparison}: {interval(d)}")
+    return lines
 
 
 #################################################################################
@@ -112,17 +303,16 @@ def save_figure(fig, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_curves(out: Path, runs: dict, modes: list[str], steps: list[int]) -> None:
+def plot_curves(out: Path, runs: dict, arms: list[str], steps: list[int]) -> None:
     """``fd_vs_step.png``: FD, conditional accuracy and held-out loss against the step; mean over seeds, band min..max."""
     keys = [(k, label) for label, k, _ in METRICS if k in ("fd", "accuracy", "heldout_mse")
             and all(k in r["evals"][str(steps[0])] for r in runs.values())]
     fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.4), squeeze=False)
     for ax, (key, label) in zip(axes[0], keys):
-        for mode in modes:
-            values = np.array([[r["evals"][str(s)][key] for s in steps] for r in runs.values() if r["mode"] == mode])
-            colour = MODE_COLOURS.get(mode)
-            ax.plot(steps, values.mean(0), marker="o", label=mode, color=colour)
-            ax.fill_between(steps, values.min(0), values.max(0), alpha=0.2, color=colour)
+        for arm in arms:
+            values = np.array([[r["evals"][str(s)][key] for s in steps] for r in runs.values() if arm_of(r) == arm])
+            ax.plot(steps, values.mean(0), marker="o", label=arm, color=colour(arm))
+            ax.fill_between(steps, values.min(0), values.max(0), alpha=0.2, color=colour(arm))
         ax.set_xlabel("training step")
         ax.set_title(label)
         ax.grid(alpha=0.3)
@@ -130,40 +320,63 @@ def plot_curves(out: Path, runs: dict, modes: list[str], steps: list[int]) -> No
     save_figure(fig, out / "fd_vs_step.png")
 
 
+def plot_time_curves(out: Path, runs: dict, arms: list[str]) -> None:
+    """``fd_vs_time.png``: FD against training CPU time; per arm the mean over seeds, band min..max."""
+    if not all("fd" in e for r in runs.values() for e in r["evals"].values()):
+        return
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for arm in arms:
+        picked = [r for r in runs.values() if arm_of(r) == arm]
+        minutes = np.array([r["times"]["cpu"] for r in picked]).mean(0) / 60
+        fds = np.array([[e["fd"] for _, e in sorted(r["evals"].items(), key=lambda item: int(item[0]))] for r in picked])
+        ax.plot(minutes, fds.mean(0), marker="o", label=arm, color=colour(arm))
+        ax.fill_between(minutes, fds.min(0), fds.max(0), alpha=0.2, color=colour(arm))
+    ax.set_xlabel("training CPU time (min, one thread)")
+    ax.set_ylabel("FD (evaluator features, train split)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    save_figure(fig, out / "fd_vs_time.png")
+
+
 def plot_samples(out: Path, sample_folders: dict[str, Path], count: int, caption: str) -> None:
-    """``samples.png``: the first ``count`` samples of each mode's folder (same classes and seeds), one block per mode."""
+    """``samples.png``: the first ``count`` samples of each arm's folder (same classes and seeds), one block per arm."""
     fig, axes = plt.subplots(1, len(sample_folders), figsize=(4 * len(sample_folders), 2.2), squeeze=False)
-    for ax, (mode, folder) in zip(axes[0], sample_folders.items()):
+    for ax, (arm, folder) in zip(axes[0], sample_folders.items()):
         samples = ImageFilesDataset(sorted(folder.glob("*.png"))[:count])
         images = np.stack([samples[i].numpy() for i in range(len(samples))])  # (N, 3, H, W) uint8
         ax.imshow(make_grid_png(images, nrow=min(10, count), scale=1))
-        ax.set_title(f"{mode} ({caption})")
+        ax.set_title(f"{arm} ({caption})")
         ax.axis("off")
     save_figure(fig, out / "samples.png")
 
 
 def plot_decay_maps(out: Path, models: dict, x0: torch.Tensor, labels: torch.Tensor, noised: Callable) -> None:
-    """``decay_maps.png``: learned cag decay against fixed, three query tokens at three noise levels, heads averaged.
+    """``decay_maps.png``: the decay of every arm with one, three query tokens, heads averaged; a gated arm at three
+    noise levels, a fixed one once (its decay does not depend on the input).
 
     Args:
         out: the study folder.
-        models: the ``"fixed"`` and ``"cag"`` denoisers.
+        models: arm -> its denoiser, for the arms with a decay.
         x0, labels: one clean image ``(1, C, H, W)`` and its class ``(1,)``.
         noised: ``noised(model, x0, t, noise)``, the input the model sees at timestep ``t``.
     """
-    h, w = models["cag"].grid_size
+    first = next(iter(models.values()))
+    h, w = first.grid_size
     queries = [(1, 1), (h // 2, w // 2), (h - 2, w // 3)]
-    rows = [("fixed", 500), ("cag", 50), ("cag", 500), ("cag", 950)]
-    layers = sorted({0, models["cag"].config.depth - 1})
-    fig, axes = plt.subplots(len(rows), 1 + len(queries) * len(layers), figsize=(1.6 * (1 + 3 * len(layers)), 1.7 * 4))
-    for r, (mode, t) in enumerate(rows):
+    rows = [(arm, t) for arm, model in models.items()
+            for t in ((500,) if model.config.decay_mode == "fixed" else (50, 500, 950))]
+    layers = sorted({0, first.config.depth - 1})
+    fig, axes = plt.subplots(len(rows), 1 + len(queries) * len(layers),
+                             figsize=(1.6 * (1 + 3 * len(layers)), 1.7 * len(rows)), squeeze=False)
+    for r, (arm, t) in enumerate(rows):
+        model = models[arm]
         noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(t))
         t_batch = torch.full((1,), t, dtype=torch.long)
-        xt = noised(models[mode], x0, t_batch, noise)
+        xt = noised(model, x0, t_batch, noise)
         axes[r][0].imshow(xt[0, 0], cmap="gray")
-        axes[r][0].set_ylabel(f"{mode}, t={t}" if mode == "cag" else "fixed (any t)", fontsize=8)
+        axes[r][0].set_ylabel(f"{arm} (any t)" if model.config.decay_mode == "fixed" else f"{arm}, t={t}", fontsize=8)
         for q, query in enumerate(queries):
-            maps = models[mode].decay_maps(xt, t_batch, labels, query=query)  # (depth, 1, H, h, w)
+            maps = model.decay_maps(xt, t_batch, labels, query=query)  # (depth, 1, H, h, w)
             for li, layer in enumerate(layers):
                 ax = axes[r][1 + q * len(layers) + li]
                 ax.imshow(maps[layer, 0].mean(0), cmap="magma", vmin=0, vmax=1)
@@ -176,26 +389,45 @@ def plot_decay_maps(out: Path, models: dict, x0: torch.Tensor, labels: torch.Ten
     save_figure(fig, out / "decay_maps.png")
 
 
+def heads_by_strength(curves: np.ndarray) -> np.ndarray:
+    """Reorder each run's and layer's heads from the strongest decay to the weakest (by the mean over timesteps).
+
+    A head index names a different head in every seed, so averaging over seeds by index mixes unrelated heads;
+    averaging by rank compares like with like.
+
+    Args:
+        curves: ``(runs, T, depth, H)`` decay per unit distance (lower: stronger decay).
+    """
+    order = np.argsort(curves.mean(axis=1), axis=-1)  # (runs, depth, H)
+    return np.take_along_axis(curves, order[:, None], axis=-1)
+
+
 def plot_gates(out: Path, curves: dict, runs: dict, timesteps) -> None:
-    """``gates_vs_timestep.png``: per layer and head, cag's decay per unit distance against the timestep, and fixed's."""
-    cag = np.array([c for name, c in curves.items() if runs[name]["mode"] == "cag"])  # (seeds, T, depth, H)
-    fixed = np.array([c for name, c in curves.items() if runs[name]["mode"] == "fixed"])
-    if not len(cag):
+    """``gates_vs_timestep.png``: per gated arm (one row each) and layer, the decay per unit distance of the heads
+    against the timestep, heads ranked by strength in every seed before the mean; fixed arms' gammas dashed."""
+    by_arm = {}
+    for name, curve in curves.items():
+        by_arm.setdefault(arm_of(runs[name]), []).append(curve)
+    gated = {arm: heads_by_strength(np.array(c)) for arm, c in by_arm.items() if arm != "fixed" and not arm.endswith("+fixed")}
+    fixed = next((heads_by_strength(np.array(c)) for arm, c in by_arm.items() if arm == "fixed"), None)
+    if not gated:
         return
-    depth, heads = cag.shape[2], cag.shape[3]
-    fig, axes = plt.subplots(1, depth, figsize=(3.2 * depth, 3.2), sharey=True, squeeze=False)
-    for layer, ax in enumerate(axes[0]):
-        for head in range(heads):
-            colour = f"C{head}"
-            ax.plot(timesteps, cag[:, :, layer, head].mean(0), color=colour, label=f"head {head}")
-            ax.fill_between(timesteps, cag[:, :, layer, head].min(0), cag[:, :, layer, head].max(0),
-                            color=colour, alpha=0.2)
-            if len(fixed):
-                ax.axhline(fixed[0, 0, layer, head], color=colour, linestyle="--", linewidth=0.8)
-        ax.set_title(f"layer {layer}")
-        ax.set_xlabel("diffusion timestep (noise ->)")
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("decay per unit distance exp(2 mean a)")
+    depth, heads = next(iter(gated.values())).shape[2:]
+    fig, axes = plt.subplots(len(gated), depth, figsize=(3.2 * depth, 3.0 * len(gated)), sharey=True, squeeze=False)
+    for row, (arm, values) in enumerate(gated.items()):
+        for layer, ax in enumerate(axes[row]):
+            for rank in range(heads):
+                ax.plot(timesteps, values[:, :, layer, rank].mean(0), color=f"C{rank}", label=f"rank {rank + 1}")
+                ax.fill_between(timesteps, values[:, :, layer, rank].min(0), values[:, :, layer, rank].max(0),
+                                color=f"C{rank}", alpha=0.2)
+                if fixed is not None:
+                    ax.axhline(fixed[0, 0, layer, rank], color=f"C{rank}", linestyle="--", linewidth=0.8)
+            ax.set_title(f"{arm}, layer {layer}", fontsize=9)
+            ax.set_xlabel("diffusion timestep (noise ->)")
+            ax.grid(alpha=0.3)
+        axes[row][0].set_ylabel("decay per unit distance exp(2 mean a)")
     axes[0][0].legend(fontsize=7)
-    fig.suptitle("cag (solid: mean over seeds, band min..max) and fixed RMT gammas (dashed)", fontsize=9)
+    fig.suptitle(f"heads ranked by strength in each of {len(next(iter(gated.values())))} seeds (1: strongest); "
+                 "solid: mean over seeds, band min..max" + ("; dashed: fixed RMT gammas" if fixed is not None else ""),
+                 fontsize=9)
     save_figure(fig, out / "gates_vs_timestep.png")

@@ -65,6 +65,7 @@ class DemoModel:
             (n for n in self.schedulers if isinstance(pipe.scheduler, SCHEDULERS[n])), self.schedulers[0]
         )
         self.decay_mode = config.decay_mode
+        self.position_embedding = config.position_embedding
         self.class_names = [pipe.label_name(i) for i in range(config.num_classes)]
 
     @classmethod
@@ -218,7 +219,8 @@ def build_demo(model: DemoModel, compare: DemoModel | None = None):
 
     with gr.Blocks(title=f"SDT demo: {model.name}") as demo:
         gr.Markdown(
-            f"# SDT demo\n`{model.name}`: {len(model.class_names)} classes, decay `{model.decay_mode}`. "
+            f"# SDT demo\n`{model.name}`: {len(model.class_names)} classes, decay `{model.decay_mode}`, "
+            f"positions `{model.position_embedding}`. "
             f"At most **{model.max_work} image-steps** (images x steps) per request."
         )
         made = gr.State(None)

@@ -70,6 +70,17 @@ def test_flow_objective_run_exports_a_flow_pipeline_that_samples(tmp_path):
         run(tmp_path, "--max-steps", "1", "--objective", "flow", "--snr-gamma", "5")
 
 
+def test_rope_run_exports_a_rope_pipeline_that_samples(tmp_path):
+    run_dir = run(tmp_path, "--max-steps", "2", "--position-embedding", "rope", "--rope-base", "100", "--decay-mode", "cag")
+    pipe = SDTPipeline.from_pretrained(run_dir / "pipeline")
+    config = pipe.transformer.config
+    assert (config.position_embedding, config.rope_base, config.decay_mode) == ("rope", 100.0, "cag")
+    assert pipe.transformer.pos_embed is None and pipe.transformer.rope is not None
+    images = pipe(class_labels=[3], num_inference_steps=2, output_type="np").images
+    assert images.shape == (1, 16, 16, 1) and np.isfinite(images).all()
+    assert "positions `rope`" in (run_dir / "pipeline" / "README.md").read_text()
+
+
 def test_grids_follow_sample_every_and_the_loss_is_read_at_log_steps_only(tmp_path, monkeypatch):
     from accelerate import Accelerator
 

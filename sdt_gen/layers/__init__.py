@@ -1,10 +1,11 @@
-"""The vocabulary of SDT models: spatial decay, attention, embeddings. Depends on torch only."""
+"""The vocabulary of SDT models: spatial decay, attention, embeddings, rotary positions. Depends on torch only."""
 
 from .attention import SpatialDecayAttention, resolve_backend, spatial_decay_attention
 from .blockwise_attention import blockwise_decay_attention
 from .decay_config import ATTENTION_BACKENDS, DecayConfig
 from .drop import DropPath, drop_path
 from .embeddings import LabelEmbedding, PatchEmbed, sincos_1d, sincos_2d
+from .rotary import POSITION_EMBEDDINGS, apply_rope, position_tables, rope_rotation
 from .spatial_decay import (
     DECAY_INITS,
     DECAY_LAYOUTS,
@@ -24,12 +25,14 @@ __all__ = [
     "DECAY_INITS",
     "DECAY_LAYOUTS",
     "DECAY_MODES",
+    "POSITION_EMBEDDINGS",
     "ContextAwareGate",
     "DecayConfig",
     "DropPath",
     "LabelEmbedding",
     "PatchEmbed",
     "SpatialDecayAttention",
+    "apply_rope",
     "blockwise_decay_attention",
     "check_choice",
     "decay_bias",
@@ -38,8 +41,10 @@ __all__ = [
     "fixed_rates",
     "grid_coordinates",
     "manhattan_distance",
+    "position_tables",
     "resolve_backend",
     "rmt_gammas",
+    "rope_rotation",
     "sincos_1d",
     "sincos_2d",
     "spatial_decay_attention",

@@ -10,6 +10,7 @@ from torch import nn
 
 from .blockwise_attention import blockwise_decay_attention
 from .decay_config import ATTENTION_BACKENDS, DecayConfig
+from .rotary import apply_rope
 from .spatial_decay import (
     DECAY_LAYOUTS,
     ContextAwareGate,
@@ -210,9 +211,15 @@ class SpatialDecayAttention(nn.Module):
             return fixed_rates(self.gammas)
         return self.gate(x)
 
-    def forward(self, x: torch.Tensor, grid_size: tuple[int, int]) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, grid_size: tuple[int, int], rope: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Attend over tokens ``x`` ``(B, N, C)`` of a ``grid_size`` grid; ``rope``: the grid's 2D rotary
+        positions ``(2, N, D/2)`` (``rope_rotation``) to rotate queries and keys by, or None."""
         batch, tokens, channels = x.shape
         q, k, v = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)  # (B, H, N, D)
+        if rope is not None:
+            q, k = apply_rope(q, rope), apply_rope(k, rope)  # (B, H, N, D)
         out = spatial_decay_attention(
             q, k, v, self.decay_rates(x), grid_size, self.decay.layout, self.decay.backend
         )  # (B, H, N, D)

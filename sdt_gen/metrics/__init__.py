@@ -26,9 +26,17 @@ from .fidelity import (
     resolve_feature_extractor_weights,
     resolve_weights,
 )
-from .frechet import FeaturesAndLogits, classifier_metrics, feature_statistics, features_and_logits_of, frechet_distance
+from .frechet import (
+    FeaturesAndLogits,
+    classifier_metrics,
+    feature_metrics,
+    feature_statistics,
+    features_and_logits_of,
+    frechet_bootstrap,
+    frechet_distance,
+)
 from .manifold import knn_precision_recall
-from .statistics import mean_std, paired_difference
+from .statistics import holm, mean_std, paired_difference
 from .protocol import CONFIG_FILES, build_protocol, format_table, write_results
 from .sampling import (
     LABEL_MODES,
@@ -67,13 +75,16 @@ __all__ = [
     "compute_metrics",
     "default_cache_root",
     "default_weights_path",
+    "feature_metrics",
     "feature_statistics",
     "features_and_logits_of",
     "format_table",
+    "frechet_bootstrap",
     "frechet_distance",
     "image_seed",
     "knn_precision_recall",
     "labels_from_file_names",
+    "holm",
     "mean_std",
     "paired_difference",
     "parse_sample_file_name",

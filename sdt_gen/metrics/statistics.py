@@ -33,9 +33,10 @@ def paired_difference(
 ) -> dict[str, float]:
     """Mean of ``values[i] - baseline[i]`` over pairs, with its Student-t confidence interval.
 
-    Returns ``mean``, ``low``, ``high`` (the interval; NaN with fewer than 2 pairs), ``n`` and
+    Returns ``mean``, ``low``, ``high`` (the interval; NaN with fewer than 2 pairs), ``n``,
     ``excludes_zero``: whether the interval lies entirely on one side of 0, i.e. whether the data
-    support a difference at that confidence.
+    support a difference at that confidence, and ``p``: the two-sided p-value of the paired t-test
+    (NaN with fewer than 2 pairs; 0 or 1 when every difference is the same).
 
     Args:
         values: the metric of a variant, one value per seed.
@@ -52,7 +53,32 @@ def paired_difference(
     diff = values - baseline
     mean, n = float(diff.mean()), len(diff)
     if n < 2:
-        return {"mean": mean, "low": math.nan, "high": math.nan, "n": n, "excludes_zero": False}
-    half = float(scipy.stats.t.ppf(0.5 + confidence / 2, df=n - 1) * diff.std(ddof=1) / math.sqrt(n))
+        return {"mean": mean, "low": math.nan, "high": math.nan, "n": n, "excludes_zero": False, "p": math.nan}
+    sem = diff.std(ddof=1) / math.sqrt(n)
+    half = float(scipy.stats.t.ppf(0.5 + confidence / 2, df=n - 1) * sem)
     low, high = mean - half, mean + half
-    return {"mean": mean, "low": low, "high": high, "n": n, "excludes_zero": bool(low > 0 or high < 0)}
+    p = float(2 * scipy.stats.t.sf(abs(mean) / sem, df=n - 1)) if sem > 0 else float(mean == 0)
+    return {"mean": mean, "low": low, "high": high, "n": n, "excludes_zero": bool(low > 0 or high < 0), "p": p}
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjustment of p-values for testing several hypotheses at once.
+
+    The k-th smallest of ``m`` p-values is multiplied by ``m - k + 1`` (k from 1), made non-decreasing in that
+    order and capped at 1; rejecting where the adjusted value is below ``alpha`` keeps the chance of any false
+    rejection below ``alpha``. NaN p-values stay NaN and do not count as tests.
+
+    Args:
+        p_values: one p-value per test, in any order.
+
+    Returns:
+        the adjusted p-values, in the order given.
+    """
+    p = np.asarray(p_values, dtype=np.float64)
+    tested = np.flatnonzero(~np.isnan(p))
+    adjusted = np.full(len(p), math.nan)
+    running = 0.0
+    for rank, index in enumerate(tested[np.argsort(p[tested], kind="stable")]):
+        running = max(running, min(1.0, (len(tested) - rank) * p[index]))
+        adjusted[index] = running
+    return adjusted.tolist()

@@ -18,7 +18,15 @@ from typing import Any
 from transformers import PretrainedConfig
 
 from ..data.vae import vae_downsampling
-from ..layers import ATTENTION_BACKENDS, DECAY_INITS, DECAY_LAYOUTS, DECAY_MODES, DecayConfig, check_choice
+from ..layers import (
+    ATTENTION_BACKENDS,
+    DECAY_INITS,
+    DECAY_LAYOUTS,
+    DECAY_MODES,
+    POSITION_EMBEDDINGS,
+    DecayConfig,
+    check_choice,
+)
 
 ARCHITECTURES = ("hierarchical", "isotropic")
 POOL_TYPES = ("mean",)
@@ -56,6 +64,10 @@ class SDTConfig(PretrainedConfig):
         patch_size, hidden_size, depth, num_heads, mlp_ratio: isotropic shape.
         decay_layout, heads_range: isotropic decay layout and RMT ``b``.
         layer_scale_init_value: isotropic layer-scale init; 0 disables layer scale.
+        position_embedding, rope_base: isotropic positions, as the denoiser's: ``"sincos"`` (a fixed 2D table
+            added to the patch tokens), ``"rope"`` (2D rotary positions inside every attention layer) or
+            ``"sincos+rope"``; the rotary frequency base. SDT-H has its convolutional positions and only ``"sincos"``
+            (its default, which it ignores).
         decay_mode: ``"none"`` (ViT), ``"fixed"`` (RMT) or ``"cag"`` (SDT). Note: with ``"none"`` the
             attention core ignores the layout, so SDT-H's ``decomposed`` stages attend globally
             (about twice SDT-H-T's FLOPs at 224px), not axially.
@@ -123,6 +135,8 @@ class SDTConfig(PretrainedConfig):
     decay_layout: str = "full"
     heads_range: float = 6.0
     layer_scale_init_value: float = 0.0
+    position_embedding: str = "sincos"
+    rope_base: float = 10000.0
     # shared
     decay_mode: str = "cag"
     decay_init: str = "rmt"
@@ -238,6 +252,12 @@ class SDTConfig(PretrainedConfig):
         check_choice("decay_init", self.decay_init, DECAY_INITS)
         check_choice("attention_backend", self.attention_backend, ATTENTION_BACKENDS)
         check_choice("pool", self.pool, POOL_TYPES)
+        check_choice("position_embedding", self.position_embedding, POSITION_EMBEDDINGS)
+        if self.architecture == "hierarchical" and self.position_embedding != "sincos":
+            raise ValueError(
+                f"position_embedding={self.position_embedding!r} applies to the isotropic architecture; SDT-H has "
+                "convolutional positions (cpe_kernel_size, lepe_kernel_size)"
+            )
         if self.num_channels < 1:
             raise ValueError(f"num_channels must be positive, got {self.num_channels}")
         if not 0.0 <= self.drop_path_rate < 1.0:
@@ -259,8 +279,12 @@ class SDTConfig(PretrainedConfig):
             check_choice("decay_layout", self.decay_layout, DECAY_LAYOUTS)
             if self.hidden_size % self.num_heads:
                 raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
-            if self.hidden_size % 4:
+            if "sincos" in self.position_embedding and self.hidden_size % 4:
                 raise ValueError(f"hidden_size must be divisible by 4 for 2D sin-cos positions, got {self.hidden_size}")
+            if "rope" in self.position_embedding and (self.hidden_size // self.num_heads) % 4:
+                raise ValueError(
+                    f"2D rotary positions need a head width divisible by 4, got {self.hidden_size // self.num_heads}"
+                )
             check_image_size((height, width), self.patch_size * self.vae_downsample, "the patch embedding")
 
     @property

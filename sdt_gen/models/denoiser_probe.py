@@ -128,6 +128,8 @@ def probe_config(
         num_heads=denoiser_config["num_heads"],
         mlp_ratio=denoiser_config["mlp_ratio"],
         **DecayConfig.from_config(denoiser_config).config_keys(),
+        position_embedding=denoiser_config["position_embedding"],
+        rope_base=denoiser_config["rope_base"],
         pool=pool,
         denoiser_config=denoiser_config,
         denoiser_timestep=timestep,

@@ -28,11 +28,11 @@ from transformers import AutoConfig, AutoModel, AutoModelForImageClassification,
 from transformers import initialization as init  # skips tensors already loaded from a checkpoint
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
 
-from ..layers import SpatialDecayAttention, rmt_gammas, sincos_2d
+from ..layers import SpatialDecayAttention, rmt_gammas
 from .configuration_sdt import HIERARCHICAL_STRIDE, SDTConfig, check_image_size
 from .denoiser_probe import build_denoiser_probe, load_denoiser, load_denoiser_weights, probe_config
 from .modeling_sdt_h import SDTLayer, build_hierarchical, hierarchical_features
-from .modeling_sdt_vit import build_isotropic, isotropic_features
+from .modeling_sdt_vit import build_isotropic, isotropic_features, positions
 from .transformer_sdt import SDTTransformer2DModel
 
 
@@ -84,8 +84,10 @@ class SDTPreTrainedModel(PreTrainedModel):
                 if scale is not None:
                     init.constant_(scale, module.layer_scale_init_value)
         elif isinstance(module, SDTModel):
-            if module.pos_embed is not None:
-                init.copy_(module.pos_embed, sincos_2d(module.pos_embed.shape[-1], *module.grid_size).unsqueeze(0))
+            if module.config.architecture == "isotropic":
+                for buffer, table in zip((module.pos_embed, module.rope), positions(module.config, module.grid_size)):
+                    if buffer is not None:
+                        init.copy_(buffer, table)
             if module.conditioning is not None:
                 init.zeros_(module.conditioning)
 
@@ -133,6 +135,7 @@ class SDTModel(SDTPreTrainedModel):
     def __init__(self, config: SDTConfig):
         super().__init__(config)
         self.register_buffer("pos_embed", None, persistent=False)  # isotropic: fixed sin-cos positions
+        self.register_buffer("rope", None, persistent=False)  # isotropic: 2D rotary positions
         self.register_buffer("conditioning", None)  # denoiser probe: the fixed adaLN input
         self.vae = None
         if config.architecture == "hierarchical":

@@ -148,10 +148,10 @@ class SDTLayer(GradientCheckpointingLayer):
         else:
             self.layer_scale_1 = self.layer_scale_2 = None
 
-    def forward(self, x: torch.Tensor, grid_size: tuple[int, int]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, grid_size: tuple[int, int], rope: torch.Tensor | None = None) -> torch.Tensor:
         if self.cpe is not None:
             x = x + to_tokens(self.cpe(to_image(x, grid_size)))  # (B, N, C)
-        attn = self.attn(self.norm1(x), grid_size)  # (B, N, C)
+        attn = self.attn(self.norm1(x), grid_size, rope)  # (B, N, C)
         x = x + self.drop_path(attn if self.layer_scale_1 is None else self.layer_scale_1 * attn)
         mlp = self.mlp(self.norm2(x), grid_size)  # (B, N, C)
         x = x + self.drop_path(mlp if self.layer_scale_2 is None else self.layer_scale_2 * mlp)

@@ -1,6 +1,6 @@
 """The isotropic SDT classifier backbone (``architecture="isotropic"``), ViT-style.
 
-The denoiser's patch embedding, fixed 2D sin-cos positions and one stack of blocks. Trained from
+The denoiser's patch embedding, its positions (fixed 2D sin-cos, rotary or both) and one stack of blocks. Trained from
 scratch the blocks are plain pre-norm ``SDTLayer`` blocks (``modeling_sdt_h``); a denoiser probe
 (``denoiser_probe``) is this backbone with the denoiser's own adaLN blocks, a fixed conditioning and,
 for a latent denoiser, its VAE's encoder in front. ``build_isotropic`` and ``isotropic_features`` are
@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..layers import PatchEmbed, sincos_2d
+from ..layers import PatchEmbed, position_tables
 from .configuration_sdt import SDTConfig
 from .modeling_sdt_h import SDTLayer, SDTPooler, linear_drop_rates
 
@@ -40,15 +40,20 @@ def build_isotropic(model: nn.Module, config: SDTConfig) -> None:
 
 
 def build_embedding(model: nn.Module, config: SDTConfig, in_channels: int) -> None:
-    """Give ``model`` the patch embedding of ``in_channels``-channel inputs and its ``grid_size`` and fixed
-    sin-cos ``pos_embed`` buffer (non-persistent: rebuilt, not saved)."""
+    """Give ``model`` the patch embedding of ``in_channels``-channel inputs, its ``grid_size`` and its position
+    buffers ``pos_embed`` and ``rope`` (``positions``; non-persistent: rebuilt, not saved)."""
     height, width = config.image_hw
     stride = config.patch_size * config.vae_downsample
     model.grid_size = (height // stride, width // stride)
     model.patch_embed = PatchEmbed(config.patch_size, in_channels, config.hidden_size)
-    model.register_buffer(
-        "pos_embed", sincos_2d(config.hidden_size, *model.grid_size).unsqueeze(0), persistent=False
-    )  # (1, N, D)
+    pos_embed, rope = positions(config, model.grid_size)
+    model.register_buffer("pos_embed", pos_embed, persistent=False)  # (1, N, D) or None
+    model.register_buffer("rope", rope, persistent=False)  # (2, N, D_head / 2) or None
+
+
+def positions(config: SDTConfig, grid_size: tuple[int, int]):
+    """The isotropic backbone's position tables on a grid: ``(sincos (1, N, D) | None, rope (2, N, D_head/2) | None)``."""
+    return position_tables(config.hidden_size, config.num_heads, grid_size, config.position_embedding, config.rope_base)
 
 
 def isotropic_features(
@@ -64,17 +69,19 @@ def isotropic_features(
         pixel_values = latents.to(pixel_values.dtype) * model.config.vae_scaling_factor  # (B, C_lat, h, w)
     p = model.config.patch_size
     grid_size = (pixel_values.shape[-2] // p, pixel_values.shape[-1] // p)
-    pos = model.pos_embed
+    pos, rope = model.pos_embed, model.rope
     if grid_size != model.grid_size:  # another input size: positions for that grid
-        pos = sincos_2d(pos.shape[-1], *grid_size).unsqueeze(0).to(pos.device)
-    x = model.patch_embed(pixel_values) + pos.to(pixel_values.dtype)  # (B, N, D)
+        pos, rope = (None if t is None else t.to(pixel_values.device) for t in positions(model.config, grid_size))
+    x = model.patch_embed(pixel_values)  # (B, N, D)
+    if pos is not None:
+        x = x + pos.to(x.dtype)
     if hidden_states is not None:
         hidden_states.append(x)
 
     # 2. Blocks
     c = None if model.conditioning is None else model.conditioning.expand(x.shape[0], -1)  # (B, D)
     for block in model.blocks:
-        x = block(x, grid_size) if c is None else block(x, c, grid_size)  # (B, N, D)
+        x = block(x, grid_size, rope) if c is None else block(x, c, grid_size, rope)  # (B, N, D)
         if hidden_states is not None:
             hidden_states.append(x)
     return x

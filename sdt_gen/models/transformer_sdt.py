@@ -20,7 +20,15 @@ from diffusers.utils import BaseOutput
 from torch import nn
 
 from ..diffusion.objectives import OBJECTIVES
-from ..layers import DecayConfig, LabelEmbedding, PatchEmbed, SpatialDecayAttention, decay_map, fixed_rates, sincos_2d
+from ..layers import (
+    DecayConfig,
+    LabelEmbedding,
+    PatchEmbed,
+    SpatialDecayAttention,
+    decay_map,
+    fixed_rates,
+    position_tables,
+)
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -62,9 +70,12 @@ class SDTBlock(nn.Module):
         )
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size))
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor, grid_size: tuple[int, int]) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, c: torch.Tensor, grid_size: tuple[int, int], rope: torch.Tensor | None = None
+    ) -> torch.Tensor:
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=1)
-        x = x + gate_msa.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_msa, scale_msa), grid_size)  # (B, N, D)
+        attn = self.attn(modulate(self.norm1(x), shift_msa, scale_msa), grid_size, rope)  # (B, N, D)
+        x = x + gate_msa.unsqueeze(1) * attn  # (B, N, D)
         x = x + gate_mlp.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))  # (B, N, D)
         return x
 
@@ -118,6 +129,10 @@ class SDTTransformer2DModel(ModelMixin, ConfigMixin):
         objective: what the model was trained to predict, so pipelines pick a matching sampler:
             ``"ddpm"`` (DiT: the noise, with diffusers' DDPM-family schedulers) or ``"flow"`` (SiT: the
             velocity of the linear path, with diffusers' flow-matching schedulers; ``learn_sigma=False``).
+        position_embedding: ``"sincos"`` (DiT's fixed absolute table added at the input), ``"rope"`` (no
+            absolute table; queries and keys of every attention layer rotated by the token's row and column,
+            ``sdt_gen.layers.rope_rotation``) or ``"sincos+rope"`` (both).
+        rope_base: frequency base of the rotary positions (``theta_i = rope_base^(-2i / (D/2))``).
     """
 
     _supports_gradient_checkpointing = True
@@ -151,6 +166,8 @@ class SDTTransformer2DModel(ModelMixin, ConfigMixin):
         timestep_freq_shift: float = 0.0,
         mlp_norm_eps: float = 1e-6,
         objective: str = "ddpm",
+        position_embedding: str = "sincos",
+        rope_base: float = 10000.0,
     ):
         super().__init__()
         # One draw from the global generator seeds the whole initialisation, so the weights the decay
@@ -179,7 +196,10 @@ class SDTTransformer2DModel(ModelMixin, ConfigMixin):
             self.time_proj = Timesteps(256, flip_sin_to_cos=True, downscale_freq_shift=timestep_freq_shift)
             self.t_embedder = TimestepEmbedding(256, hidden_size)
             self.y_embedder = LabelEmbedding(num_classes, hidden_size, class_dropout_prob)
-            self.register_buffer("pos_embed", sincos_2d(hidden_size, *self.grid_size).unsqueeze(0), persistent=False)
+            # Non-persistent: rebuilt from the config, never saved.
+            pos_embed, rope = position_tables(hidden_size, num_heads, self.grid_size, position_embedding, rope_base)
+            self.register_buffer("pos_embed", pos_embed, persistent=False)  # (1, N, D) or None
+            self.register_buffer("rope", rope, persistent=False)  # (2, N, D_head / 2) or None
 
             decay = DecayConfig(decay_mode, decay_layout, decay_init, attention_backend, initial_value, heads_range)
             self.blocks = nn.ModuleList(
@@ -307,15 +327,17 @@ class SDTTransformer2DModel(ModelMixin, ConfigMixin):
         timestep = torch.as_tensor(timestep, device=sample.device)
         if timestep.dim() == 0:
             timestep = timestep.expand(sample.shape[0])
-        x = self.x_embedder(sample) + self.pos_embed.to(sample.dtype)  # (B, N, D)
+        x = self.x_embedder(sample)  # (B, N, D)
+        if self.pos_embed is not None:
+            x = x + self.pos_embed.to(x.dtype)
         c = self.conditioning(timestep, class_labels, dtype=x.dtype)  # (B, D)
 
         # 2. Blocks
         for block in self.blocks:
             if torch.is_grad_enabled() and self.gradient_checkpointing:
-                x = self._gradient_checkpointing_func(block, x, c, self.grid_size)
+                x = self._gradient_checkpointing_func(block, x, c, self.grid_size, self.rope)
             else:
-                x = block(x, c, self.grid_size)  # (B, N, D)
+                x = block(x, c, self.grid_size, self.rope)  # (B, N, D)
 
         # 3. Output
         out = self.unpatchify(self.final_layer(x, c))  # (B, out_channels, H, W)
@@ -443,6 +465,12 @@ class SDTTransformer2DModel(ModelMixin, ConfigMixin):
             config = conversion.sdt_config_from_original_dit(original, **{**convention, **overrides})
             state = conversion.convert_original_dit_state_dict(original, config)
             dtype = next(iter(state.values())).dtype
+        if config.get("position_embedding", "sincos") != "sincos":
+            raise ValueError(
+                f"from_dit keeps DiT's position_embedding='sincos'; got {config['position_embedding']!r}, which "
+                "rotates queries and keys DiT never saw, so the converted model would not compute the DiT's "
+                "function. Convert with 'sincos', or train a rope model from scratch"
+            )
         if config.get("decay_mode", "cag") == "cag":
             config.setdefault("decay_init", "zero")
         model = cls(**config)

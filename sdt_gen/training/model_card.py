@@ -70,7 +70,8 @@ def denoiser_card(
     sections = {
         "Model": (
             f"A class-conditional DiT-style denoiser whose attention carries spatial decay `{decay}` "
-            "(`none`: DiT, `fixed`: RMT's Manhattan decay, `cag`: SDT's Context-Aware Gate), "
+            "(`none`: DiT, `fixed`: RMT's Manhattan decay, `cag`: SDT's Context-Aware Gate) and positions "
+            f"`{config.get('position_embedding', 'sincos')}` (`sincos`: DiT's absolute table, `rope`: 2D rotary), "
             f"{config.get('depth')} blocks of width {config.get('hidden_size')}, patch {config.get('patch_size')}, "
             f"{config.get('num_classes')} classes. Trained with sdt-gen's `train_dit.py`.\n\n" + _config_block(config)
         ),

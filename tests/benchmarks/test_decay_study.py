@@ -1,6 +1,7 @@
 """benchmarks/decay_study.py end to end on MNIST, in a temporary folder: results, pictures, caching, protocol."""
 
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -14,11 +15,12 @@ import decay_study  # noqa: E402
 
 from sdt_gen import SDTConfig, SDTForImageClassification, save_classifier  # noqa: E402
 
-PICTURES = ("fd_vs_step.png", "samples.png", "decay_maps.png", "gates_vs_timestep.png")
+PICTURES = ("fd_vs_step.png", "fd_vs_time.png", "samples.png", "decay_maps.png", "gates_vs_timestep.png")
+ARMS = ["none", "cag", "rope", "rope+cag"]
 # Smaller than --quick: 4 steps, 2 evaluation points, 12 samples of 2 sampling steps, small reference sets.
 TINY = [
     "--quick", "--steps", "4", "--num-samples", "12", "--sample-steps", "2", "--batch-size", "64", "--heldout-images", "20",
-    "--reference-images", "100",
+    "--reference-images", "100", "--bootstrap-replicates", "5", "--arms", *ARMS,
 ]
 
 
@@ -44,26 +46,42 @@ def study(tmp_path_factory, evaluator):
 def test_every_run_and_evaluation_is_in_the_results(study):
     out, results, _ = study
     saved = json.loads((out / "results.json").read_text())
-    assert saved["modes"] == ["none", "fixed", "cag"] and saved["seeds"] == [0, 1]
-    assert set(saved["runs"]) == {f"{m}-s{s}" for m in ("none", "fixed", "cag") for s in (0, 1)}
+    assert saved["arms"] == ARMS and saved["seeds"] == [0, 1]
+    assert set(saved["runs"]) == {f"{arm}-s{s}" for arm in ARMS for s in (0, 1)}
     for run in saved["runs"].values():
         assert list(run["evals"]) == ["2", "4"]
         for metrics in run["evals"].values():
-            assert {"fd", "accuracy", "precision", "recall", "heldout_mse"} <= set(metrics)
+            assert {"fd", "fd_heldout", "fd_bootstrap", "accuracy", "precision", "recall", "heldout_mse"} <= set(metrics)
             assert 0 <= metrics["accuracy"] <= 1 and metrics["fd"] > 0
+            assert metrics["fd_bootstrap"]["low"] < metrics["fd"] < metrics["fd_bootstrap"]["high"]
+        assert set(run["evals"]["4"]["guidance_sweep"]) == {"1.5", "5"} and "guidance_sweep" not in run["evals"]["2"]
         assert run["training_seconds"] > 0 and run["steps_per_second"] > 0
-    assert set(saved["paired_vs_none"]) == {"fixed", "cag"}
+        assert run["times"]["cpu"][0] < run["times"]["cpu"][1] and run["machines"]
+    # Each decayed arm against the same positions without decay (primary), and everything against none.
+    assert saved["primary"] == ["cag - none", "rope+cag - rope"]
+    assert set(saved["paired"]) == {"cag - none", "rope - none", "rope+cag - rope", "rope+cag - none"}
+    for comparison in saved["primary"]:
+        assert 0 <= saved["paired"][comparison]["fd_last2"]["p_holm"] <= 1
     assert saved["protocol"]["sampling"]["num_samples"] == 12
+    assert saved["protocol"]["threads"] == 1 and saved["protocol"]["arms"] == ARMS
+    assert saved["protocol"]["primary"]["metric"] == "fd_last2"
+    assert set(saved["equal_time"]["fd"]) == set(ARMS)
     strength = saved["gates_vs_timestep"]["strength"]
-    assert set(strength) == {"fixed-s0", "fixed-s1", "cag-s0", "cag-s1"}
+    assert set(strength) == {"cag-s0", "cag-s1", "rope+cag-s0", "rope+cag-s1"}
     assert len(strength["cag-s0"]) == len(decay_study.GATE_TIMESTEPS)
+    # The rope arms trained with rotary positions, the others with DiT's sin-cos table.
+    for arm, position in (("rope+cag", "rope"), ("none", "sincos")):
+        config = json.loads((decay_study.final_pipeline(out, f"{arm}-s0") / "transformer" / "config.json").read_text())
+        assert config["position_embedding"] == position
 
 
 def test_summary_and_pictures_are_written(study):
     out, _, _ = study
     summary = (out / "summary.md").read_text()
-    assert "| mode | FD |" in summary and "Paired differences against `none`" in summary
-    assert "cag vs none" in summary and ("no measurable difference" in summary or "interval excludes 0" in summary)
+    assert "**Primary metric**" in summary and "| rope+cag - rope |" in summary
+    assert "| arm | FD | FD s.e. within run | FD held-out |" in summary and "Guidance sweep" in summary and "At equal training time" in summary
+    assert "cag - none" in summary and ("no measurable difference" in summary or "interval excludes 0" in summary
+                                        or "Holm adjustment" in summary)
     for name in PICTURES:
         assert (out / name).stat().st_size > 1000, name
 
@@ -79,6 +97,24 @@ def test_a_second_call_retrains_nothing(study, evaluator, monkeypatch):
     assert again["summary"] == results["summary"]
 
 
+def test_workers_split_the_runs_and_only_a_complete_study_is_analysed(study, evaluator, tmp_path, monkeypatch, capsys):
+    out, _, _ = study
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    (copy / "results.json").unlink()
+    for name in ("rope-s0", "cag-s1"):  # runs 2 and 5 of (s0: none cag rope rope+cag, s1: ...): one per worker
+        (copy / "evals" / name / "step-0000004" / "metrics.json").unlink()
+    trained = []
+    monkeypatch.setattr(decay_study, "train_to", lambda args, out, arm, seed, step: trained.append((arm, seed)))
+    monkeypatch.setattr(decay_study, "evaluate", lambda *args: None)
+    argv = [*TINY, "--classifier", str(evaluator), "--out", str(copy)]
+    assert decay_study.main(decay_study.build_parser().parse_args([*argv, "--worker", "0/2"])) is None
+    assert trained == [("rope", 0)] and not (copy / "results.json").exists()  # cag-s1 belongs to worker 1
+    with pytest.raises(SystemExit):
+        decay_study.build_parser().parse_args([*argv, "--worker", "2/2"])
+    assert "argument --worker: expected I/N with 0 <= I < N (e.g. 0/2), got '2/2'" in capsys.readouterr().err
+
+
 def test_another_protocol_in_the_same_folder_is_refused(study, evaluator):
     out, _, _ = study
     with pytest.raises(SystemExit, match=r"another protocol \(sampling: .*'ddpm'"):
@@ -87,9 +123,46 @@ def test_another_protocol_in_the_same_folder_is_refused(study, evaluator):
         ))
 
 
+def test_other_arms_in_the_same_folder_are_refused(study, evaluator):
+    out, _, _ = study
+    with pytest.raises(SystemExit, match=r"another protocol \(arms: \['none', 'cag', 'rope', 'rope\+cag'\] there"):
+        decay_study.main(decay_study.build_parser().parse_args(
+            [*TINY, "--classifier", str(evaluator), "--out", str(out), "--arms", "none", "fixed"]
+        ))
+
+
+@pytest.mark.parametrize(
+    "arm, settings",
+    [("none", ("sincos", "none")), ("cag", ("sincos", "cag")), ("rope", ("rope", "none")),
+     ("rope+cag", ("rope", "cag")), ("sincos+rope+fixed", ("sincos+rope", "fixed")), ("sincos+rope", ("sincos+rope", "none"))],
+)
+def test_arms_parse(arm, settings):
+    assert decay_study.parse_arm(arm) == {"position_embedding": settings[0], "decay_mode": settings[1]}
+    assert decay_study.arm_name(*settings) == arm
+
+
+@pytest.mark.parametrize("arm", ["rope+gag", "alibi", "sincos+cag", "rope+none", "cag+rope", ""])
+def test_a_bad_arm_fails_clearly(arm, tmp_path):
+    with pytest.raises(SystemExit, match=r"--arms: unknown arm .*; an arm is a decay mode"):
+        decay_study.main(decay_study.build_parser().parse_args(["--quick", "--arms", arm, "--out", str(tmp_path)]))
+    assert not any(tmp_path.iterdir())
+
+
+def test_the_token_count_picks_the_default_set():
+    args = decay_study.build_parser().parse_args(["--tokens", "256"])
+    decay_study.apply_defaults(args)
+    assert (args.model, args.arms, args.seeds, args.threads) == ("SDT-Ti/2", ["none", "cag", "rope", "rope+cag"], [0, 1, 2], 1)
+    assert args.out == "studies/mnist-decay-256" and args.compare_with.endswith("docs/decay_study/results.json")
+    args = decay_study.build_parser().parse_args([])
+    decay_study.apply_defaults(args)
+    assert (args.model, args.arms, args.out) == ("SDT-Ti/4", ["none", "fixed", "cag"], "studies/mnist-decay")
+
+
 @pytest.mark.slow
 def test_quick_study_end_to_end(tmp_path):
-    results = decay_study.main(decay_study.build_parser().parse_args(["--quick", "--out", str(tmp_path / "quick")]))
+    results = decay_study.main(decay_study.build_parser().parse_args(
+        ["--quick", "--arms", "none", "rope+cag", "--out", str(tmp_path / "quick")]
+    ))
     assert results["evaluator"]["heldout_top1"] > 0.5
     for name in PICTURES:
         assert (tmp_path / "quick" / name).is_file()

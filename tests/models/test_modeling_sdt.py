@@ -447,3 +447,42 @@ def test_other_bad_config_values():
         tiny_config(decay_layouts=["axial", "full", "full", "full"])
     with pytest.raises(ValueError, match="unknown pool"):
         tiny_config(pool="cls")
+
+
+# ----------------------------------------------------------------------------- rotary positions
+
+
+@pytest.mark.parametrize("position", ["rope", "sincos+rope"])
+def test_isotropic_classifier_with_rotary_positions_saves_loads_and_takes_other_grids(tmp_path, position):
+    config = tiny_config("isotropic", position_embedding=position, rope_base=100.0, drop_path_rate=0.0)
+    model = perturbed(SDTForImageClassification(config), scale=0.3).eval()  # logits far from 0: positions matter
+    assert model.sdt.rope.shape == (2, 64, 8) and (model.sdt.pos_embed is None) == (position == "rope")
+    x = pixels(config)
+    save_classifier(model, tmp_path / "model")
+    loaded = AutoModelForImageClassification.from_pretrained(tmp_path / "model").eval()
+    assert loaded.config.position_embedding == position
+    with torch.no_grad():
+        logits = model(x).logits
+        torch.testing.assert_close(loaded(x).logits, logits)
+        plain = SDTForImageClassification(tiny_config("isotropic", drop_path_rate=0.0)).eval()
+        plain.load_state_dict(model.state_dict())
+        assert not torch.allclose(plain(x).logits, logits, atol=1e-4)  # the rotation is applied
+        assert model(torch.randn(1, 3, 48, 32)).logits.shape == (1, 5)  # a 12x8 grid: its own rotation
+
+
+def test_probe_of_a_rope_denoiser_features_equal_its_hidden_states():
+    denoiser = tiny_denoiser(position_embedding="rope", decay_mode="cag")
+    model = SDTForImageClassification.from_denoiser(denoiser, timestep=300, layer=1).eval()
+    assert model.config.position_embedding == "rope" and model.sdt.pos_embed is None
+    x = pixels(model.config, batch=3)
+    with torch.no_grad():
+        torch.testing.assert_close(model.forward_features(x), hidden_state_of(denoiser, x, 300, 1), rtol=1e-5, atol=1e-5)
+
+
+def test_rotary_positions_are_refused_where_they_do_not_apply():
+    with pytest.raises(ValueError, match="position_embedding='rope' applies to the isotropic architecture"):
+        tiny_config(position_embedding="rope")
+    with pytest.raises(ValueError, match="unknown position_embedding 'alibi'"):
+        tiny_config("isotropic", position_embedding="alibi")
+    with pytest.raises(ValueError, match="head width divisible by 4, got 6"):
+        tiny_config("isotropic", hidden_size=12, num_heads=2, position_embedding="rope")

@@ -1,7 +1,11 @@
+import json
+from pathlib import Path
+
 import pytest
 import torch
 from diffusers import DiTTransformer2DModel
 from diffusers.hooks import apply_layerwise_casting
+from safetensors.torch import load_file
 
 from sdt_gen import SDT_PRESETS, SDTTransformer2DModel
 from sdt_gen.layers import fixed_rates, manhattan_distance, rmt_gammas
@@ -317,3 +321,63 @@ def test_a_config_saved_before_the_objective_key_loads_as_ddpm(tmp_path):
     assert loaded.config.objective == "ddpm" and loaded.config.learn_sigma
     for (name, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+
+
+def test_a_sincos_model_saved_before_position_embeddings_computes_exactly_as_then():
+    """``sdt_sincos_v0``: a cag model and one input/output pair, written by the code before ``position_embedding``."""
+    folder = FIXTURES / "sdt_sincos_v0"
+    assert "position_embedding" not in json.loads((folder / "config.json").read_text())
+    model = SDTTransformer2DModel.from_pretrained(folder).eval()
+    assert model.config.position_embedding == "sincos" and model.rope is None
+    io = load_file(folder / "io.safetensors")
+    with torch.no_grad():
+        assert torch.equal(model(io["sample"], io["timestep"], io["class_labels"]).sample, io["output"])
+
+
+@pytest.mark.parametrize("layout", ["full", "decomposed"])
+@pytest.mark.parametrize("mode", ["none", "fixed", "cag"])
+@pytest.mark.parametrize("position", ["rope", "sincos+rope"])
+def test_rope_models_run_save_and_load_in_every_decay_setting(tmp_path, position, mode, layout):
+    model = perturbed(SDTTransformer2DModel(**tiny_config(
+        sample_size=(8, 12), position_embedding=position, decay_mode=mode, decay_layout=layout, rope_base=100.0,
+    ))).eval()
+    assert (model.pos_embed is None) == (position == "rope") and model.rope.shape == (2, 4 * 6, 8)
+    model.save_pretrained(tmp_path / "ckpt")
+    loaded = SDTTransformer2DModel.from_pretrained(tmp_path / "ckpt").eval()
+    assert (loaded.config.position_embedding, loaded.config.rope_base) == (position, 100.0)
+    x, t, y = dummy_inputs(model)
+    with torch.no_grad():
+        out = model(x, t, y).sample
+        assert torch.equal(out, loaded(x, t, y).sample)
+        plain = SDTTransformer2DModel(**tiny_config(sample_size=(8, 12), decay_mode=mode, decay_layout=layout))
+        plain.load_state_dict(model.state_dict())  # the same weights, DiT's sin-cos positions
+        assert not torch.allclose(out, plain.eval()(x, t, y).sample, atol=1e-4)
+    maps = model.decay_maps(x, t, y, query=(1, 2))  # the decay alone, whatever the positions
+    assert maps.shape == (2, 3, 2, 4, 6)
+
+
+def test_rope_is_a_preset_override_and_a_bad_name_is_refused():
+    model = SDTTransformer2DModel.from_preset("SDT-Ti/2", sample_size=16, position_embedding="sincos+rope", decay_mode="cag")
+    assert model.rope.shape == (2, 64, 16) and model.pos_embed is not None
+    with pytest.raises(ValueError, match=r"unknown position_embedding 'alibi'; expected one of 'sincos', 'rope', 'sincos\+rope'"):
+        SDTTransformer2DModel(**tiny_config(position_embedding="alibi"))
+    with pytest.raises(ValueError, match="head width divisible by 4, got 6"):
+        SDTTransformer2DModel(**tiny_config(hidden_size=12, num_heads=2, position_embedding="rope"))
+
+
+def test_from_dit_keeps_sincos_and_refuses_rope():
+    dit = dit_pair()
+    assert SDTTransformer2DModel.from_dit(dit).config.position_embedding == "sincos"
+    with pytest.raises(ValueError, match="from_dit keeps DiT's position_embedding='sincos'; got 'rope'"):
+        SDTTransformer2DModel.from_dit(dit, position_embedding="rope")
+
+
+def test_rope_training_step_reaches_every_parameter():
+    model = SDTTransformer2DModel(**tiny_config(position_embedding="rope", decay_mode="cag"))
+    perturbed(model)
+    x, t, y = dummy_inputs(model)
+    model(x, t, y).sample.square().mean().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
