@@ -45,6 +45,7 @@ Writes ``results.json``, ``summary.md``, ``fd_vs_step.png``, ``fd_vs_time.png``,
 import argparse
 import json
 import platform
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -93,7 +94,7 @@ from sdt_gen.metrics import (  # noqa: E402
     sample_labels,
     sample_to_folder,
 )
-from sdt_gen.files import atomic_file, write_json_atomically  # noqa: E402
+from sdt_gen.files import atomic_file, file_sha256, write_json_atomically  # noqa: E402
 from sdt_gen.metrics.sampling import to_uint8  # noqa: E402
 from sdt_gen.pipelines import SCHEDULERS, scheduler_by_name  # noqa: E402
 
@@ -301,25 +302,51 @@ def reference_images(args):
     return args.ref or ArrayImageDataset(mnist_uint8("train", args.reference_images)[0], source="MNIST train split")
 
 
+def train_evaluator(args, out: Path) -> Path:
+    """Train the evaluator (SDT-H-XT, decay none, seed 0) on MNIST's train split into ``out/evaluator``; its model folder."""
+    argv = [
+        "--dataset", "mnist", "--decay-mode", "none", "--epochs", str(args.evaluator_epochs), "--seed", "0",
+        "--results-dir", str(out / "evaluator"), *(["--cpu"] if args.cpu else []),
+    ]
+    run_dir, _ = train_classifier.main(train_classifier.build_parser().parse_args(argv))
+    return run_dir / "model"
+
+
 def prepare_evaluator(args, out: Path, processes) -> tuple[TransformersImageClassifier | None, dict]:
-    """The evaluator classifier (trained once and cached, or ``--classifier``) and its record."""
+    """The evaluator classifier (trained once and cached, or ``--classifier``) and its record.
+
+    The record keeps the weights' sha256. A study folder carried without the evaluator's weights (they are the one
+    large file the analysis needs) retrains it, at the protocol's thread count, and refuses to go on unless the
+    weights come out identical.
+    """
     if args.latents_path and not args.classifier:
         return None, {"note": "no evaluator: pass --classifier for classifier metrics on latent data"}
     trained = out / "evaluator" / "evaluator.json"
     while args.worker[0] > 0 and not args.classifier and not trained.is_file():
         print(f"worker {args.worker[0]}: waiting for worker 0 to train the evaluator ({trained})", flush=True)
         time.sleep(EVALUATOR_POLL_SECONDS)
-    if not args.classifier and not trained.is_file():
+    record = read_json(trained)
+    if not args.classifier and (record is None or not Path(record["path"]).is_dir()):
         start = time.perf_counter()
-        argv = [
-            "--dataset", "mnist", "--decay-mode", "none", "--epochs", str(args.evaluator_epochs), "--seed", "0",
-            "--results-dir", str(out / "evaluator"), *(["--cpu"] if args.cpu else []),
-        ]
-        run_dir, _ = train_classifier.main(train_classifier.build_parser().parse_args(argv))
+        model = train_evaluator(args, out)
         if processes.is_main_process:
-            write_json(trained, {"path": str(run_dir / "model"), "seconds": time.perf_counter() - start})
+            digest = file_sha256(model / "model.safetensors")
+            if record is None:
+                record = {"path": str(model), "seconds": time.perf_counter() - start, "weights_sha256": digest}
+            elif record.get("weights_sha256") != digest:
+                raise SystemExit(
+                    f"error: the evaluator retrained in {model} (sha256 {digest[:12]}) is not the one this study was "
+                    f"scored with (sha256 {str(record.get('weights_sha256'))[:12]}): another torch, thread count or "
+                    "CPU; restore the study's evaluator folder or start the study afresh"
+                )
+            record["path"] = str(model)
+            write_json(trained, record)
         processes.wait_for_everyone()
     record = {"path": str(Path(args.classifier).resolve())} if args.classifier else read_json(trained)
+    if "weights_sha256" not in record:  # a record from before hashes: add it
+        record["weights_sha256"] = file_sha256(Path(record["path"]) / "model.safetensors")
+        if processes.is_main_process and not args.classifier:
+            write_json(trained, record)
     evaluator = TransformersImageClassifier(record["path"], processes.device)
     if processes.is_main_process and not args.latents_path:
         images, labels = mnist_uint8("val")
@@ -505,15 +532,48 @@ def strength_vs_timestep(model, x0: torch.Tensor, labels: torch.Tensor) -> list:
     return curves  # (T, depth, H)
 
 
-def gate_curves(args, out: Path, runs: dict, heldout) -> dict:
-    """``strength_vs_timestep`` of every final model with a decay, on every fifth held-out image."""
+DECAY_MAP_TIMESTEPS = (50, 500, 950)
+SAMPLES_KEPT = 40
+
+
+def final_artifacts(out: Path, name: str, heldout, steps: list[int]) -> Path:
+    """What the summary needs of a finished run besides its metrics, computed once from its final pipeline into
+    ``evals/<run>/final/``: ``gates.json`` (``strength_vs_timestep`` on every fifth held-out image, decayed arms),
+    ``decay_maps.safetensors`` (``decay_maps`` of the first held-out image at ``DECAY_MAP_TIMESTEPS`` for the
+    ``map_queries``, with the noisy inputs; decayed arms) and its first ``SAMPLES_KEPT`` samples, ``gates.json`` last. A few hundred kB, so a study
+    folder stripped of checkpoints and pipelines (carried to another machine) can still be analysed and resumed."""
+    folder = out / "evals" / name / "final"
+    if (folder / "gates.json").is_file():
+        return folder
+    model = SDTPipeline.from_pretrained(final_pipeline(out, name)).transformer
     x0, labels, _ = heldout
-    curves = {}
-    for name, run in runs.items():
-        if parse_arm(run["arm"])["decay_mode"] != "none":
-            pipe = SDTPipeline.from_pretrained(final_pipeline(out, name))
-            curves[name] = strength_vs_timestep(pipe.transformer, x0[::5], labels[::5])
-    return curves
+    decayed = model.config.decay_mode != "none"
+    folder.mkdir(parents=True, exist_ok=True)
+    if decayed:
+        maps = {}
+        for t in DECAY_MAP_TIMESTEPS:
+            noise = torch.randn(x0[:1].shape, generator=torch.Generator().manual_seed(t))
+            t_batch = torch.full((1,), t, dtype=torch.long)
+            xt = noisy_input(model, x0[:1], t_batch, noise)  # (1, C, H, W)
+            maps[f"input_t{t}"] = xt[0, 0]
+            for q, query in enumerate(map_queries(model.grid_size)):
+                maps[f"map_t{t}_q{q}"] = model.decay_maps(xt, t_batch, labels[:1], query=query)[:, 0]  # (depth, H, h, w)
+        with atomic_file(folder / "decay_maps.safetensors") as partial:
+            save_file({key: value.contiguous() for key, value in maps.items()}, partial)
+    samples = out / "evals" / name / f"step-{steps[-1]:07d}" / "samples"
+    kept = folder / "samples"
+    kept.mkdir(parents=True, exist_ok=True)
+    for path in sorted(samples.glob("*.png"))[:SAMPLES_KEPT]:
+        shutil.copyfile(path, kept / path.name)
+    strength = strength_vs_timestep(model, x0[::5], labels[::5]) if decayed else None
+    write_json(folder / "gates.json", {"strength": strength})
+    return folder
+
+
+def map_queries(grid_size: tuple[int, int]) -> list[tuple[int, int]]:
+    """The query tokens of the decay-map picture: a corner, the centre and a point low on the left."""
+    h, w = grid_size
+    return [(1, 1), (h // 2, w // 2), (h - 2, w // 3)]
 
 
 def final_pipeline(out: Path, name: str) -> Path:
@@ -583,7 +643,9 @@ def main(args):
 
     runs = collect(args, out)
     steps = eval_steps(args)
-    curves = gate_curves(args, out, runs, heldout)
+    finals = {name: final_artifacts(out, name, heldout, steps) for name in runs}
+    curves = {name: strength for name, folder in finals.items()
+              if (strength := read_json(folder / "gates.json")["strength"]) is not None}
     seconds = {
         "evaluator_training": evaluator_record.get("seconds", 0.0),
         "training": sum(r["training_seconds"] for r in runs.values()),
@@ -601,13 +663,15 @@ def main(args):
     plot_curves(out, runs, args.arms, steps)
     plot_time_curves(out, runs, args.arms)
     seed = args.seeds[0]
-    samples = {arm: out / "evals" / run_name(arm, seed) / f"step-{steps[-1]:07d}" / "samples" for arm in args.arms}
-    plot_samples(out, samples, min(40, args.num_samples), f"seed {seed}, step {steps[-1]}")
-    decayed = [arm for arm in args.arms if parse_arm(arm)["decay_mode"] != "none"]
-    if decayed:
-        models = {arm: SDTPipeline.from_pretrained(final_pipeline(out, run_name(arm, seed))).transformer
-                  for arm in decayed}
-        plot_decay_maps(out, models, heldout[0][:1], heldout[1][:1], noisy_input)
+    first_seed = {arm: finals[run_name(arm, seed)] for arm in args.arms}
+    plot_samples(out, {arm: folder / "samples" for arm, folder in first_seed.items()}, min(SAMPLES_KEPT, args.num_samples),
+                 f"seed {seed}, step {steps[-1]}")
+    maps = {arm: load_file(folder / "decay_maps.safetensors") for arm, folder in first_seed.items()
+            if (folder / "decay_maps.safetensors").is_file()}
+    if maps:
+        grid_size = tuple(next(iter(maps.values()))[f"map_t{DECAY_MAP_TIMESTEPS[0]}_q0"].shape[-2:])
+        plot_decay_maps(out, maps, {arm: parse_arm(arm)["decay_mode"] for arm in maps}, DECAY_MAP_TIMESTEPS,
+                        map_queries(grid_size))
     plot_gates(out, curves, runs, GATE_TIMESTEPS)
     print((out / "summary.md").read_text())
     return results

@@ -5,14 +5,11 @@ samples. Matplotlib is imported only here.
 """
 
 from pathlib import Path
-from typing import Callable
-
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
 from sdt_gen.metrics import ImageFilesDataset, holm, mean_std, paired_difference  # noqa: E402
 from sdt_gen.visualize import make_grid_png  # noqa: E402
@@ -350,36 +347,30 @@ def plot_samples(out: Path, sample_folders: dict[str, Path], count: int, caption
     save_figure(fig, out / "samples.png")
 
 
-def plot_decay_maps(out: Path, models: dict, x0: torch.Tensor, labels: torch.Tensor, noised: Callable) -> None:
-    """``decay_maps.png``: the decay of every arm with one, three query tokens, heads averaged; a gated arm at three
-    noise levels, a fixed one once (its decay does not depend on the input).
+def plot_decay_maps(out: Path, maps: dict, modes: dict, timesteps, queries) -> None:
+    """``decay_maps.png``: the decay of every arm with one, at three query tokens, heads averaged; a gated arm at
+    every timestep of ``timesteps``, a fixed one once (its decay does not depend on the input).
 
     Args:
         out: the study folder.
-        models: arm -> its denoiser, for the arms with a decay.
-        x0, labels: one clean image ``(1, C, H, W)`` and its class ``(1,)``.
-        noised: ``noised(model, x0, t, noise)``, the input the model sees at timestep ``t``.
+        maps: arm -> its ``decay_maps.safetensors``: ``input_t{t}`` (the noisy input, ``(H, W)``) and
+            ``map_t{t}_q{q}`` (``(depth, heads, h, w)``) for every timestep and query.
+        modes: arm -> its decay mode.
+        timesteps: the timesteps of the maps.
+        queries: the ``(row, col)`` query tokens, in the maps' order.
     """
-    first = next(iter(models.values()))
-    h, w = first.grid_size
-    queries = [(1, 1), (h // 2, w // 2), (h - 2, w // 3)]
-    rows = [(arm, t) for arm, model in models.items()
-            for t in ((500,) if model.config.decay_mode == "fixed" else (50, 500, 950))]
-    layers = sorted({0, first.config.depth - 1})
+    rows = [(arm, t) for arm in maps for t in ((timesteps[len(timesteps) // 2],) if modes[arm] == "fixed" else timesteps)]
+    depth = next(iter(maps.values()))[f"map_t{timesteps[0]}_q0"].shape[0]
+    layers = sorted({0, depth - 1})
     fig, axes = plt.subplots(len(rows), 1 + len(queries) * len(layers),
-                             figsize=(1.6 * (1 + 3 * len(layers)), 1.7 * len(rows)), squeeze=False)
+                             figsize=(1.6 * (1 + len(queries) * len(layers)), 1.7 * len(rows)), squeeze=False)
     for r, (arm, t) in enumerate(rows):
-        model = models[arm]
-        noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(t))
-        t_batch = torch.full((1,), t, dtype=torch.long)
-        xt = noised(model, x0, t_batch, noise)
-        axes[r][0].imshow(xt[0, 0], cmap="gray")
-        axes[r][0].set_ylabel(f"{arm} (any t)" if model.config.decay_mode == "fixed" else f"{arm}, t={t}", fontsize=8)
+        axes[r][0].imshow(maps[arm][f"input_t{t}"], cmap="gray")
+        axes[r][0].set_ylabel(f"{arm} (any t)" if modes[arm] == "fixed" else f"{arm}, t={t}", fontsize=8)
         for q, query in enumerate(queries):
-            maps = model.decay_maps(xt, t_batch, labels, query=query)  # (depth, 1, H, h, w)
             for li, layer in enumerate(layers):
                 ax = axes[r][1 + q * len(layers) + li]
-                ax.imshow(maps[layer, 0].mean(0), cmap="magma", vmin=0, vmax=1)
+                ax.imshow(maps[arm][f"map_t{t}_q{q}"][layer].mean(0), cmap="magma", vmin=0, vmax=1)
                 if r == 0:
                     ax.set_title(f"query {query}\nlayer {layer}", fontsize=7)
     for ax in axes.flat:

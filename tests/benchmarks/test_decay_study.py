@@ -115,6 +115,40 @@ def test_workers_split_the_runs_and_only_a_complete_study_is_analysed(study, eva
     assert "argument --worker: expected I/N with 0 <= I < N (e.g. 0/2), got '2/2'" in capsys.readouterr().err
 
 
+def test_a_study_stripped_to_its_small_files_is_analysed_the_same(study, evaluator, tmp_path):
+    """What another machine needs to finish a study: the records, not the checkpoints, pipelines or samples."""
+    out, results, _ = study
+    small = tmp_path / "small"
+
+    def large(folder, names):  # checkpoints, exported pipelines, TensorBoard logs and every sample but the kept ones
+        dropped = {"checkpoints", "pipeline", "tensorboard"}
+        return [n for n in names if n in dropped or (n.startswith("samples") and Path(folder).name.startswith("step-"))]
+
+    shutil.copytree(out, small, ignore=large)
+    for run_root in (small / "runs").iterdir():
+        assert not any(run_root.rglob("*.safetensors"))
+    size = sum(f.stat().st_size for f in small.rglob("*") if f.is_file() and not f.name.endswith(".png"))
+    assert size < 3_000_000
+    again = decay_study.main(decay_study.build_parser().parse_args([*TINY, "--classifier", str(evaluator), "--out", str(small)]))
+    assert again["summary"] == results["summary"] and again["gates_vs_timestep"] == results["gates_vs_timestep"]
+    assert (small / "decay_maps.png").stat().st_size > 1000 and (small / "samples.png").stat().st_size > 1000
+
+
+def test_a_carried_study_retrains_its_evaluator_and_refuses_another(tmp_path):
+    args = decay_study.build_parser().parse_args(["--quick", "--evaluator-epochs", "1", "--out", str(tmp_path)])
+    decay_study.apply_defaults(args)
+    processes = decay_study.PartialState(cpu=True)
+    _, first = decay_study.prepare_evaluator(args, tmp_path, processes)
+    shutil.rmtree(Path(first["path"]).parent)  # carried without the weights
+    _, again = decay_study.prepare_evaluator(args, tmp_path, processes)
+    assert again["weights_sha256"] == first["weights_sha256"] and Path(again["path"]).is_dir()
+    record = json.loads((tmp_path / "evaluator" / "evaluator.json").read_text())
+    (tmp_path / "evaluator" / "evaluator.json").write_text(json.dumps({**record, "weights_sha256": "0" * 64}))
+    shutil.rmtree(Path(first["path"]).parent)
+    with pytest.raises(SystemExit, match=r"is not the one this study was scored with \(sha256 000000000000\)"):
+        decay_study.prepare_evaluator(args, tmp_path, processes)
+
+
 def test_another_protocol_in_the_same_folder_is_refused(study, evaluator):
     out, _, _ = study
     with pytest.raises(SystemExit, match=r"another protocol \(sampling: .*'ddpm'"):
