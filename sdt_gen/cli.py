@@ -9,6 +9,7 @@ argparse does for bad flags; ``--debug``, which ``run_main`` adds, shows the tra
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import sys
 from collections.abc import Callable, Sequence
@@ -50,6 +51,25 @@ def non_negative_float(text: str) -> float:
 
 DTYPES = ("float32", "float16", "bfloat16")
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
+
+
+class OptionRecordingParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose namespaces also hold ``given_options``: ``{dest: option}`` of what the command line set.
+
+    A resumed run takes its own saved settings for every option not given (``sdt_gen.training.restore_run_settings``),
+    which needs to tell ``--decay-mode cag`` typed by the user from the default ``cag``.
+    """
+
+    def parse_known_args(self, args=None, namespace=None):
+        parsed, extras = super().parse_known_args(args, namespace)
+        probe = copy.deepcopy(self)
+        probe.__class__ = argparse.ArgumentParser
+        for action in probe._actions:
+            action.default = argparse.SUPPRESS  # only what the command line sets lands in the namespace
+        given, _ = probe.parse_known_args(args)
+        options = {action.dest: action.option_strings[0] for action in self._actions if action.option_strings}
+        parsed.given_options = {dest: options.get(dest, dest) for dest in sorted(vars(given))}
+        return parsed, extras
 
 
 def add_run_arguments(group, artifact: str, keep_checkpoints: int) -> None:
@@ -109,6 +129,7 @@ def run_main(main: Callable[[argparse.Namespace], Any], parser: argparse.Argumen
 
 __all__ = [
     "USER_ERRORS",
+    "OptionRecordingParser",
     "non_negative_float",
     "non_negative_int",
     "positive_float",

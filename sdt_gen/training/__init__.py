@@ -15,7 +15,8 @@ from .checkpoint import (
 from .ema import DiTEMA
 from .model_card import classifier_card, denoiser_card, push_folder_to_hub, save_card
 from .preemption import PREEMPTED_EXIT_CODE, PreemptionHandler
-from .setup import create_accelerator, open_run
+from .resume import RESUMES_RECORD, restore_run_settings, warned_changes
+from .setup import create_accelerator, find_run, open_run, resume_checkpoint
 from .run_dir import create_logger, create_run_dir, latest_run_dir, run_tag, save_config
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "DiTEMA",
     "PREEMPTED_EXIT_CODE",
     "PreemptionHandler",
+    "RESUMES_RECORD",
     "TrainState",
     "check_finite",
     "classifier_card",
@@ -34,7 +36,10 @@ __all__ = [
     "latest_checkpoint",
     "latest_run_dir",
     "list_checkpoints",
+    "find_run",
     "open_run",
+    "restore_run_settings",
+    "resume_checkpoint",
     "push_folder_to_hub",
     "resolve_resume",
     "run_tag",
@@ -43,4 +48,5 @@ __all__ = [
     "save_config",
     "skip_consumed_batches",
     "verify_checkpoint",
+    "warned_changes",
 ]

@@ -89,7 +89,7 @@ def save_config(run_dir: str | os.PathLike, args: Any) -> Path:
             dtypes) are written as strings.
     """
     if isinstance(args, argparse.Namespace):
-        config = vars(args)
+        config = {key: value for key, value in vars(args).items() if key != "given_options"}
     elif dataclasses.is_dataclass(args):
         config = dataclasses.asdict(args)
     elif isinstance(args, dict):

@@ -12,6 +12,7 @@ from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, broadcast_object_list, set_seed
 
 from .checkpoint import resolve_resume
+from .resume import record_resume
 from .run_dir import create_logger, create_run_dir, latest_run_dir, save_config
 
 
@@ -62,42 +63,61 @@ def decided_on_main_process(accelerator: Accelerator, decide):
     return outcome[0]
 
 
+def find_run(results_dir: str | os.PathLike, model_name: str, data_name: str, resume: str) -> Path:
+    """The run folder ``--resume`` names, before anything is loaded or written (its settings are read first).
+
+    Args:
+        results_dir: parent of the run folders.
+        model_name, data_name: what ``"latest"`` looks for (``NNN-<model>-<data>``).
+        resume: ``"latest"`` (the newest run of this model and data), a run folder or one of its checkpoints.
+    """
+    if resume == "latest":
+        run_dir = latest_run_dir(results_dir, model_name, data_name)
+        if run_dir is None:
+            raise FileNotFoundError(f"--resume latest: no earlier {model_name} run on {data_name} in {os.fspath(results_dir)!r}")
+        return run_dir
+    path = Path(resume)
+    if not path.is_dir():
+        raise FileNotFoundError(f"--resume {resume!r}: no such folder; expected 'latest' or a run or checkpoint folder")
+    if (path / "checkpoints").is_dir():
+        return path
+    return path.parent if path.name == "checkpoints" else path.parent.parent  # run_dir/checkpoints/step-NNNNNNN
+
+
+def resume_checkpoint(accelerator: Accelerator, run_dir: Path, resume: str) -> Path:
+    """The verified checkpoint ``--resume`` continues from (``resolve_resume``), decided on the main process."""
+    create_logger(None, accelerator.is_main_process)  # stdout, for the damaged checkpoints it passes over
+    target = run_dir if resume == "latest" else resume
+    return decided_on_main_process(accelerator, lambda: resolve_resume(target, resume))
+
+
 def open_run(
     accelerator: Accelerator,
     results_dir: str | os.PathLike,
     model_name: str,
     data_name: str,
-    resume: str | None,
     args: argparse.Namespace,
+    resumed: tuple[Path, Path | None] | None = None,
+    changes: dict[str, list] | None = None,
 ) -> tuple[Path, Path | None, logging.Logger]:
-    """The run folder: a new ``results_dir/NNN-<model>-<data>/``, or the one ``resume`` continues.
+    """The run folder: a new ``results_dir/NNN-<model>-<data>/``, or the ``resumed`` one (``find_run``, ``resume_checkpoint``).
 
-    Writes ``config.json`` (every argument) and points logging and TensorBoard into the folder.
-
-    Args:
-        accelerator: the run's accelerator.
-        results_dir: parent of the run folders.
-        model_name, data_name: name the folder (``SDT-S/2`` + ``digits`` -> ``NNN-SDT-S-2-digits``).
-        resume: ``None``; ``"latest"`` (the newest run of this model and data); or a run or checkpoint folder.
-        args: the parsed arguments, saved as ``config.json``.
+    Call it after every check that can refuse the start: a new run's number is taken here. A new run gets
+    ``config.json`` (every argument); a resumed one keeps it and gets a line in ``resumes.jsonl`` with ``changes``.
+    Points logging and TensorBoard into the folder.
 
     Returns:
         ``(run_dir, checkpoint to load or None, logger)``.
     """
-    create_logger(None, accelerator.is_main_process)  # stdout, for what resolving the checkpoint reports
-    if resume == "latest":
-        run_dir = latest_run_dir(results_dir, model_name, data_name)
-        if run_dir is None:
-            raise FileNotFoundError(f"--resume latest: no earlier {model_name} run on {data_name} in {os.fspath(results_dir)!r}")
-        checkpoint = decided_on_main_process(accelerator, lambda: resolve_resume(run_dir, "latest"))
-    elif resume:
-        checkpoint = decided_on_main_process(accelerator, lambda: resolve_resume(resume, resume))
-        run_dir = checkpoint.parent.parent  # run_dir/checkpoints/step-NNNNNNN
+    if resumed is not None:
+        run_dir, checkpoint = resumed
+        if accelerator.is_main_process:
+            record_resume(run_dir, checkpoint, changes or {})
     else:
         run_dir, checkpoint = create_run_dir(results_dir, model_name, data_name, accelerator), None
+        if accelerator.is_main_process:
+            save_config(run_dir, args)
     logger = create_logger(run_dir, accelerator.is_main_process)
-    if accelerator.is_main_process:
-        save_config(run_dir, args)
     accelerator.project_configuration.project_dir = accelerator.project_configuration.logging_dir = str(run_dir)
     accelerator.init_trackers("tensorboard")
     return run_dir, checkpoint, logger
