@@ -143,6 +143,8 @@ def write_report(out: Path, report: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     lines = [f"# GPU report: {report['device']}", "", f"torch {report['torch']}, CUDA {report['cuda']}, "
              f"{report['seconds']:.0f} s in all.", ""]
+    if "note" in report:
+        lines += [report["note"][0].upper() + report["note"][1:] + ".", ""]
     tests = report["sections"].get("cuda_tests")
     if tests is not None:
         lines += ["## CUDA tests (`pytest -m cuda`)", ""]
@@ -164,10 +166,14 @@ def write_report(out: Path, report: dict) -> None:
 
 
 def main(args) -> int:
-    if not torch.cuda.is_available():
-        print("gpu_report: no CUDA device here; nothing measured (run it on a machine with a GPU)")
-        return 0
     out = Path(args.out)
+    if not torch.cuda.is_available():
+        # Scripts that collect reports expect one: it says that nothing was measured, and why.
+        note = "no CUDA device here; nothing measured (run it on a machine with a GPU)"
+        write_report(out, {"device": "none (no CUDA)", "torch": torch.__version__, "cuda": torch.version.cuda,
+                           "seconds": 0.0, "sections": {}, "note": note})
+        print(f"gpu_report: {note}; wrote {out / 'report.md'}")
+        return 0
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "cuda": torch.version.cuda,

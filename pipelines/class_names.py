@@ -116,8 +116,13 @@ class ClassNames:
         ids = self._index.get(key)
         if ids is None:
             close = difflib.get_close_matches(key, list(self._index), n=5, cutoff=0.5)
-            hint = f"; closest names: {', '.join(repr(c) for c in close)}" if close else ""
-            raise ValueError(f"unknown class name {name!r}{hint}")
+            if close:
+                hint = f"closest names: {', '.join(repr(c) for c in close)}"
+            else:  # nothing close (digit names for a misspelt word): say what there is
+                names = [self.id2label[i] for i in sorted(self.id2label)]
+                hint = f"this pipeline's classes are {', '.join(repr(n) for n in names[:12])}" + (
+                    f" and {len(names) - 12} more" if len(names) > 12 else "")
+            raise ValueError(f"unknown class name {name!r}; {hint}")
         if len(ids) > 1:
             choices = ", ".join(f"{i} ({self.id2label[i]})" for i in ids)
             raise ValueError(f"class name {name!r} is ambiguous: it names classes {choices}; pass the id")

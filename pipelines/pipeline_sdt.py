@@ -238,11 +238,12 @@ class SDTPipeline(DiffusionPipeline):
         ``decay_mode="none"`` or ``decay_init="zero"`` the result samples the DiT pipeline's images.
 
         Args:
-            path: the DiT pipeline folder.
+            path: the DiT pipeline folder or Hub repo id (the Hugging Face cache when offline).
             **overrides: SDT config keys, e.g. ``decay_mode="cag", decay_init="zero"``.
         """
         from diffusers import DiTPipeline
 
+        path = local_folder(path)
         index = check_pipeline_folder(path, required=("transformer", "vae", "scheduler"))
         dit = DiTPipeline.from_pretrained(path)
         transformer = SDTTransformer2DModel.from_dit(dit.transformer, **overrides).eval()
@@ -261,6 +262,7 @@ class SDTPipeline(DiffusionPipeline):
         vae: str | os.PathLike | AutoencoderKL | None = None,
         weights: str = "ema",
         id2label: Mapping | None = None,
+        pixel_space: bool = False,
         **overrides,
     ) -> "SDTPipeline":
         """An SDT pipeline from one of DiT's original checkpoints (``DiT-XL-2-256x256.pt``, a ``train.py`` checkpoint).
@@ -270,14 +272,20 @@ class SDTPipeline(DiffusionPipeline):
 
         Args:
             checkpoint: the DiT checkpoint file.
-            vae: a local ``AutoencoderKL`` folder or model (DiT: ``stabilityai/sd-vae-ft-ema``); ``None``
-                for a pixel-space model.
+            vae: an ``AutoencoderKL`` folder, Hub repo id or model (DiT: ``stabilityai/sd-vae-ft-ema``).
             weights: ``"ema"`` or ``"model"`` for a ``train.py`` checkpoint.
             id2label: class names; default ImageNet's for 1000 classes.
+            pixel_space: the DiT was trained on pixels, so no ``vae``: required to convert without one (DiT's
+                checkpoints are latent-space models, and a VAE-less pipeline would save latents as images).
             **overrides: SDT config keys, e.g. ``decay_mode="cag", decay_init="zero"``.
         """
         from sdt_gen.data import imagenet_id2label, load_vae
 
+        if vae is None and not pixel_space:
+            raise ValueError(
+                f"{os.fspath(checkpoint)}: a DiT denoises VAE latents; pass its VAE (--vae / vae=, DiT's is "
+                "stabilityai/sd-vae-ft-ema), or --pixel-space (pixel_space=True) for a DiT trained on pixels"
+            )
         transformer = SDTTransformer2DModel.from_dit(checkpoint, weights=weights, **overrides).eval()
         if isinstance(vae, (str, os.PathLike)):
             vae = load_vae(vae)

@@ -23,7 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("checkpoint", help="DiT checkpoint: DiT-XL-2-256x256.pt, a DiT train.py checkpoint, or .safetensors")
     parser.add_argument("--out", required=True, help="pipeline folder to write (replaced only once complete)")
-    parser.add_argument("--vae", help="local diffusers AutoencoderKL folder (DiT: stabilityai/sd-vae-ft-ema)")
+    parser.add_argument("--vae", help="the DiT's AutoencoderKL: a folder or Hub repo id (DiT: stabilityai/sd-vae-ft-ema)")
+    parser.add_argument("--pixel-space", action="store_true",
+                        help="the DiT was trained on pixels: convert without a VAE (otherwise --vae is required)")
     parser.add_argument("--weights", choices=["ema", "model"], default="ema", help="weights of a train.py checkpoint")
     parser.add_argument("--decay-mode", choices=["none", "fixed", "cag"], default="none",
                         help="attention of the converted model (none: DiT's function; cag starts at zero decay)")
@@ -34,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> SDTPipeline:
     overrides = {"num_heads": args.num_heads} if args.num_heads else {}
     pipe = SDTPipeline.from_dit_checkpoint(
-        args.checkpoint, vae=args.vae, weights=args.weights, decay_mode=args.decay_mode, **overrides
+        args.checkpoint, vae=args.vae, weights=args.weights, decay_mode=args.decay_mode, pixel_space=args.pixel_space,
+        **overrides
     )
     pipe.save_pretrained_atomically(args.out)
     config = pipe.transformer.config

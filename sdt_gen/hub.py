@@ -43,7 +43,7 @@ def local_folder(name_or_path: str | os.PathLike, revision: str | None = None) -
         how = "HF_HUB_OFFLINE is set" if offline else "the Hub could not be reached"
         raise FileNotFoundError(
             f"{repo_id!r} is not a local folder, and it is not in the Hugging Face cache while {how}: run "
-            f"`huggingface-cli download {repo_id}` on a machine with internet (same HF_HOME), or pass a local folder"
+            f"`hf download {repo_id}` on a machine with internet (same HF_HOME), or pass a local folder"
         ) from None
     except HfHubHTTPError as error:
         raise FileNotFoundError(

@@ -63,4 +63,4 @@ def test_an_uncached_id_offline_is_one_clear_line(hf_home, tmp_path):
     result = run([ROOT / "sample.py", "--model", "me/not-cached", "--classes", "3"], hf_home, tmp_path)
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: 'me/not-cached' is not a local folder")
-    assert "HF_HUB_OFFLINE is set" in result.stderr and "huggingface-cli download me/not-cached" in result.stderr
+    assert "HF_HUB_OFFLINE is set" in result.stderr and "`hf download me/not-cached`" in result.stderr

@@ -237,7 +237,7 @@ def sdt_config_from_original_dit(state: Mapping[str, torch.Tensor], **overrides)
     if "num_heads" not in overrides and hidden_size not in DIT_NUM_HEADS:
         raise ValueError(
             f"a DiT of width {hidden_size} is not one of DiT's presets ({', '.join(map(str, DIT_NUM_HEADS))}): "
-            "pass num_heads, which no tensor shape holds"
+            "pass --num-heads to sdt_gen.convert (num_heads= in Python), which no tensor shape holds"
         )
     return {**inferred, "num_heads": DIT_NUM_HEADS.get(hidden_size), **TIMESTEP_CONVENTIONS["original"], **overrides}
 

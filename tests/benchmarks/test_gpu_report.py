@@ -14,12 +14,16 @@ import gpu_report  # noqa: E402
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the no-GPU path: this machine has a GPU")
-def test_without_cuda_says_so_in_one_line_and_exits_0(tmp_path):
+def test_without_cuda_says_so_in_one_line_writes_a_report_that_says_so_and_exits_0(tmp_path):
     run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_report.py"), "--out", str(tmp_path / "r")],
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
-    assert run.stdout.strip().splitlines() == ["gpu_report: no CUDA device here; nothing measured (run it on a machine with a GPU)"]
-    assert not (tmp_path / "r").exists()
+    assert run.stdout.strip().splitlines() == [
+        f"gpu_report: no CUDA device here; nothing measured (run it on a machine with a GPU); wrote {tmp_path / 'r' / 'report.md'}"
+    ]
+    assert "No CUDA device here; nothing measured" in (tmp_path / "r" / "report.md").read_text()
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["sections"] == {} and report["device"] == "none (no CUDA)"
 
 
 def test_report_writer_on_fake_numbers(tmp_path):

@@ -65,7 +65,7 @@ def test_safetensors_file(tmp_path):
 def test_dits_widths_give_the_head_count_and_others_require_it():
     assert DIT_NUM_HEADS == {384: 6, 768: 12, 1024: 16, 1152: 16}
     state = original_dit().state_dict()
-    with pytest.raises(ValueError, match="pass num_heads"):
+    with pytest.raises(ValueError, match="pass --num-heads to sdt_gen.convert"):
         SDTTransformer2DModel.from_dit(state)
     dit = original_dit(scale=0.01, hidden=384, depth=1, heads=6)
     assert SDTTransformer2DModel.from_dit(dit.state_dict(), decay_mode="none").config.num_heads == 6
@@ -122,6 +122,18 @@ def test_diffusers_dit_under_both_timestep_conventions():
         assert (as_original(x, t, y).sample - reference).abs().max() > 1e-3
     with pytest.raises(ValueError, match="unknown timestep_convention 'dit'"):
         SDTTransformer2DModel.from_dit(dit, timestep_convention="dit")
+
+
+def test_convert_refuses_a_dit_without_its_vae_unless_told_it_is_pixel_space(tmp_path):
+    from sdt_gen.convert import build_parser, main as convert
+
+    torch.save(original_dit(classes=10).state_dict(), tmp_path / "DiT-tiny.pt")
+    argv = [str(tmp_path / "DiT-tiny.pt"), "--out", str(tmp_path / "pipe"), "--num-heads", "2"]
+    with pytest.raises(ValueError, match=r"DiT-tiny.pt: a DiT denoises VAE latents; pass its VAE \(--vae"):
+        convert(build_parser().parse_args(argv))
+    assert not (tmp_path / "pipe").exists()
+    pipe = convert(build_parser().parse_args([*argv, "--pixel-space"]))
+    assert pipe.vae is None and (tmp_path / "pipe" / "model_index.json").is_file()
 
 
 def test_convert_writes_a_pipeline_folder_that_loads_and_samples(tmp_path):

@@ -407,6 +407,17 @@ def test_unknown_class_name_suggests_closest(make_pipeline):
         pipe(["golden retreiver"], num_inference_steps=STEPS)
 
 
+def test_unknown_class_name_with_nothing_close_lists_the_classes():
+    from sdt_gen.pipelines import ClassNames
+
+    digits = ClassNames({i: str(i) for i in range(10)}, 10)
+    with pytest.raises(ValueError, match=r"unknown class name 'sevn'; this pipeline's classes are '0', '1', .*'9'$"):
+        digits.lookup("sevn")
+    many = ClassNames({i: f"class {i}" for i in range(30)}, 30)
+    with pytest.raises(ValueError, match=r"'zebra'; this pipeline's classes are 'class 0', .*'class 11' and 18 more"):
+        many.lookup("zebra")
+
+
 def test_name_without_id2label(make_pipeline):
     pipe = make_pipeline(id2label=None)
     assert pipe.config.id2label is None and pipe.id2label == {}
