@@ -39,8 +39,8 @@ from sdt_gen.data import (
 from sdt_gen.diffusion import OBJECTIVES, TIME_SAMPLINGS, make_objective
 from sdt_gen.hub import local_folder
 from sdt_gen.layers import ATTENTION_BACKENDS, DECAY_LAYOUTS, DECAY_MODES, POSITION_EMBEDDINGS, DecayConfig
-from sdt_gen.pipelines import SCHEDULERS, default_scheduler, scheduler_by_name
-from sdt_gen.files import DamagedFolderError, atomic_folder, verify_manifest, write_manifest
+from sdt_gen.pipelines import EXPORT_RECORD, SCHEDULERS, default_scheduler, exported_step, scheduler_by_name
+from sdt_gen.files import atomic_folder, write_manifest
 from sdt_gen.training import (
     DiTEMA,
     PreemptionHandler,
@@ -159,17 +159,6 @@ def build_model(args, shape, num_classes: int) -> SDTTransformer2DModel:
         num_classes=num_classes, learn_sigma=args.learn_sigma and args.objective == "ddpm", objective=args.objective,
         **decay, **positions,
     )
-
-
-EXPORT_RECORD = "training_state.json"  # in the pipeline folder: its step and each file's size and sha256
-
-
-def exported_step(path: Path) -> int | None:
-    """The training step of the EMA weights in pipeline folder ``path``; ``None`` if it is missing or damaged."""
-    try:
-        return verify_manifest(path, EXPORT_RECORD)["step"]
-    except DamagedFolderError:
-        return None
 
 
 def build_pipeline(model, ema, vae, id2label) -> SDTPipeline:

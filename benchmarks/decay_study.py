@@ -96,7 +96,7 @@ from sdt_gen.metrics import (  # noqa: E402
 )
 from sdt_gen.files import atomic_file, file_sha256, write_json_atomically  # noqa: E402
 from sdt_gen.metrics.sampling import to_uint8  # noqa: E402
-from sdt_gen.pipelines import SCHEDULERS, scheduler_by_name  # noqa: E402
+from sdt_gen.pipelines import SCHEDULERS, exported_step, scheduler_by_name  # noqa: E402
 
 # Flow matching with logit-normal times: at this budget DDPM's digits stay fragmented (docs/decay_study_ddpm).
 STUDY = dict(
@@ -462,7 +462,7 @@ def evaluate(args, out: Path, arm: str, seed: int, step: int, run_dir: Path, eva
     cached = read_json(folder / "metrics.json")
     if cached is not None:
         return cached
-    exported = train_dit.exported_step(run_dir / "pipeline")
+    exported = exported_step(run_dir / "pipeline")
     if exported != step:
         raise RuntimeError(f"{run_dir / 'pipeline'} holds the weights of step {exported}, expected {step}")
     start = time.perf_counter()
@@ -570,6 +570,33 @@ def final_artifacts(out: Path, name: str, heldout, steps: list[int]) -> Path:
     return folder
 
 
+def carry(args, out: Path, dest: Path) -> list[str]:
+    """Copy what another machine needs to finish the study into ``dest``: the protocol, the evaluator's record, and
+    of every finished run its timing, metrics and ``final_artifacts`` (computed here if missing). Checkpoints,
+    pipelines, sample folders and unfinished runs stay behind: an unfinished run is trained afresh there, and the
+    evaluator is retrained and must reproduce its recorded hash (``prepare_evaluator``). Returns the runs carried."""
+    steps = eval_steps(args)
+    heldout = heldout_data(args)
+    carried = []
+    for seed in args.seeds:
+        for arm in args.arms:
+            name = run_name(arm, seed)
+            if not (out / "evals" / name / f"step-{steps[-1]:07d}" / "metrics.json").is_file():
+                continue
+            final_artifacts(out, name, heldout, steps)
+            shutil.copytree(out / "evals" / name, dest / "evals" / name, dirs_exist_ok=True,
+                            ignore=lambda folder, names: [n for n in names if n.startswith("samples") and
+                                                          Path(folder).name.startswith("step-")])
+            (dest / "runs" / name).mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(out / "runs" / name / "timing.json", dest / "runs" / name / "timing.json")
+            carried.append(name)
+    for record in ("protocol.json", "evaluator/evaluator.json"):  # no evaluator record with --classifier
+        if (out / record).is_file():
+            (dest / record).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(out / record, dest / record)
+    return carried
+
+
 def map_queries(grid_size: tuple[int, int]) -> list[tuple[int, int]]:
     """The query tokens of the decay-map picture: a corner, the centre and a point low on the left."""
     h, w = grid_size
@@ -619,6 +646,10 @@ def main(args):
     processes.wait_for_everyone()
 
     evaluator, evaluator_record = prepare_evaluator(args, out, processes)
+    if args.carry_to:
+        carried = carry(args, out, Path(args.carry_to))
+        print(f"carried {len(carried)} finished runs to {args.carry_to}: {', '.join(carried)}")
+        return None
     ref_features = reference_features(args, out, evaluator) if processes.is_main_process else {}
     heldout = heldout_data(args)
     worker, workers = args.worker
@@ -722,6 +753,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--worker", type=worker_share, default=(0, 1), metavar="I/N",
                    help="train and score every N-th run, from the I-th: start N such processes side by side (one per "
                    "core, I = 0 .. N-1; the others wait for worker 0's evaluator); the last to finish writes the results")
+    p.add_argument("--carry-to", metavar="DIR",
+                   help="copy the small files another machine needs to finish the study (finished runs' records, "
+                   "no checkpoints) into DIR and exit; there, copy DIR to --out and run the same command")
     p.add_argument("--classifier", help="a transformers classifier folder to evaluate with instead of training one")
     p.add_argument("--latents-path", help="train on pre-extracted latents instead of MNIST (GPU studies)")
     p.add_argument("--vae", help="the VAE of --latents-path, to decode samples")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from numbers import Integral
 from pathlib import Path
@@ -23,7 +24,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import logging
 from diffusers.utils.torch_utils import randn_tensor
 
-from sdt_gen.files import atomic_folder
+from sdt_gen.files import DamagedFolderError, atomic_folder, verify_manifest
 from sdt_gen.hub import local_folder
 from sdt_gen.models.transformer_sdt import SDTTransformer2DModel
 
@@ -61,6 +62,37 @@ def image_seed(seed: int, index: int) -> int:
 #################################################################################
 #                                 Model folders                                 #
 #################################################################################
+
+EXPORT_RECORD = "training_state.json"  # written by train_dit.py into its pipeline folder: the step, each file's hash
+
+
+def exported_step(folder: str | os.PathLike) -> int | None:
+    """The training step of the EMA weights in pipeline ``folder``; ``None`` if it has no intact export record."""
+    try:
+        return verify_manifest(folder, EXPORT_RECORD)["step"]
+    except DamagedFolderError:
+        return None
+
+
+class StalePipelineWarning(UserWarning):
+    """A run's exported pipeline is older than the run's newest checkpoint."""
+
+
+def stale_export_note(folder: str | os.PathLike) -> str | None:
+    """A line for whoever loads a run's exported pipeline while the run holds a newer checkpoint (a run stopped
+    between a checkpoint and its export, or exported before its last save), saying how to refresh it; else None."""
+    folder = Path(folder)
+    record = folder / EXPORT_RECORD
+    steps = sorted(int(p.name[5:]) for p in (folder.parent / "checkpoints").glob("step-*") if p.name[5:].isdigit())
+    if not record.is_file() or not steps:
+        return None
+    exported = json.loads(record.read_text()).get("step")
+    if exported is None or steps[-1] <= exported:
+        return None
+    newest = folder.parent / "checkpoints" / f"step-{steps[-1]:07d}"
+    return (f"{folder} holds the EMA weights of step {exported}, but its run has a newer checkpoint, {newest.name}: "
+            f"refresh it with `python train_dit.py --resume {newest} --max-steps {steps[-1]}`")
+
 
 def check_pipeline_folder(path: str | os.PathLike, required: Sequence[str] = ()) -> dict:
     """Check that ``path`` holds a saved diffusers pipeline with all its components; return its index.
@@ -202,6 +234,9 @@ class SDTPipeline(DiffusionPipeline):
         from it with ``HF_HUB_OFFLINE=1``); the folder is checked first, so a missing part is named clearly."""
         pretrained_model_name_or_path = local_folder(pretrained_model_name_or_path, kwargs.pop("revision", None))
         check_pipeline_folder(pretrained_model_name_or_path, required=("transformer", "scheduler"))
+        stale = stale_export_note(pretrained_model_name_or_path)
+        if stale:
+            warnings.warn(stale, StalePipelineWarning, stacklevel=2)
         code = Path(pretrained_model_name_or_path) / f"{PIPELINE_MODULE}.py"
         if code.is_file():
             # The class is known here, so the folder's loader file is not needed: it is run (as diffusers

@@ -115,23 +115,19 @@ def test_workers_split_the_runs_and_only_a_complete_study_is_analysed(study, eva
     assert "argument --worker: expected I/N with 0 <= I < N (e.g. 0/2), got '2/2'" in capsys.readouterr().err
 
 
-def test_a_study_stripped_to_its_small_files_is_analysed_the_same(study, evaluator, tmp_path):
+def test_a_study_carried_to_another_machine_is_analysed_the_same(study, evaluator, tmp_path):
     """What another machine needs to finish a study: the records, not the checkpoints, pipelines or samples."""
     out, results, _ = study
-    small = tmp_path / "small"
-
-    def large(folder, names):  # checkpoints, exported pipelines, TensorBoard logs and every sample but the kept ones
-        dropped = {"checkpoints", "pipeline", "tensorboard"}
-        return [n for n in names if n in dropped or (n.startswith("samples") and Path(folder).name.startswith("step-"))]
-
-    shutil.copytree(out, small, ignore=large)
-    for run_root in (small / "runs").iterdir():
-        assert not any(run_root.rglob("*.safetensors"))
-    size = sum(f.stat().st_size for f in small.rglob("*") if f.is_file() and not f.name.endswith(".png"))
+    carried = tmp_path / "carried"
+    argv = [*TINY, "--classifier", str(evaluator), "--out", str(out)]
+    assert decay_study.main(decay_study.build_parser().parse_args([*argv, "--carry-to", str(carried)])) is None
+    assert sorted(p.name for p in (carried / "runs").iterdir()) == sorted(results["runs"])
+    assert {p.name for p in carried.rglob("*.safetensors")} == {"decay_maps.safetensors"}  # no weights
+    size = sum(f.stat().st_size for f in carried.rglob("*") if f.is_file())
     assert size < 3_000_000
-    again = decay_study.main(decay_study.build_parser().parse_args([*TINY, "--classifier", str(evaluator), "--out", str(small)]))
+    again = decay_study.main(decay_study.build_parser().parse_args([*TINY, "--classifier", str(evaluator), "--out", str(carried)]))
     assert again["summary"] == results["summary"] and again["gates_vs_timestep"] == results["gates_vs_timestep"]
-    assert (small / "decay_maps.png").stat().st_size > 1000 and (small / "samples.png").stat().st_size > 1000
+    assert (carried / "decay_maps.png").stat().st_size > 1000 and (carried / "samples.png").stat().st_size > 1000
 
 
 def test_a_carried_study_retrains_its_evaluator_and_refuses_another(tmp_path):

@@ -528,3 +528,23 @@ def test_a_changed_loader_file_is_not_run(tmp_path, make_pipeline):
     (tmp_path / "pipe" / "pipeline_sdt.py").write_text("raise SystemExit('ran untrusted code')\n")
     with pytest.raises(ValueError, match="is not the loader file SDTPipeline writes"):
         SDTPipeline.from_pretrained(tmp_path / "pipe")
+
+
+def test_loading_a_pipeline_older_than_its_runs_newest_checkpoint_says_how_to_refresh_it(make_pipeline, tmp_path):
+    from sdt_gen.files import write_manifest
+    from sdt_gen.pipelines import EXPORT_RECORD, stale_export_note
+
+    run_dir = tmp_path / "000-SDT-Ti-2-digits"
+    make_pipeline().save_pretrained(run_dir / "pipeline")
+    write_manifest(run_dir / "pipeline", EXPORT_RECORD, step=700)
+    (run_dir / "checkpoints" / "step-0000700").mkdir(parents=True)
+    assert stale_export_note(run_dir / "pipeline") is None  # the export is of the newest checkpoint
+    (run_dir / "checkpoints" / "step-0001049").mkdir()
+    note = stale_export_note(run_dir / "pipeline")
+    assert "holds the EMA weights of step 700, but its run has a newer checkpoint, step-0001049" in note
+    assert f"python train_dit.py --resume {run_dir / 'checkpoints' / 'step-0001049'} --max-steps 1049" in note
+    from sdt_gen.pipelines.pipeline_sdt import StalePipelineWarning
+
+    with pytest.warns(StalePipelineWarning, match="holds the EMA weights of step 700"):
+        SDTPipeline.from_pretrained(run_dir / "pipeline")
+    assert stale_export_note(tmp_path / "elsewhere") is None  # a pipeline outside a run folder: nothing to say
