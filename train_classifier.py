@@ -164,7 +164,7 @@ def main(args):
         model_name = "denoiser-probe" if args.denoiser else args.model
         resumed_dir = find_run(args.results_dir, model_name, class_names(args)[1], args.resume)
         changes = restore_run_settings(args, resumed_dir, RESUME_FREE, RESUME_WARNED)
-        apply_defaults(args)
+        apply_defaults(args)  # for settings a run saved before they existed
 
     accelerator = create_accelerator(args.mixed_precision, args.gradient_accumulation_steps, args.cpu, args.seed)
     device = accelerator.device

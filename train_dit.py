@@ -246,7 +246,7 @@ def main(args):
     if args.resume:  # the run's own settings for every flag not given; a changed experiment is refused here
         resumed_dir = find_run(args.results_dir, args.model, run_name_of(args, data_name_of(args)), args.resume)
         changes = restore_run_settings(args, resumed_dir, RESUME_FREE, RESUME_WARNED)
-        apply_defaults(args)
+        apply_defaults(args)  # for settings a run saved before they existed
 
     accelerator = create_accelerator(args.mixed_precision, args.gradient_accumulation_steps, args.cpu, args.seed)
     device = accelerator.device

@@ -62,7 +62,7 @@ def restore_run_settings(
         raise FileNotFoundError(f"{config_path} is missing: the run's settings are unknown, so it cannot be resumed")
     saved = json.loads(config_path.read_text())
     given = getattr(args, "given_options", {})
-    free, warned = RUN_OPTIONS | set(free), set(warned)
+    free, warned = set(free), set(warned)
     refused, changes = [], {}
     for key, value in saved.items():
         if key not in vars(args) or key in RUN_OPTIONS:
