@@ -149,8 +149,8 @@ def main(args):
         resolve_feature_extractor_weights(metrics, args.inception_weights, args.vgg16_weights)
     pipe, samples = None, None
     if args.model is not None:
-        dtype = {} if args.dtype == "float32" else {"torch_dtype": getattr(torch, args.dtype)}
-        pipe = SDTPipeline.from_pretrained(model_folder, **dtype).to(device)
+        # Cast after loading: diffusers renamed from_pretrained's torch_dtype to dtype (0.42 warns on every load).
+        pipe = SDTPipeline.from_pretrained(model_folder).to(device, getattr(torch, args.dtype))
         if args.scheduler is not None:
             pipe.scheduler = scheduler_by_name(args.scheduler, pipe.scheduler.config)
         size = image_size(pipe)

@@ -24,7 +24,8 @@ from sdt_gen.cli import add_sampling_arguments, non_negative_int, positive_int, 
 
 def main(args):
     device = torch.device(args.device)
-    pipe = SDTPipeline.from_pretrained(args.model, torch_dtype=getattr(torch, args.dtype)).to(device)
+    # Cast after loading: diffusers renamed from_pretrained's torch_dtype to dtype (0.42 warns on every load).
+    pipe = SDTPipeline.from_pretrained(args.model).to(device, getattr(torch, args.dtype))
     if args.scheduler is not None:
         pipe.scheduler = scheduler_by_name(args.scheduler, pipe.scheduler.config)
     num_classes = pipe.transformer.config.num_classes

@@ -220,10 +220,14 @@ class SDTPipeline(DiffusionPipeline):
         variance_type = scheduler.config.get("variance_type")
         params = inspect.signature(type(scheduler).__init__).parameters
         if variance_type in _LEARNED_VARIANCE and "variance_type" in params and not self._passes_variance(scheduler):
+            cached = getattr(self, "_sampling_copy", None)
+            if cached is not None and cached[0] is scheduler:  # said once per scheduler, not once per batch
+                return cached[1]
             default = params["variance_type"].default
             name = type(scheduler).__name__
             logger.info(f"sampling with {name}(variance_type={default!r}): learned variance cannot be used here")
-            return type(scheduler).from_config(scheduler.config, variance_type=default)
+            self._sampling_copy = (scheduler, type(scheduler).from_config(scheduler.config, variance_type=default))
+            return self._sampling_copy[1]
         return scheduler
 
     # ------------------------------------------------------------------ loading

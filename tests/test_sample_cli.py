@@ -77,3 +77,28 @@ def test_missing_model_is_an_error(tmp_path, monkeypatch, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "does not exist" in err and err.count("\n") == 1
+
+
+def test_sampling_prints_no_deprecation_noise_and_the_variance_note_once(model_dir, monkeypatch, tmp_path):
+    import warnings
+
+    from sdt_gen.pipelines import pipeline_sdt, scheduler_by_name
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run_cli(monkeypatch, "--model", model_dir, "--classes", "0", "--steps", "2", "--dtype", "bfloat16",
+                "--out", tmp_path / "grid.png")
+    assert not [w for w in caught if "torch_dtype" in str(w.message)]
+    assert (tmp_path / "grid.png").is_file()
+
+    # DiT's learned-variance scheduler config under DPM-Solver: a copy without it, said once, not once per batch
+    # (eval_fid.py and the training grids call the pipeline batch after batch).
+    notes = []
+    monkeypatch.setattr(pipeline_sdt.logger, "info", notes.append)
+    pipe = SDTPipeline.from_pretrained(model_dir)
+    pipe.scheduler = scheduler_by_name("dpm", pipe.scheduler.config)
+    for label in (0, 1, 2):
+        pipe([label], num_inference_steps=2, output_type="np")
+    assert [n for n in notes if "learned variance cannot be used here" in n] == [
+        "sampling with DPMSolverMultistepScheduler(variance_type=None): learned variance cannot be used here"
+    ]
