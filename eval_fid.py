@@ -24,6 +24,7 @@ unless HF_HUB_OFFLINE=1 or its server does not answer (then the error says where
 import argparse
 import json
 import logging
+import sys
 from pathlib import Path
 
 import torch
@@ -35,6 +36,7 @@ from sdt_gen.metrics import (
     METRICS,
     ImageFilesDataset,
     ImageDataset,
+    SamplingStopped,
     ScoringImageFolder,
     TransformersImageClassifier,
     as_image_dataset,
@@ -54,6 +56,7 @@ from sdt_gen.data.vae import vae_downsampling
 from sdt_gen.files import file_sha256
 from sdt_gen.hub import local_folder
 from sdt_gen.pipelines import SCHEDULERS, check_pipeline_folder, scheduler_by_name
+from sdt_gen.training import PREEMPTED_EXIT_CODE, PreemptionHandler
 from sdt_gen.cli import add_sampling_arguments, non_negative_int, positive_int, run_main
 
 logger = logging.getLogger("eval_fid")
@@ -169,20 +172,26 @@ def main(args):
         preflight(metrics, reference, args.inception_weights, args.vgg16_weights, cache_name=args.ref_cache,
                   cache_root=args.cache_root, sample_size=size, resize=args.resize_ref)
 
-    # 2. Sample on every process
+    # 2. Sample on every process; SIGTERM / SIGINT stop after the batch, keeping every image written
     if pipe is not None:
-        files = sample_to_folder(
-            pipe,
-            out_dir / "samples",
-            num_samples=args.num_samples,
-            labels=args.labels,
-            seed=args.seed,
-            guidance_scale=args.guidance_scale,
-            guided_channels=args.guided_channels,
-            num_inference_steps=args.steps,
-            batch_size=args.batch_size,
-            accelerator=processes,
-        )
+        with PreemptionHandler() as preemption:
+            try:
+                files = sample_to_folder(
+                    pipe,
+                    out_dir / "samples",
+                    num_samples=args.num_samples,
+                    labels=args.labels,
+                    seed=args.seed,
+                    guidance_scale=args.guidance_scale,
+                    guided_channels=args.guided_channels,
+                    num_inference_steps=args.steps,
+                    batch_size=args.batch_size,
+                    accelerator=processes,
+                    stop_requested=lambda: preemption.received is not None,
+                )
+            except SamplingStopped as stopped:
+                print(f"{stopped} (exit status {PREEMPTED_EXIT_CODE})", file=sys.stderr)
+                raise SystemExit(PREEMPTED_EXIT_CODE) from None
         samples = ImageFilesDataset(files, source=str(out_dir / "samples"))
     if not processes.is_main_process:
         return None

@@ -372,3 +372,35 @@ def test_sample_py_output_is_scored_by_samples_dir_with_a_classifier(model_dir, 
     results = run("--samples-dir", samples, "--metrics", "--classifier", constant_classifier, "--ref", reference_16,
                   "--resize-ref", "--out", tmp_path / "eval", "--device", "cpu")
     assert results["classifier_accuracy"] == pytest.approx(0.1)  # one sample per class, the classifier says 3
+
+
+def test_sigterm_keeps_the_written_samples_exits_75_and_a_rerun_finishes_them(model_dir, tmp_path):
+    import signal
+    import time
+
+    from PIL import Image
+
+    argv = ["--model", str(model_dir), "--num-samples", "40", "--labels", "balanced", "--steps", "40",
+            "--batch-size", "2", "--metrics"]
+    stopped = tmp_path / "stopped"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([sys.executable, str(SCRIPT), *argv, "--out", str(stopped)], cwd=tmp_path, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not list((stopped / "samples").glob("*.png")) and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=240)
+    assert process.returncode == 75, stderr[-2000:]
+    line = stderr.strip().splitlines()[-1]
+    assert "stopped by a signal:" in line and "of 40 samples are written" in line and "run the same command again" in line
+    kept = sorted((stopped / "samples").glob("*.png"))
+    assert 0 < len(kept) < 40
+    for path in kept:  # complete PNGs, no partial files
+        Image.open(path).load()
+    assert not list((stopped / "samples").glob("*.partial"))
+
+    run(*argv, "--out", stopped)  # the rerun continues from the kept images
+    straight = tmp_path / "straight"
+    run(*argv, "--out", straight)
+    assert pngs(stopped / "samples") == pngs(straight / "samples")

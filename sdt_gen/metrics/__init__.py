@@ -40,6 +40,7 @@ from .statistics import holm, mean_std, paired_difference
 from .protocol import CONFIG_FILES, build_protocol, format_table, write_results
 from .sampling import (
     LABEL_MODES,
+    SamplingStopped,
     TransformersImageClassifier,
     image_seed,
     labels_from_file_names,
@@ -93,6 +94,7 @@ __all__ = [
     "resolve_weights",
     "sample_file_name",
     "sample_labels",
+    "SamplingStopped",
     "sample_to_folder",
     "sampling_record",
     "write_adm_npz",

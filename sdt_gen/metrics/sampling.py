@@ -30,7 +30,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -239,6 +239,10 @@ def _wait(processes: ProcessGroup | None) -> None:
         processes.wait_for_everyone()
 
 
+class SamplingStopped(Exception):
+    """``sample_to_folder`` stopped at a batch boundary because ``stop_requested`` said so."""
+
+
 def sample_to_folder(
     pipe: Any,
     out_dir: str | os.PathLike,
@@ -250,6 +254,7 @@ def sample_to_folder(
     num_inference_steps: int = 250,
     batch_size: int = 32,
     accelerator: ProcessGroup | None = None,
+    stop_requested: Callable[[], bool] | None = None,
 ) -> list[Path]:
     """Draws the images ``0..num_samples-1`` of a run that are not in ``out_dir`` yet; returns all their paths.
 
@@ -270,6 +275,8 @@ def sample_to_folder(
         num_inference_steps: sampling steps of the pipeline's scheduler.
         batch_size: images denoised at once per process.
         accelerator: an ``accelerate.Accelerator`` or ``PartialState``; ``None`` for one process.
+        stop_requested: asked after every batch (e.g. whether SIGTERM arrived); when it says yes, the images
+            written so far stay (complete PNGs) and ``SamplingStopped`` is raised: a rerun continues from them.
     """
     # 1. Check the arguments and plan every image
     if num_samples < 1:
@@ -337,6 +344,12 @@ def sample_to_folder(
                     ) from error
             # The other processes advance at the same pace.
             progress.update(min(len(batch) * world, progress.total - progress.n))
+            if stop_requested is not None and stop_requested():
+                written = len(_existing_samples(out_dir))
+                raise SamplingStopped(
+                    f"stopped by a signal: {written} of {num_samples} samples are written in {out_dir} (complete "
+                    "PNGs); run the same command again to continue from them"
+                )
     _wait(accelerator)
 
     # 4. Every image must now exist
