@@ -11,14 +11,18 @@ generator seeded ``image_seed(seed, i)`` (as in eval_fid.py), so results do not 
 """
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 from sdt_gen import SDTPipeline
+from sdt_gen.files import atomic_file
 from sdt_gen.metrics import sample_file_name
 from sdt_gen.pipelines import SCHEDULERS, image_seed, scheduler_by_name
+from sdt_gen.training import PREEMPTED_EXIT_CODE, PreemptionHandler
 from sdt_gen.cli import add_sampling_arguments, non_negative_int, positive_int, run_main
 
 
@@ -31,24 +35,42 @@ def main(args):
     num_classes = pipe.transformer.config.num_classes
     classes = list(range(num_classes)) if args.classes == ["all"] else pipe.get_label_ids(args.classes)
     labels = [c for c in classes for _ in range(args.per_class)]
-    generators = [torch.Generator().manual_seed(image_seed(args.seed, i)) for i in range(len(labels))]
+    out_dir = Path(args.out_dir) if args.out_dir is not None else None
+    paths = [out_dir / sample_file_name(i, label, pipe.label_name(label)) for i, label in enumerate(labels)] if out_dir else []
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
 
-    start = time.perf_counter()
-    images = pipe(
-        labels,
-        guidance_scale=args.guidance_scale,
-        guided_channels=args.guided_channels,
-        generator=generators,
-        num_inference_steps=args.steps,
-        batch_size=args.batch_size,
-    ).images
+    # Batch by batch, so SIGTERM / SIGINT stop at a batch boundary with every image written so far kept.
+    images, start = [], time.perf_counter()
+    with PreemptionHandler() as preemption:
+        for first in range(0, len(labels), args.batch_size):
+            batch = range(first, min(first + args.batch_size, len(labels)))
+            if paths and all(paths[i].is_file() for i in batch):  # drawn by an earlier, stopped run
+                images += [Image.open(paths[i]).copy() for i in batch]
+                continue
+            drawn = pipe(
+                [labels[i] for i in batch],
+                guidance_scale=args.guidance_scale,
+                guided_channels=args.guided_channels,
+                generator=[torch.Generator().manual_seed(image_seed(args.seed, i)) for i in batch],
+                num_inference_steps=args.steps,
+                batch_size=len(batch),
+            ).images
+            for i, image in zip(batch, drawn):
+                if paths:
+                    with atomic_file(paths[i]) as partial:
+                        image.save(partial, format="PNG")
+            images += drawn
+            if preemption.received is not None and batch.stop < len(labels):
+                if paths:
+                    kept = f"{batch.stop} of {len(labels)} images are in {out_dir}; run the same command again to continue"
+                else:
+                    kept = "a grid is written once every image is drawn, so nothing is kept; run the command again"
+                print(f"stopped by a signal: {kept} (exit status {PREEMPTED_EXIT_CODE})", file=sys.stderr)
+                raise SystemExit(PREEMPTED_EXIT_CODE)
     seconds = time.perf_counter() - start
 
-    if args.out_dir is not None:
-        out_dir = Path(args.out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for i, (image, label) in enumerate(zip(images, labels)):
-            image.save(out_dir / sample_file_name(i, label, pipe.label_name(label)))
+    if out_dir is not None:
         where = f"{len(images)} PNGs in {out_dir}"
     else:
         from sdt_gen.visualize import make_grid_png

@@ -102,3 +102,34 @@ def test_sampling_prints_no_deprecation_noise_and_the_variance_note_once(model_d
     assert [n for n in notes if "learned variance cannot be used here" in n] == [
         "sampling with DPMSolverMultistepScheduler(variance_type=None): learned variance cannot be used here"
     ]
+
+
+def test_sigterm_keeps_the_written_images_exits_75_and_a_rerun_finishes_them(model_dir, tmp_path, monkeypatch):
+    import os
+    import signal
+    import subprocess
+    import time
+
+    argv = ["--model", str(model_dir), "--classes", "all", "--per-class", "4", "--steps", "30", "--batch-size", "2",
+            "--device", "cpu"]
+    stopped = tmp_path / "stopped"
+    process = subprocess.Popen([sys.executable, str(SCRIPT), *argv, "--out-dir", str(stopped)], cwd=tmp_path,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not list(stopped.glob("*.png")) and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=240)
+    assert process.returncode == 75, stderr[-2000:]
+    line = stderr.strip().splitlines()[-1]
+    assert line.startswith("stopped by a signal: ") and "of 40 images are in" in line and "run the same command again" in line
+    kept = sorted(stopped.glob("*.png"))
+    assert 0 < len(kept) < 40
+    for path in kept:
+        Image.open(path).load()  # complete PNGs
+
+    run_cli(monkeypatch, *argv, "--out-dir", stopped)
+    run_cli(monkeypatch, *argv, "--out-dir", tmp_path / "straight")
+    assert {p.name: p.read_bytes() for p in stopped.glob("*.png")} == {
+        p.name: p.read_bytes() for p in (tmp_path / "straight").glob("*.png")}
