@@ -537,11 +537,14 @@ SAMPLES_KEPT = 40
 
 
 def final_artifacts(out: Path, name: str, heldout, steps: list[int]) -> Path:
-    """What the summary needs of a finished run besides its metrics, computed once from its final pipeline into
-    ``evals/<run>/final/``: ``gates.json`` (``strength_vs_timestep`` on every fifth held-out image, decayed arms),
-    ``decay_maps.safetensors`` (``decay_maps`` of the first held-out image at ``DECAY_MAP_TIMESTEPS`` for the
-    ``map_queries``, with the noisy inputs; decayed arms) and its first ``SAMPLES_KEPT`` samples, ``gates.json`` last. A few hundred kB, so a study
-    folder stripped of checkpoints and pipelines (carried to another machine) can still be analysed and resumed."""
+    """What the summary needs of a finished run besides its metrics, computed once from its final pipeline.
+
+    Into ``evals/<run>/final/``: ``decay_maps.safetensors`` (``decay_maps`` of the first held-out image at
+    ``DECAY_MAP_TIMESTEPS`` for the ``map_queries``, with the noisy inputs; decayed arms), the first
+    ``SAMPLES_KEPT`` samples and, last, ``gates.json`` (``strength_vs_timestep`` on every fifth held-out image;
+    decayed arms). A few hundred kB, so a study folder stripped of checkpoints and pipelines (carried to another
+    machine) can still be analysed and resumed.
+    """
     folder = out / "evals" / name / "final"
     if (folder / "gates.json").is_file():
         return folder
