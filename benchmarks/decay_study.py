@@ -322,11 +322,15 @@ def prepare_evaluator(args, out: Path, processes) -> tuple[TransformersImageClas
     if args.latents_path and not args.classifier:
         return None, {"note": "no evaluator: pass --classifier for classifier metrics on latent data"}
     trained = out / "evaluator" / "evaluator.json"
-    while args.worker[0] > 0 and not args.classifier and not trained.is_file():
+
+    def evaluator_ready(record: dict | None) -> bool:
+        return record is not None and Path(record["path"]).is_dir()
+
+    while args.worker[0] > 0 and not args.classifier and not evaluator_ready(read_json(trained)):
         print(f"worker {args.worker[0]}: waiting for worker 0 to train the evaluator ({trained})", flush=True)
         time.sleep(EVALUATOR_POLL_SECONDS)
     record = read_json(trained)
-    if not args.classifier and (record is None or not Path(record["path"]).is_dir()):
+    if not args.classifier and not evaluator_ready(record):
         start = time.perf_counter()
         model = train_evaluator(args, out)
         if processes.is_main_process:
