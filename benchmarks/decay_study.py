@@ -95,6 +95,7 @@ from sdt_gen.metrics import (  # noqa: E402
     sample_to_folder,
 )
 from sdt_gen.files import atomic_file, file_sha256, write_json_atomically  # noqa: E402
+from sdt_gen.training.checkpoint import list_checkpoints  # noqa: E402
 from sdt_gen.metrics.sampling import to_uint8  # noqa: E402
 from sdt_gen.pipelines import SCHEDULERS, exported_step, scheduler_by_name  # noqa: E402
 
@@ -415,7 +416,14 @@ def train_to(args, out: Path, arm: str, seed: int, step: int) -> Path:
     settings = parse_arm(arm)
     argv = [*training_flags(args), "--decay-mode", settings["decay_mode"], "--position-embedding",
             settings["position_embedding"], "--seed", str(seed), "--max-steps", str(step), "--results-dir", str(root)]
-    if run_folder(out, name) is not None:
+    folder = run_folder(out, name)
+    if folder is not None and not list_checkpoints(folder):
+        # Stopped before its first checkpoint: nothing in it to resume or keep, and train_dit would refuse to resume it.
+        if PartialState().is_main_process:
+            shutil.rmtree(folder)
+        PartialState().wait_for_everyone()
+        folder = None
+    if folder is not None:
         argv += ["--resume", "latest"]
     wall, cpu = time.perf_counter(), time.process_time()
     run_dir = train_dit.main(train_dit.build_parser().parse_args(argv))

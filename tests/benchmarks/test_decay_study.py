@@ -97,6 +97,21 @@ def test_a_second_call_retrains_nothing(study, evaluator, monkeypatch):
     assert again["summary"] == results["summary"]
 
 
+def test_a_run_stopped_before_its_first_checkpoint_starts_again(tmp_path, monkeypatch):
+    started = tmp_path / "runs" / "cag-s0" / "000-SDT-Ti-4-mnist32-flow"
+    (started / "checkpoints").mkdir(parents=True)
+    (started / "config.json").write_text("{}")
+    calls = []
+    monkeypatch.setattr(decay_study.train_dit, "main", lambda args: calls.append(args))
+    args = decay_study.build_parser().parse_args(TINY)
+    decay_study.apply_defaults(args)
+    decay_study.train_to(args, tmp_path, "cag", 0, 4)
+    assert not started.exists() and calls[0].resume is None
+    (started / "checkpoints" / "step-0000002").mkdir(parents=True)
+    decay_study.train_to(args, tmp_path, "cag", 0, 4)
+    assert calls[1].resume == "latest"
+
+
 def test_workers_split_the_runs_and_only_a_complete_study_is_analysed(study, evaluator, tmp_path, monkeypatch, capsys):
     out, _, _ = study
     copy = tmp_path / "copy"

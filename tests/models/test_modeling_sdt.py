@@ -374,10 +374,12 @@ def saved_models(tmp_path_factory):
 
 
 @pytest.mark.parametrize("name", ["hierarchical-fixed-grey", "isotropic-cag", "probe"])
-def test_save_then_load_in_a_fresh_process_gives_identical_logits(saved_models, name):
+def test_save_then_load_in_a_fresh_process_gives_the_same_logits(saved_models, name):
     models, folders, expected, results = saved_models
     assert results[name]["cls"] == "SDTForImageClassification"
-    assert torch.equal(torch.load(folders[name] + "/logits_fresh.pt"), expected[name]["logits"])
+    # Another process may split the matmuls differently (threads, load on the machine): float32 rounding only.
+    fresh = torch.load(folders[name] + "/logits_fresh.pt", weights_only=True)
+    torch.testing.assert_close(fresh, expected[name]["logits"], rtol=0, atol=1e-5)
     trainable = sorted(n for n, p in models[name].named_parameters() if p.requires_grad)
     assert results[name]["trainable"] == trainable  # a linear probe stays a linear probe
 

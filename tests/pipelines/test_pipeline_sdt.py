@@ -169,6 +169,7 @@ def test_save_then_load_in_a_fresh_process(make_pipeline, tmp_path):
         import json, sys
         import numpy as np, torch
         from sdt_gen import SDTPipeline
+        torch.set_num_threads({torch.get_num_threads()})
         pipe = SDTPipeline.from_pretrained({str(folder)!r})
         pipe.set_progress_bar_config(disable=True)
         images = pipe([3, "otter", 7], num_inference_steps={STEPS}, generator=torch.Generator().manual_seed(0),
@@ -179,7 +180,8 @@ def test_save_then_load_in_a_fresh_process(make_pipeline, tmp_path):
     )
     done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    np.testing.assert_array_equal(np.load(tmp_path / "fresh.npy"), expected)
+    # Another process may split the matmuls differently (threads, load on the CI machine): float32 rounding only.
+    np.testing.assert_allclose(np.load(tmp_path / "fresh.npy"), expected, rtol=0, atol=1e-6)
     id2label = json.loads(done.stdout.strip().splitlines()[-1])
     assert id2label == {str(k): v for k, v in pipe.id2label.items()}
 
