@@ -222,8 +222,18 @@ def prepare_data(args, device: torch.device, patch_size: int):
             )
         side = args.image_size // factor
         shape = (vae.config.latent_channels, side, side)
-    elif args.vae:  # latents: the VAE only decodes samples for the exported pipeline
-        vae = load_vae(args.vae, device)
+    elif args.latents_path:  # the VAE only decodes samples: by default the one that encoded the latents
+        source = args.vae or dataset.meta.get("vae")
+        advice = "pass --vae PATH, the AutoencoderKL that encoded them, so the pipeline can decode its samples"
+        if source is None:
+            raise ValueError(f"the latents in {args.latents_path} record no VAE; {advice}")
+        try:
+            vae = load_vae(source, device)
+        except OSError as err:
+            if args.vae:
+                raise
+            raise ValueError(f"the latents in {args.latents_path} were encoded with {source!r}, which cannot be "
+                             f"loaded ({err}); {advice}") from None
     return dataset, shape, data_name, vae
 
 
@@ -432,7 +442,8 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--latents-path", help="pre-extracted latent shards (from --extract-latents); no VAE needed to train")
     data.add_argument("--extract-latents", action="store_true", help="encode --data-path with --vae into --latents-path, then exit")
     data.add_argument("--extract-batch-size", type=positive_int, default=32, help="images per VAE call when extracting")
-    data.add_argument("--vae", help="local diffusers AutoencoderKL folder (e.g. sd-vae-ft-ema)")
+    data.add_argument("--vae", help="local diffusers AutoencoderKL folder (e.g. sd-vae-ft-ema) or Hub id; with "
+                      "--latents-path, default: the one that encoded them")
     data.add_argument("--class-names", help="JSON file mapping class folder names to label names (id2label)")
     data.add_argument("--image-size", type=positive_int, help="image side in pixels (default: 256, digits: 16, mnist: 32)")
     data.add_argument("--num-workers", type=non_negative_int, help="data loader workers (default: 4, digits: 0)")

@@ -12,15 +12,101 @@ def perturbed(model, scale=0.05, seed=0):
     return model
 
 
-def tiny_vae(seed=0):
-    """A random 2-level ``AutoencoderKL``: 16x16x3 images <-> 8x8x4 latents."""
+def tiny_vae(seed=0, levels=2, sample_size=16):
+    """A random ``AutoencoderKL`` of ``levels`` levels: images <-> 4-channel latents ``2 ** (levels - 1)`` times smaller.
+
+    Two levels (the default): 16x16x3 images <-> 8x8x4 latents; four: SD's factor of 8.
+    """
     from diffusers import AutoencoderKL
 
     torch.manual_seed(seed)
     return AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8), norm_num_groups=4,
-        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, sample_size=16,
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8,) * levels, norm_num_groups=4,
+        down_block_types=("DownEncoderBlock2D",) * levels, up_block_types=("UpDecoderBlock2D",) * levels,
+        sample_size=sample_size,
     ).eval()
+
+
+def tiny_dit(seed=0, sample_size=8):
+    """A diffusers DiT with ImageNet's 1000 classes (DiTPipeline hard-codes the null class 1000)."""
+    from diffusers import DiTTransformer2DModel
+
+    torch.manual_seed(seed)
+    dit = DiTTransformer2DModel(
+        num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=8, num_layers=2,
+        sample_size=sample_size, patch_size=2, num_embeds_ada_norm=1000,
+    ).eval()
+    perturbed(dit, seed=seed)
+    with torch.no_grad():
+        state = dit.state_dict()  # one shared timestep/label embedder, as in converted DiT checkpoints
+        for key, value in state.items():
+            if ".norm1.emb." in key and not key.startswith("transformer_blocks.0."):
+                value.copy_(state["transformer_blocks.0." + key.split(".", 2)[2]])
+    return dit
+
+
+def cache_in_hub(folder, hf_home, repo_id, commit="0123456789abcdef0123456789abcdef01234567"):
+    """Copy a saved ``folder`` into ``hf_home``'s hub cache as ``repo_id`` at ``commit``, as huggingface_hub lays it out."""
+    import shutil
+    from pathlib import Path
+
+    repo = Path(hf_home) / "hub" / f"models--{repo_id.replace('/', '--')}"
+    shutil.copytree(folder, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    return repo / "snapshots" / commit
+
+
+def random_inception_weights(path):
+    """A state_dict of torch-fidelity's own Inception class with random weights, saved at ``path``.
+
+    torch-fidelity loads it through its real code path (``feature_extractor_weights_path``,
+    strict ``load_state_dict``), so a key or shape mismatch would fail there.
+    """
+    from pathlib import Path
+
+    from torch_fidelity import FeatureExtractorInceptionV3
+
+    class InceptionWithoutLoading(FeatureExtractorInceptionV3):
+        def load_state_dict(self, state_dict, strict=True, assign=False):
+            return None  # keep the random initialisation
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    empty = path.with_name(path.name + ".empty")
+    torch.save({}, empty)
+    torch.manual_seed(0)
+    model = InceptionWithoutLoading("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(empty))
+    empty.unlink()
+    # PyTorch's default init shrinks activations to ~1e-8 a hundred layers deep; He init keeps
+    # features of order 1, so distances between image sets are not trivially zero.
+    for module in model.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+    torch.save(model.state_dict(), path)
+    return path
+
+
+def random_vgg16_weights(path):
+    """A random-weights state_dict of torchvision's VGG16 (torch-fidelity's ``vgg16`` extractor), saved at ``path``."""
+    from pathlib import Path
+
+    import torchvision
+
+    with torch.device("meta"):
+        shapes = {name: tensor.shape for name, tensor in torchvision.models.vgg16().state_dict().items()}
+    generator = torch.Generator().manual_seed(0)
+    # He-scaled Gaussians, drawn directly: torchvision's own init of the 100M-weight fc layer is slow.
+    state_dict = {
+        name: torch.randn(shape, generator=generator) * (2 / shape[1:].numel()) ** 0.5
+        if len(shape) > 1
+        else torch.zeros(shape)
+        for name, shape in shapes.items()
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state_dict, path)
+    return path
 
 
 def tiny_classifier_config(architecture: str = "hierarchical", **overrides):
@@ -36,3 +122,28 @@ def tiny_classifier_config(architecture: str = "hierarchical", **overrides):
         config = dict(architecture="isotropic", image_size=32, patch_size=4, hidden_size=32, depth=2, num_heads=2,
                       layer_scale_init_value=0.1)
     return SDTConfig(**{**config, "attention_backend": "sdpa", "num_labels": 5, **overrides})
+
+
+def refuse_network(monkeypatch):
+    """Make any internet connection fail loudly for the rest of ``monkeypatch``'s scope (local sockets still work)."""
+    import socket
+
+    def refuse(*args, **kwargs):
+        raise OSError("a test tried to reach the network")
+
+    real_connect, real_connect_ex = socket.socket.connect, socket.socket.connect_ex
+
+    def connect(self, address):
+        # DataLoader workers hand tensors over AF_UNIX sockets: those stay usable.
+        if self.family in (socket.AF_INET, socket.AF_INET6):
+            refuse()
+        return real_connect(self, address)
+
+    def connect_ex(self, address):
+        if self.family in (socket.AF_INET, socket.AF_INET6):
+            refuse()
+        return real_connect_ex(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)

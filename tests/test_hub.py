@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers import cache_in_hub
+
 ROOT = Path(__file__).resolve().parents[1]
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -19,15 +21,14 @@ def hf_home(tmp_path_factory):
     from sdt_gen import SDTPipeline, SDTTransformer2DModel
 
     home = tmp_path_factory.mktemp("hf_home")
-    repo = home / "hub" / "models--me--tiny-sdt"
     torch.manual_seed(0)
     transformer = SDTTransformer2DModel(sample_size=8, patch_size=2, in_channels=3, hidden_size=32, depth=1,
                                         num_heads=2, num_classes=10, attention_backend="sdpa")
     pipe = SDTPipeline(transformer=transformer, scheduler=SDTPipeline.dit_scheduler(), vae=None,
                        id2label={i: f"class {i}" for i in range(10)})
-    pipe.save_pretrained(repo / "snapshots" / COMMIT)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(COMMIT)
+    saved = tmp_path_factory.mktemp("saved") / "pipe"
+    pipe.save_pretrained(saved)
+    cache_in_hub(saved, home, "me/tiny-sdt", COMMIT)
     return home
 
 

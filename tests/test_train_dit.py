@@ -203,6 +203,25 @@ def test_image_folder_training_in_latent_space(tmp_path, image_folder_and_vae):
     assert pipe(class_labels=["dog"], num_inference_steps=2, output_type="np").images.shape == (1, 32, 32, 3)
 
 
+def test_latents_decode_with_the_vae_that_encoded_them_unless_told(tmp_path, image_folder_and_vae):
+    root, vae = image_folder_and_vae
+    latents = tmp_path / "latents"
+    run(tmp_path, "--extract-latents", "--data-path", str(root), "--vae", str(vae), "--latents-path", str(latents),
+        "--image-size", "32", "--num-workers", "0")
+    run_dir = run(tmp_path, "--latents-path", str(latents), "--model", "SDT-Ti/2", "--global-batch-size", "2",
+                  "--max-steps", "1", "--sample-classes", "0")
+    pipe = SDTPipeline.from_pretrained(run_dir / "pipeline")
+    assert pipe(class_labels=[1], num_inference_steps=2, output_type="np").images.shape == (1, 32, 32, 3)  # decoded
+    vae.rename(tmp_path / "moved-vae")
+    before = sorted(p.name for p in (tmp_path / "results").iterdir())
+    with pytest.raises(ValueError, match=r"encoded with '.*vae'.*cannot be loaded.*pass --vae PATH"):
+        run(tmp_path, "--latents-path", str(latents), "--model", "SDT-Ti/2", "--global-batch-size", "2")
+    assert sorted(p.name for p in (tmp_path / "results").iterdir()) == before
+    run_dir = run(tmp_path, "--latents-path", str(latents), "--vae", str(tmp_path / "moved-vae"), "--model", "SDT-Ti/2",
+                  "--global-batch-size", "2", "--max-steps", "1", "--sample-classes", "0")
+    assert SDTPipeline.from_pretrained(run_dir / "pipeline").vae is not None
+
+
 def accelerate_launch(*args, timeout=900):
     # accelerate's --cpu launcher starts one process; --multi_gpu starts torchrun, and the script's --cpu picks gloo.
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",

@@ -2,7 +2,9 @@
 
 ``root/<class name>/<image>``: one sub-folder per class, sorted names give the class indices
 (torchvision ``ImageFolder``). Optional JSON mapping from folder names to readable labels,
-e.g. ``{"n01440764": "tench, Tinca tinca"}``, for ``id2label``.
+e.g. ``{"n01440764": "tench, Tinca tinca"}``, for ``id2label``. Without it, ImageNet-1k's layout (1,000
+folders named by WordNet id, ``n01440764``...) gets ImageNet's names, so a pipeline trained on it takes
+``"golden retriever"`` as ``DiTPipeline`` does; any other layout keeps its folder names.
 
 A file that cannot be decoded does not stop a multi-day run: ``__getitem__`` warns, records it
 and returns ``None``, and ``collate_skip_none`` drops it from the batch.
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import warnings
 from functools import partial
 from typing import Any
@@ -21,6 +24,9 @@ from PIL import Image
 from torch.utils.data import default_collate
 from torchvision import transforms
 from torchvision.datasets import ImageFolder
+
+
+_WORDNET_ID = re.compile(r"n\d{8}")
 
 
 def center_crop_arr(pil_image: Image.Image, image_size: int) -> Image.Image:
@@ -81,7 +87,8 @@ class ImageFolderDataset(ImageFolder):
         random_flip: flip horizontally with probability 0.5 (DiT's only augmentation). Off for
             latent extraction, which stores the flipped copy itself.
         class_names: optional JSON file mapping folder names to labels; every class folder must
-            appear in it. Without it the folder names are the labels.
+            appear in it. Without it the folder names are the labels, except that ImageNet-1k's 1,000
+            WordNet-id folders get ImageNet's class names.
 
     Attributes:
         id2label: class index -> label.
@@ -115,7 +122,10 @@ class ImageFolderDataset(ImageFolder):
 
         self.image_size = image_size
         self.random_flip = random_flip
-        if class_names is None:
+        if class_names is None and len(self.classes) == 1000 and all(map(_WORDNET_ID.fullmatch, self.classes)):
+            # ImageNet-1k's class index is the rank of its WordNet id, the order torchvision's names follow.
+            self.id2label = imagenet_id2label()
+        elif class_names is None:
             self.id2label = dict(enumerate(self.classes))
         else:
             mapping = load_class_names(class_names)

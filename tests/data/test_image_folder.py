@@ -1,6 +1,7 @@
 """Class folders: ADM crop, flip, id2label, corrupt files and bad folders."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -56,6 +57,17 @@ def test_random_flip(image_folder):
     torch.manual_seed(0)
     seen = {torch.equal(flipping[0][0], reference.flip(-1)) for _ in range(20)}
     assert seen == {True, False}
+
+
+def test_imagenet_layout_gets_imagenet_names_unless_a_mapping_is_given(make_image_folder, tmp_path):
+    wordnet_ids = [f"n{i:08d}" for i in range(1000)]
+    imagenet = ImageFolderDataset(make_image_folder("in1k", wordnet_ids, per_class=1, size=(4, 4)), 4)
+    assert imagenet.id2label[207] == "golden retriever" and imagenet.id2label[360] == "otter"
+    mapping = tmp_path / "names.json"
+    mapping.write_text(json.dumps({name: name.upper() for name in wordnet_ids}))
+    assert ImageFolderDataset(tmp_path / "in1k", 4, class_names=mapping).id2label[207] == "N00000207"
+    shutil.rmtree(tmp_path / "in1k" / wordnet_ids[-1])  # 999 WordNet folders: not ImageNet-1k, folder names stay
+    assert ImageFolderDataset(tmp_path / "in1k", 4).id2label[207] == "n00000207"
 
 
 def test_class_name_mapping(image_folder, tmp_path):

@@ -2,91 +2,36 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import torchvision
 from PIL import Image
-from torch_fidelity import FeatureExtractorInceptionV3
+
+from helpers import random_inception_weights, random_vgg16_weights, refuse_network
 
 
 @pytest.fixture(scope="module", autouse=True)
 def offline(tmp_path_factory: pytest.TempPathFactory):
     """Makes any internet access fail loudly and points TORCH_HOME (weights, fidelity cache) at an empty folder."""
-
-    def refuse(*args, **kwargs):
-        raise OSError("a metrics test tried to reach the network")
-
-    real_connect, real_connect_ex = socket.socket.connect, socket.socket.connect_ex
-
-    def connect(self: socket.socket, address):
-        # Local sockets stay usable: DataLoader workers hand tensors over AF_UNIX.
-        if self.family in (socket.AF_INET, socket.AF_INET6):
-            refuse()
-        return real_connect(self, address)
-
-    def connect_ex(self: socket.socket, address):
-        if self.family in (socket.AF_INET, socket.AF_INET6):
-            refuse()
-        return real_connect_ex(self, address)
-
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(socket.socket, "connect", connect)
-        patch.setattr(socket.socket, "connect_ex", connect_ex)
-        patch.setattr(socket, "getaddrinfo", refuse)
+        refuse_network(patch)
         patch.setenv("TORCH_HOME", str(tmp_path_factory.mktemp("torch_home")))
         yield
 
 
-class _InceptionWithoutLoading(FeatureExtractorInceptionV3):
-    """torch-fidelity's Inception with weight loading skipped, so it keeps its random initialisation."""
-
-    def load_state_dict(self, state_dict, strict=True, assign=False):
-        return None
-
-
 @pytest.fixture(scope="session")
 def inception_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A state_dict of torch-fidelity's own Inception class with random weights.
-
-    torch-fidelity loads it through its real code path (``feature_extractor_weights_path``,
-    strict ``load_state_dict``), so a key or shape mismatch would fail there.
-    """
-    folder = tmp_path_factory.mktemp("inception")
-    empty = folder / "empty.pth"
-    torch.save({}, empty)
-    torch.manual_seed(0)
-    model = _InceptionWithoutLoading("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(empty))
-    # PyTorch's default init shrinks activations to ~1e-8 a hundred layers deep; He init keeps
-    # features of order 1, so distances between image sets are not trivially zero.
-    for module in model.modules():
-        if isinstance(module, torch.nn.Conv2d):
-            torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
-    path = folder / "weights-inception-random.pth"
-    torch.save(model.state_dict(), path)
-    return path
+    """torch-fidelity's Inception with random weights (``helpers.random_inception_weights``)."""
+    return random_inception_weights(tmp_path_factory.mktemp("inception") / "weights-inception-random.pth")
 
 
 @pytest.fixture(scope="session")
 def vgg16_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A random-weights state_dict of torchvision's VGG16, the model torch-fidelity's ``vgg16`` extractor loads."""
-    with torch.device("meta"):
-        shapes = {name: tensor.shape for name, tensor in torchvision.models.vgg16().state_dict().items()}
-    generator = torch.Generator().manual_seed(0)
-    # He-scaled Gaussians, drawn directly: torchvision's own init of the 100M-weight fc layer is slow.
-    state_dict = {
-        name: torch.randn(shape, generator=generator) * (2 / shape[1:].numel()) ** 0.5
-        if len(shape) > 1
-        else torch.zeros(shape)
-        for name, shape in shapes.items()
-    }
-    path = tmp_path_factory.mktemp("vgg16") / "vgg16-random.pth"
-    torch.save(state_dict, path)
-    return path
+    """torchvision's VGG16 with random weights, the model torch-fidelity's ``vgg16`` extractor loads."""
+    return random_vgg16_weights(tmp_path_factory.mktemp("vgg16") / "vgg16-random.pth")
 
 
 def _random_images(count: int, size: int, seed: int, brightness: float = 0.0) -> np.ndarray:

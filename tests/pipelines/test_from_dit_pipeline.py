@@ -4,29 +4,13 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from diffusers import DDIMScheduler, DiTPipeline, DiTTransformer2DModel
+from diffusers import DDIMScheduler, DiTPipeline
 
 from sdt_gen import SDTPipeline, SDTTransformer2DModel
 
-from helpers import perturbed
+from helpers import tiny_dit
 
 DIT_ID2LABEL = {"0": "tench, Tinca tinca", "207": "golden retriever", "360": "otter", "999": "toilet tissue"}
-
-
-def tiny_dit(seed=0):
-    """A diffusers DiT with ImageNet's 1000 classes (DiTPipeline hard-codes the null class 1000)."""
-    torch.manual_seed(seed)
-    dit = DiTTransformer2DModel(
-        num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=8, num_layers=2,
-        sample_size=8, patch_size=2, num_embeds_ada_norm=1000,
-    ).eval()
-    perturbed(dit, seed=seed)
-    with torch.no_grad():
-        state = dit.state_dict()  # one shared timestep/label embedder, as in converted DiT checkpoints
-        for key, value in state.items():
-            if ".norm1.emb." in key and not key.startswith("transformer_blocks.0."):
-                value.copy_(state["transformer_blocks.0." + key.split(".", 2)[2]])
-    return dit
 
 
 @pytest.fixture
