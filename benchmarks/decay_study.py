@@ -635,7 +635,8 @@ def apply_defaults(args) -> None:
         if getattr(args, key) is None:
             setattr(args, key, value)
     if args.out is None:
-        args.out = ("studies/mnist-decay" + ("-256" if args.tokens == 256 else "") + ("-quick" if args.quick else "")
+        data = f"{Path(args.latents_path).name}-decay" if args.latents_path else "mnist-decay"  # a protocol per data
+        args.out = ("studies/" + data + ("-256" if args.tokens == 256 else "") + ("-quick" if args.quick else "")
                     + ("-ddpm" if args.objective == "ddpm" else ""))
     if args.compare_with is None and args.tokens == 256 and COMPARE_64.is_file():
         args.compare_with = str(COMPARE_64)
