@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 ClassLabels = int | str | Sequence[int | str] | torch.Tensor | np.ndarray
-"""What ``SDTPipeline`` takes as class labels: one id or name, a sequence of them, or a 1-D tensor or array of ids."""
+"""What ``SDTPipeline`` takes as class labels: one id or name, (nested) sequences of them, or tensors or arrays of ids."""
 
 
 def label_slug(name: str) -> str:
@@ -66,28 +66,31 @@ class ClassNames:
     def ids(self, labels: ClassLabels) -> list[int]:
         """Map class ids and names (case-insensitive, any comma-separated synonym) to validated ids, one per image.
 
-        Takes what ``DiTPipeline`` takes (a list of ids, a 1-D integer tensor; names through its
-        ``get_label_ids``) and also one id, one name, a list mixing ids and names, or a 1-D NumPy array.
+        Takes what ``DiTPipeline`` takes, with its meaning: a list of ids, nested lists and integer tensors of
+        any shape, flattened row-major (its ``torch.tensor(class_labels).reshape(-1)``); names through its
+        ``get_label_ids``. Also one id, one name, lists mixing ids and names, and NumPy arrays.
 
         Raises:
             ValueError: an id outside ``0..num_classes-1``; an unknown or ambiguous name (suggesting the closest
-                known names); a tensor or array with more than one dimension.
+                known names).
             TypeError: ``labels`` or one of its entries is neither a class id nor a class name.
         """
         if isinstance(labels, (torch.Tensor, np.ndarray)):
-            if labels.ndim > 1:
-                raise ValueError(
-                    f"class_labels must be a 1-D tensor or array (one class per image), got shape {tuple(labels.shape)}"
-                )
             labels = labels.reshape(-1).tolist()
         elif isinstance(labels, (str, Integral)):
             labels = [labels]
         elif not isinstance(labels, Iterable):
             raise TypeError(
-                "class_labels must be a class id, a class name, a list of them or a 1-D tensor of ids, "
-                f"got {labels!r} of type {type(labels).__name__}"
+                "class_labels must be a class id, a class name, a list of them (nested lists are flattened) or a "
+                f"tensor of ids, got {labels!r} of type {type(labels).__name__}"
             )
-        return [self._id(label) for label in labels]
+        ids = []
+        for label in labels:
+            if isinstance(label, (list, tuple)) or (isinstance(label, (torch.Tensor, np.ndarray)) and label.ndim > 0):
+                ids += self.ids(label)
+            else:
+                ids.append(self._id(label))
+        return ids
 
     def _id(self, label) -> int:
         if isinstance(label, (torch.Tensor, np.ndarray)) and label.ndim == 0:
