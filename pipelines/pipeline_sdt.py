@@ -364,7 +364,8 @@ class SDTPipeline(DiffusionPipeline):
         Args:
             class_labels: one class per image: an id or a name, a list of ids and/or names (case-insensitive;
                 any comma-separated synonym of ``id2label``), or a tensor or array of ids; nested lists and
-                tensors of several dimensions are flattened row-major, as ``DiTPipeline`` reads them. Ids are ``0..num_classes-1``; for unconditional images use ``guidance_scale=0``.
+                tensors of several dimensions are flattened row-major, as ``DiTPipeline`` reads them. Ids are
+                ``0..num_classes-1``; for unconditional images use ``guidance_scale=0``.
             guidance_scale: classifier-free guidance weight ``s``: ``eps = eps_null + s (eps_y - eps_null)``
                 (on the velocity for flow models).
                 ``1`` runs the conditional model only and ``0`` the unconditional (null-class) model only,

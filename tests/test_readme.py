@@ -26,6 +26,7 @@ import shlex
 import sys
 import warnings
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -228,11 +229,11 @@ def run_command(block: Block, words: list[str], workspace: Path) -> None:
     if words[1] == "-m":
         module, args = words[2], words[3:]
         argv = [module, *args, *budget(module, args, workspace)]
-        call = lambda: runpy.run_module(module, run_name="__main__", alter_sys=True)  # noqa: E731
+        call = partial(runpy.run_module, module, run_name="__main__", alter_sys=True)
     else:
         script, args = words[1], words[2:]
         argv = [str(ROOT / script), *args, *budget(script, args, workspace)]
-        call = lambda: runpy.run_path(str(ROOT / script), run_name="__main__")  # noqa: E731
+        call = partial(runpy.run_path, str(ROOT / script), run_name="__main__")
     old_argv, old_path = sys.argv, sys.path
     sys.argv = argv
     sys.path = [str((ROOT / argv[0]).parent) if words[1] != "-m" else str(workspace), *sys.path]  # as python puts it
