@@ -55,7 +55,7 @@ from sdt_gen.metrics.sampling import MANIFEST
 from sdt_gen.data.vae import vae_downsampling
 from sdt_gen.files import file_sha256
 from sdt_gen.hub import local_folder
-from sdt_gen.pipelines import SCHEDULERS, check_pipeline_folder, scheduler_by_name
+from sdt_gen.pipelines import SCHEDULERS, check_pipeline_folder, chosen_scheduler
 from sdt_gen.training import PREEMPTED_EXIT_CODE, PreemptionHandler
 from sdt_gen.cli import add_sampling_arguments, non_negative_int, positive_int, run_main
 
@@ -154,8 +154,8 @@ def main(args):
     if args.model is not None:
         # Cast after loading: diffusers renamed from_pretrained's torch_dtype to dtype (0.42 warns on every load).
         pipe = SDTPipeline.from_pretrained(model_folder).to(device, getattr(torch, args.dtype))
-        if args.scheduler is not None:
-            pipe.scheduler = scheduler_by_name(args.scheduler, pipe.scheduler.config)
+        pipe.transformer.set_attention_backend(args.attention_backend)
+        pipe.scheduler = chosen_scheduler(pipe.scheduler, args.scheduler, args.flow_shift)
         size = image_size(pipe)
     else:
         samples = ScoringImageFolder(args.samples_dir)
@@ -184,6 +184,7 @@ def main(args):
                     seed=args.seed,
                     guidance_scale=args.guidance_scale,
                     guided_channels=args.guided_channels,
+                    guidance_interval=args.guidance_interval,
                     num_inference_steps=args.steps,
                     batch_size=args.batch_size,
                     accelerator=processes,
@@ -236,7 +237,9 @@ def main(args):
     }
     if pipe is not None:
         manifest = json.loads((out_dir / "samples" / MANIFEST).read_text())
-        extra.update(dtype=args.dtype, weights_sha256=manifest["weights_sha256"])
+        extra.update(dtype=args.dtype, weights_sha256=manifest["weights_sha256"], attention_backend={
+            "requested": args.attention_backend, "ran": pipe.transformer.attention_backends_in_use(),
+        })
     protocol = build_protocol(
         num_samples=len(samples),
         reference=args.ref,
@@ -246,6 +249,7 @@ def main(args):
         num_inference_steps=args.steps if pipe is not None else None,
         guidance_scale=args.guidance_scale if pipe is not None else None,
         guidance_channels=(args.guided_channels or "all") if pipe is not None else None,
+        guidance_interval=args.guidance_interval if pipe is not None else None,
         label_mode=args.labels if pipe is not None else None,
         seed=args.seed if pipe is not None else None,
         samples_path=samples.source,

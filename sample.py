@@ -21,7 +21,7 @@ from PIL import Image
 from sdt_gen import SDTPipeline
 from sdt_gen.files import atomic_file
 from sdt_gen.metrics import sample_file_name
-from sdt_gen.pipelines import SCHEDULERS, image_seed, scheduler_by_name
+from sdt_gen.pipelines import SCHEDULERS, chosen_scheduler, image_seed
 from sdt_gen.training import PREEMPTED_EXIT_CODE, PreemptionHandler
 from sdt_gen.cli import add_sampling_arguments, non_negative_int, positive_int, run_main
 
@@ -30,8 +30,8 @@ def main(args):
     device = torch.device(args.device)
     # Cast after loading: diffusers renamed from_pretrained's torch_dtype to dtype (0.42 warns on every load).
     pipe = SDTPipeline.from_pretrained(args.model).to(device, getattr(torch, args.dtype))
-    if args.scheduler is not None:
-        pipe.scheduler = scheduler_by_name(args.scheduler, pipe.scheduler.config)
+    pipe.transformer.set_attention_backend(args.attention_backend)
+    pipe.scheduler = chosen_scheduler(pipe.scheduler, args.scheduler, args.flow_shift)
     num_classes = pipe.transformer.config.num_classes
     classes = list(range(num_classes)) if args.classes == ["all"] else pipe.get_label_ids(args.classes)
     labels = [c for c in classes for _ in range(args.per_class)]
@@ -52,6 +52,7 @@ def main(args):
                 [labels[i] for i in batch],
                 guidance_scale=args.guidance_scale,
                 guided_channels=args.guided_channels,
+                guidance_interval=args.guidance_interval,
                 generator=[torch.Generator().manual_seed(image_seed(args.seed, i)) for i in batch],
                 num_inference_steps=args.steps,
                 batch_size=len(batch),
@@ -79,7 +80,8 @@ def main(args):
         where = f"a {len(classes)}x{args.per_class} grid to {args.out}"
     print(
         f"wrote {where}; sampling {len(images)} images ({args.steps} {type(pipe.scheduler).__name__} steps, "
-        f"guidance {args.guidance_scale}) took {seconds:.1f}s ({len(images) / seconds:.2f} images/s) on {device}"
+        f"guidance {args.guidance_scale}) took {seconds:.1f}s ({len(images) / seconds:.2f} images/s) on {device}, "
+        f"attention {pipe.transformer.attention_backend_summary()}"
     )
 
 

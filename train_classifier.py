@@ -113,7 +113,7 @@ def build_model(args, id2label: dict) -> SDTForImageClassification:
         )
     if args.model not in SDT_CLASSIFIER_PRESETS:
         raise ValueError(f"unknown --model {args.model!r}; expected one of {', '.join(SDT_CLASSIFIER_PRESETS)}")
-    overrides = dict(image_size=args.image_size, decay_mode=args.decay_mode, attention_backend=args.attention_backend)
+    overrides = dict(image_size=args.image_size, decay_mode=args.decay_mode)
     if not args.data_path:
         overrides.update(num_channels=1, drop_path_rate=0.0)
     if args.drop_path is not None:
@@ -172,6 +172,7 @@ def main(args):
     # The model before the images: its config fixes their size and normalisation. Every check, then the run folder.
     id2label, data_name = class_names(args)
     model = build_model(args, id2label)
+    model.set_attention_backend(args.attention_backend, device)  # not saved: a property of this machine
     train_set, val_set = build_datasets(args, model.config)
     if len(train_set) == 0 or len(val_set) == 0:
         raise ValueError(f"the data ({data_name}) has an empty train or val split")
@@ -274,7 +275,8 @@ def main(args):
         if ema is not None:
             ema.copy_to(final.parameters())
         save_classifier(final, run_dir / "model")
-        card = classifier_card(final.config.to_dict(), data_name, state.epoch, {f"val {k}": v for k, v in metrics.items()})
+        card = classifier_card(final.config.to_dict(), data_name, state.epoch, {f"val {k}": v for k, v in metrics.items()},
+                               attention=final.config._attn_implementation)
         save_card(card, run_dir / "model")
         logger.info(f"done: val top-1 {metrics.get('top1', float('nan')):.4f}; model in {run_dir / 'model'}")
         if args.push_to_hub:
@@ -294,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-workers", type=non_negative_int, help="data loader workers (default: 8, digits: 0)")
     p.add_argument("--model", help=f"preset, one of {', '.join(SDT_CLASSIFIER_PRESETS)} (default: SDT-H-T, digits: SDT-H-XT)")
     p.add_argument("--decay-mode", default="cag", choices=DECAY_MODES, help="none = ViT, fixed = RMT, cag = SDT")
-    p.add_argument("--attention-backend", default="auto", choices=ATTENTION_BACKENDS, help="attention implementation")
+    p.add_argument("--attention-backend", default="auto", choices=ATTENTION_BACKENDS, help="auto = flex on CUDA, sdpa elsewhere (transformers' attn_implementation)")
     p.add_argument("--drop-path", type=non_negative_float, help="stochastic depth rate (default: the preset's; digits: 0)")
     p.add_argument("--denoiser", help="probe a trained SDT denoiser (pipeline or transformer folder) instead of a preset")
     p.add_argument("--timestep", type=non_negative_int, default=100, help="diffusion timestep the denoiser probe is conditioned on")

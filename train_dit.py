@@ -137,6 +137,7 @@ def build_dataset(args, patch_size: int):
 def build_model(args, shape, num_classes: int) -> SDTTransformer2DModel:
     decay = DecayConfig.from_config(args).config_keys()  # the decay flags, as model config keys
     positions = dict(position_embedding=args.position_embedding, rope_base=args.rope_base)
+    machine = dict(attention_backend=args.attention_backend)  # not saved: a property of this machine
     if args.init_from_dit:
         if args.objective != "ddpm":
             raise ValueError(f"--init-from-dit starts from a DDPM-trained DiT; it cannot start a {args.objective} model")
@@ -145,7 +146,7 @@ def build_model(args, shape, num_classes: int) -> SDTTransformer2DModel:
             from diffusers import DiTTransformer2DModel
 
             dit = DiTTransformer2DModel.from_pretrained(dit, subfolder="transformer")
-        model = SDTTransformer2DModel.from_dit(dit, **{**decay, "decay_init": "zero"}, **positions)
+        model = SDTTransformer2DModel.from_dit(dit, **{**decay, "decay_init": "zero"}, **positions, **machine)
         expected = (model.config.in_channels, *model.sample_hw)
         if tuple(shape) != expected or model.config.num_classes != num_classes:
             raise ValueError(
@@ -157,13 +158,13 @@ def build_model(args, shape, num_classes: int) -> SDTTransformer2DModel:
     return SDTTransformer2DModel.from_preset(
         args.model, sample_size=[height, width] if height != width else height, in_channels=channels,
         num_classes=num_classes, learn_sigma=args.learn_sigma and args.objective == "ddpm", objective=args.objective,
-        **decay, **positions,
+        **decay, **positions, **machine,
     )
 
 
 def build_pipeline(model, ema, vae, id2label) -> SDTPipeline:
     """An ``SDTPipeline`` of the EMA weights (in memory), with the sampler that matches the model's objective."""
-    ema_model = SDTTransformer2DModel.from_config(model.config)
+    ema_model = SDTTransformer2DModel.from_config(model.config, attention_backend=model.attention_backend)
     ema.copy_to(ema_model.parameters())
     return SDTPipeline(transformer=ema_model, scheduler=default_scheduler(model.config), vae=vae, id2label=id2label)
 
@@ -331,7 +332,8 @@ def main(args):
         with own_random_stream():
             pipe = ema_pipeline()
         metrics = {"train loss (window before the last log)": logged["loss"]} if "loss" in logged else {}
-        card = denoiser_card(pipe.transformer.config, data_name, state.step, metrics, latest_grid and "samples.png")
+        card = denoiser_card(pipe.transformer.config, data_name, state.step, metrics, latest_grid and "samples.png",
+                             attention=accelerator.unwrap_model(model).attention_backend_summary())
         with atomic_folder(run_dir / "pipeline") as tmp:
             pipe.save_pretrained(tmp)
             save_card(card, tmp, images={"samples.png": latest_grid} if latest_grid else None)

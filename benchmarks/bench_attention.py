@@ -65,7 +65,7 @@ def attention_rows(device, backend: str, dtype, tokens=(256, 1024), tokens_per_b
             x = torch.randn(batch, count, dim, device=device, dtype=dtype, requires_grad=True)
             results = {}
             for mode in ("none", "fixed", "cag"):
-                layer = SpatialDecayAttention(dim, heads, DecayConfig(mode=mode, backend=backend))
+                layer = SpatialDecayAttention(dim, heads, DecayConfig(mode=mode), backend=backend)
                 results[mode] = measure(layer.to(device, dtype), x, (side, side), iters)
             base_time, base_mem = results["none"]
             rows += [

@@ -97,7 +97,7 @@ from sdt_gen.metrics import (  # noqa: E402
 from sdt_gen.files import atomic_file, file_sha256, write_json_atomically  # noqa: E402
 from sdt_gen.training.checkpoint import list_checkpoints  # noqa: E402
 from sdt_gen.metrics.sampling import to_uint8  # noqa: E402
-from sdt_gen.pipelines import SCHEDULERS, exported_step, scheduler_by_name  # noqa: E402
+from sdt_gen.pipelines import SCHEDULERS, check_guidance_interval, chosen_scheduler, exported_step  # noqa: E402
 
 # Flow matching with logit-normal times: at this budget DDPM's digits stay fragmented (docs/decay_study_ddpm).
 STUDY = dict(
@@ -239,6 +239,9 @@ def build_protocol(args) -> dict:
             "num_samples": args.num_samples, "labels": "balanced", "seed": SAMPLE_SEED, "scheduler": args.scheduler,
             "steps": args.sample_steps, "guidance_scale": args.guidance_scale,
             "guidance_sweep_at_last_point": list(GUIDANCE_SWEEP),
+            # Recorded when set, so studies begun before the options existed keep their protocol.
+            **({"guidance_interval": list(args.guidance_interval)} if tuple(args.guidance_interval) != (0, 1) else {}),
+            **({"flow_shift": args.flow_shift} if args.flow_shift is not None else {}),
         },
         "fd_bootstrap": {"replicates": args.bootstrap_replicates, "over": "samples", "interval": "normal, 95%"},
         "evaluator": {"classifier": str(Path(args.classifier).resolve())} if args.classifier else (
@@ -440,8 +443,8 @@ def score_samples(args, pipe, folder: Path, guidance_scale: float, evaluator, re
     """Sample ``--num-samples`` class-balanced images into ``folder`` and score them (None off the main process)."""
     files = sample_to_folder(
         pipe, folder, num_samples=args.num_samples, labels="balanced", seed=SAMPLE_SEED,
-        guidance_scale=guidance_scale, num_inference_steps=args.sample_steps, batch_size=args.batch_size,
-        accelerator=processes,
+        guidance_scale=guidance_scale, guidance_interval=args.guidance_interval, num_inference_steps=args.sample_steps,
+        batch_size=args.batch_size, accelerator=processes,
     )
     if not processes.is_main_process:
         return None
@@ -479,7 +482,7 @@ def evaluate(args, out: Path, arm: str, seed: int, step: int, run_dir: Path, eva
         raise RuntimeError(f"{run_dir / 'pipeline'} holds the weights of step {exported}, expected {step}")
     start = time.perf_counter()
     pipe = SDTPipeline.from_pretrained(run_dir / "pipeline").to(processes.device)
-    pipe.scheduler = scheduler_by_name(args.scheduler, pipe.scheduler.config)
+    pipe.scheduler = chosen_scheduler(pipe.scheduler, args.scheduler, args.flow_shift)
     x0, labels, _ = heldout
     by_t = fixed_noise_mse(pipe.transformer, x0, labels, HELDOUT_TIMESTEPS)
     metrics = score_samples(args, pipe, folder / "samples", args.guidance_scale, evaluator, ref_features, processes)
@@ -653,6 +656,10 @@ def main(args):
         raise SystemExit(f"error: --arms {' '.join(args.arms)} names an arm twice")
     if args.steps < args.evals:
         raise SystemExit(f"error: --steps {args.steps} is fewer than --evals {args.evals} evaluation points")
+    try:
+        check_guidance_interval(args.guidance_interval)
+    except ValueError as error:
+        raise SystemExit(f"error: --guidance-interval: {error}") from None
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     processes = PartialState(cpu=args.cpu)
@@ -757,6 +764,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sampler of the evaluations (default: flow: euler, ddpm: dpm)")
     p.add_argument("--sample-steps", type=positive_int, help=f"sampling steps (default: {STUDY['sample_steps']})")
     p.add_argument("--guidance-scale", type=non_negative_float, help=f"classifier-free guidance scale (default: {STUDY['guidance_scale']})")
+    p.add_argument("--guidance-interval", type=float, nargs=2, default=(0.0, 1.0), metavar=("LO", "HI"),
+                   help="guide only at noise levels in [LO, HI] (0: clean, 1: noise), as sample.py (default: every step)")
+    p.add_argument("--flow-shift", type=float, help="flow runs: the sampler's time shift, as sample.py (default: none)")
     p.add_argument("--batch-size", type=positive_int, default=250, help="images per sampling / evaluator call")
     p.add_argument("--heldout-images", type=positive_int, help="held-out images of the denoising loss (default: all 500)")
     p.add_argument("--reference-images", type=positive_int, help="train images of the FD / precision / recall reference (default: all)")

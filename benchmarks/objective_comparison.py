@@ -25,10 +25,25 @@ from sdt_gen.pipelines import scheduler_by_name
 SAMPLERS = {"ddpm": ("dpm", "ddim"), "flow": ("euler", "heun")}
 
 
+def digits_reference(image_size: int) -> ArrayImageDataset:
+    """All 1,797 bundled digits at ``image_size``, as uint8 images: the FD reference."""
+    reference = DigitsDataset("all", image_size=image_size).images
+    return ArrayImageDataset(to_uint8((reference[:, 0].numpy() + 1) / 2), source="the bundled digits")
+
+
+def scored_samples(pipe, evaluator, reference, labels: list[int], **sampling) -> dict[str, float]:
+    """FD to ``reference`` and conditional accuracy in the evaluator's features of ``pipe``'s samples of
+    ``labels``, image ``i`` drawn from seed ``i``; ``sampling``: the pipeline's other arguments."""
+    generators = [torch.Generator().manual_seed(i) for i in range(len(labels))]
+    images = pipe(labels, generator=generators, output_type="np", **sampling).images  # (N, H, W, 1)
+    scores = classifier_metrics(evaluator, ArrayImageDataset(to_uint8(images)), labels, reference=reference,
+                                batch_size=250)
+    return {"fd": scores["classifier_frechet_distance"], "accuracy": scores["classifier_accuracy"]}
+
+
 def comparison_rows(args) -> list[dict]:
     evaluator = TransformersImageClassifier(args.classifier, "cpu")
-    reference = DigitsDataset("all", image_size=args.image_size).images
-    reference = ArrayImageDataset(to_uint8((reference[:, 0].numpy() + 1) / 2), source="the bundled digits")
+    reference = digits_reference(args.image_size)
     rows = []
     for objective, path in (("ddpm", args.ddpm), ("flow", args.flow)):
         pipe = SDTPipeline.from_pretrained(path)
@@ -37,13 +52,9 @@ def comparison_rows(args) -> list[dict]:
         for sampler in SAMPLERS[objective]:
             pipe.scheduler = scheduler_by_name(sampler, pipe.scheduler.config)
             for steps in args.steps:
-                generators = [torch.Generator().manual_seed(i) for i in range(args.num_samples)]
-                images = pipe(labels, guidance_scale=args.guidance_scale, num_inference_steps=steps,
-                              generator=generators, output_type="np").images  # (N, H, W, 1)
-                scores = classifier_metrics(evaluator, ArrayImageDataset(to_uint8(images)), labels,
-                                            reference=reference, batch_size=250)
-                rows.append(dict(objective=objective, sampler=sampler, steps=steps,
-                                 fd=scores["classifier_frechet_distance"], accuracy=scores["classifier_accuracy"]))
+                scores = scored_samples(pipe, evaluator, reference, labels, guidance_scale=args.guidance_scale,
+                                        num_inference_steps=steps)
+                rows.append(dict(objective=objective, sampler=sampler, steps=steps, **scores))
                 print(f"| {objective} | {sampler} | {steps} | {rows[-1]['fd']:.1f} | {rows[-1]['accuracy']:.3f} |",
                       flush=True)
     return rows

@@ -31,7 +31,7 @@ DECAY_MODES = ("none", "fixed", "cag")
 
 def count(preset: str, image_size: int, **overrides) -> tuple[int, int]:
     """``(parameters, forward FLOPs for one image)`` of a preset, on the meta device."""
-    config = SDTConfig.from_preset(preset, image_size=image_size, attention_backend="sdpa", **overrides)
+    config = SDTConfig.from_preset(preset, image_size=image_size, **overrides)
     with torch.device("meta"):
         model = SDTForImageClassification(config).eval()
         pixels = torch.empty(1, config.num_channels, image_size, image_size)
@@ -47,7 +47,7 @@ def throughput(preset: str, image_size: int, batch_size: int, iters: int, warmup
     torch.manual_seed(0)
     models = {
         mode: SDTForImageClassification(
-            SDTConfig.from_preset(preset, image_size=image_size, decay_mode=mode, attention_backend="sdpa")
+            SDTConfig.from_preset(preset, image_size=image_size, decay_mode=mode)
         ).eval()
         for mode in DECAY_MODES
     }

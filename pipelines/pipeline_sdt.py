@@ -66,6 +66,17 @@ def image_seed(seed: int, index: int) -> int:
 EXPORT_RECORD = "training_state.json"  # written by train_dit.py into its pipeline folder: the step, each file's hash
 
 
+def check_guidance_interval(interval) -> tuple[float, float]:
+    """``(lo, hi)`` with ``0 <= lo <= hi <= 1`` (noise levels, see ``SDTPipeline.__call__``), or a ValueError."""
+    try:
+        lo, hi = (float(value) for value in interval)
+    except (TypeError, ValueError):
+        raise ValueError(f"guidance_interval must be two numbers (lo, hi), got {interval!r}") from None
+    if not 0 <= lo <= hi <= 1:
+        raise ValueError(f"guidance_interval must satisfy 0 <= lo <= hi <= 1 (0: clean data, 1: pure noise), got {interval!r}")
+    return lo, hi
+
+
 def exported_step(folder: str | os.PathLike) -> int | None:
     """The training step of the EMA weights in pipeline ``folder``; ``None`` if it has no intact export record."""
     try:
@@ -352,6 +363,7 @@ class SDTPipeline(DiffusionPipeline):
         class_labels: ClassLabels,
         guidance_scale: float = 4.0,
         guided_channels: int | None = None,
+        guidance_interval: tuple[float, float] = (0.0, 1.0),
         generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | None = None,
         num_inference_steps: int = 250,
@@ -372,6 +384,12 @@ class SDTPipeline(DiffusionPipeline):
                 each with one forward per step.
             guided_channels: guide only the first ``k`` channels (DiT's original code guided 3 of 4 latent
                 channels; ``3`` reproduces its FID protocol). Default: all channels.
+            guidance_interval: ``(lo, hi)``: guide only the steps whose noise level lies in ``[lo, hi]``
+                (Kynkäänniemi et al. 2024); the other steps run the conditional model alone, one forward each.
+                The noise level is the step's timestep over the scheduler's ``num_train_timesteps``, the same
+                fraction for both kinds of model: 0 is clean data, 1 pure noise. A DDPM timestep ``t`` of 0..999
+                is ``t / 1000``; a flow model's time ``sigma`` (the noise weight of ``(1 - sigma) x + sigma
+                noise``, diffusers' timestep ``1000 sigma``) is ``sigma`` itself. ``(0, 1)``: every step.
             generator: one ``torch.Generator``, or one per image; with one per image the images do not
                 depend on ``batch_size``.
             latents: ``(N, C, H, W)`` initial noise instead of drawing it from ``generator``.
@@ -407,6 +425,7 @@ class SDTPipeline(DiffusionPipeline):
             raise ValueError(f"num_inference_steps must be an integer >= 1, got {num_inference_steps!r}")
         if guidance_scale < 0:
             raise ValueError(f"guidance_scale must be >= 0, got {guidance_scale}")
+        check_guidance_interval(guidance_interval)
         if output_type not in _OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {', '.join(_OUTPUT_TYPES)}, got {output_type!r}")
         batch_size = num_images if batch_size is None else batch_size
@@ -440,7 +459,7 @@ class SDTPipeline(DiffusionPipeline):
                 part = slice(start, start + batch_size)
                 part_generator = generator[part] if isinstance(generator, list) else generator
                 x = self._denoise(
-                    scheduler, latents[part], labels[part], guidance_scale, guided_channels,
+                    scheduler, latents[part], labels[part], guidance_scale, guided_channels, guidance_interval,
                     num_inference_steps, part_generator, progress,
                 )
                 chunks.append(self._postprocess(self._decode(x), output_type))
@@ -464,6 +483,7 @@ class SDTPipeline(DiffusionPipeline):
         labels: torch.Tensor,
         guidance_scale: float,
         guided_channels: int,
+        guidance_interval: tuple[float, float],
         num_inference_steps: int,
         generator,
         progress,
@@ -472,10 +492,10 @@ class SDTPipeline(DiffusionPipeline):
         channels = self.transformer.config.in_channels
         null = torch.full_like(labels, self.transformer.config.num_classes)
         guided = guidance_scale not in (0, 1)  # 1: conditional model only, 0: unconditional model only
+        pair = torch.cat([labels, null])  # (2B,): conditional and unconditional halves
         if guidance_scale == 0:
             labels = null
-        elif guided:
-            labels = torch.cat([labels, null])  # (2B,)
+        lo, hi = guidance_interval
         step_kwargs = {}
         if generator is not None and "generator" in inspect.signature(scheduler.step).parameters:
             step_kwargs["generator"] = generator
@@ -486,12 +506,13 @@ class SDTPipeline(DiffusionPipeline):
         for t in scheduler.timesteps:
             # (B, C, H, W); flow-matching schedulers feed the model x as it is
             model_input = scheduler.scale_model_input(x, t) if hasattr(scheduler, "scale_model_input") else x
-            if guided:
+            guide = guided and lo <= float(t) / scheduler.config.num_train_timesteps <= hi
+            if guide:
                 model_input = torch.cat([model_input, model_input])  # (2B, C, H, W)
             timestep = torch.as_tensor(t, device=x.device).expand(model_input.shape[0])
-            out = self.transformer(model_input, timestep, labels).sample  # (2B or B, C or 2C, H, W)
+            out = self.transformer(model_input, timestep, pair if guide else labels).sample  # (2B or B, C|2C, H, W)
 
-            if guided:
+            if guide:
                 cond, uncond = out.chunk(2)
                 k = guided_channels
                 eps = uncond[:, :k] + guidance_scale * (cond[:, :k] - uncond[:, :k])

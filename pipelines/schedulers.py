@@ -65,8 +65,26 @@ def scheduler_by_name(name: str, config: Mapping | None = None) -> SchedulerMixi
     return cls.from_config(config) if config is not None else cls()
 
 
+def chosen_scheduler(current: SchedulerMixin, name: str | None = None, flow_shift: float | None = None) -> SchedulerMixin:
+    """The sampler a command line asks for: ``current`` (a pipeline's), or ``SCHEDULERS[name]`` built from its
+    config, with a flow scheduler's time shift (diffusers' ``shift``: ``sigma' = s sigma / (1 + (s - 1) sigma)``,
+    more steps at high noise for ``s > 1``) if ``flow_shift`` is given."""
+    scheduler = scheduler_by_name(name, current.config) if name is not None else current
+    if flow_shift is None:
+        return scheduler
+    if not isinstance(scheduler, FLOW_SCHEDULERS):
+        raise ValueError(
+            f"a flow shift ({flow_shift}) applies to the flow schedulers (euler, heun); this samples with "
+            f"{type(scheduler).__name__}"
+        )
+    if flow_shift <= 0:
+        raise ValueError(f"the flow shift must be positive, got {flow_shift}")
+    return type(scheduler).from_config(scheduler.config, shift=flow_shift)
+
+
 __all__ = [
     "FLOW_SCHEDULERS",
+    "chosen_scheduler",
     "SCHEDULERS",
     "default_scheduler",
     "dit_scheduler",

@@ -15,6 +15,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from .layers import ATTENTION_BACKENDS
+
 # OSError: missing files, no space left, no permission: the message says which file.
 USER_ERRORS = (ValueError, OSError)
 
@@ -106,11 +108,18 @@ def add_sampling_arguments(group, guidance_scale: float, scheduler_names: Sequen
                        help="classifier-free guidance (1: none)")
     group.add_argument("--guided-channels", type=positive_int, default=None,
                        help="guide only the first k channels (3: DiT's original protocol); default all")
+    group.add_argument("--guidance-interval", type=float, nargs=2, default=(0.0, 1.0), metavar=("LO", "HI"),
+                       help="guide only at noise levels in [LO, HI] (0: clean, 1: pure noise; DDPM timestep t is t/1000, "
+                            "a flow time sigma is sigma); default 0 1, every step")
     group.add_argument("--steps", type=positive_int, default=250, help="denoising steps")
     group.add_argument("--scheduler", choices=sorted(scheduler_names),
                        help=f"sampler built from the saved scheduler's config; default: {scheduler_default}")
+    group.add_argument("--flow-shift", type=float, default=None,
+                       help="flow models: the schedulers' time shift (diffusers' shift; 1: none); default: the saved one")
     group.add_argument("--batch-size", type=positive_int, default=32, help="images denoised at once (per process)")
     group.add_argument("--dtype", default="float32", choices=DTYPES, help="the pipeline's weights and activations")
+    group.add_argument("--attention-backend", default="auto", choices=ATTENTION_BACKENDS,
+                       help="auto = flex on CUDA, sdpa elsewhere; eager: explicit softmax (slowest)")
 
 
 def run_main(main: Callable[[argparse.Namespace], Any], parser: argparse.ArgumentParser,

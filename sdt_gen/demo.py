@@ -25,7 +25,8 @@ from sdt_gen.cli import positive_int, run_main
 from sdt_gen.data.vae import encode_images
 from sdt_gen.diffusion import make_objective
 from sdt_gen.hub import local_folder
-from sdt_gen.pipelines import SCHEDULERS, SDTPipeline, image_seed, scheduler_by_name, scheduler_names
+from sdt_gen.layers import ATTENTION_BACKENDS, resolve_backend
+from sdt_gen.pipelines import SCHEDULERS, SDTPipeline, chosen_scheduler, image_seed, scheduler_names
 from sdt_gen.visualize import make_grid_png, save_decay_maps
 
 PICK_SIZE = 256  # the sample to click on is shown at about this many pixels, however small the model's images
@@ -65,13 +66,25 @@ class DemoModel:
             (n for n in self.schedulers if isinstance(pipe.scheduler, SCHEDULERS[n])), self.schedulers[0]
         )
         self.decay_mode = config.decay_mode
+        self.is_flow = config.get("objective", "ddpm") == "flow"
         self.position_embedding = config.position_embedding
         self.class_names = [pipe.label_name(i) for i in range(config.num_classes)]
 
     @classmethod
-    def load(cls, model: str, device: torch.device, max_work: int = MAX_WORK) -> "DemoModel":
-        """A pipeline folder or Hub repo id (the Hugging Face cache when offline)."""
-        return cls(SDTPipeline.from_pretrained(local_folder(model)).to(device), model, max_work)
+    def load(
+        cls, model: str, device: torch.device, max_work: int = MAX_WORK, attention_backend: str = "auto"
+    ) -> "DemoModel":
+        """A pipeline folder or Hub repo id (the Hugging Face cache when offline), run with ``attention_backend``."""
+        pipe = SDTPipeline.from_pretrained(local_folder(model)).to(device)
+        pipe.transformer.set_attention_backend(attention_backend)
+        return cls(pipe, model, max_work)
+
+    @property
+    def attention(self) -> str:
+        """The attention backend, as the header shows it: ``"sdpa"``, or ``"auto: sdpa on cpu"``."""
+        transformer = self.pipe.transformer
+        chosen = resolve_backend(transformer.attention_backend, transformer.device)
+        return chosen if transformer.attention_backend != "auto" else f"auto: {chosen} on {transformer.device.type}"
 
     def check_request(self, classes: list[str | int] | str | int, per_class: int, steps: int, scheduler: str) -> list[int]:
         """The class ids of a request; ``ValueError`` for an unknown class, scheduler or an oversized request."""
@@ -99,19 +112,23 @@ class DemoModel:
         steps: int = 25,
         scheduler: str | None = None,
         seed: int = 0,
+        guidance_interval: tuple[float, float] = (0.0, 1.0),
+        flow_shift: float | None = None,
     ) -> Samples:
-        """Images of ``classes`` (names or ids), ``per_class`` each; image ``i`` from ``image_seed(seed, i)``, as sample.py."""
+        """Images of ``classes`` (names or ids), ``per_class`` each; image ``i`` from ``image_seed(seed, i)``, as sample.py.
+        ``guidance_interval`` and ``flow_shift`` as sample.py's ``--guidance-interval`` and ``--flow-shift``."""
         scheduler = scheduler or self.default_scheduler
         ids = self.check_request(classes, per_class, steps, scheduler)
         labels = [c for c in ids for _ in range(per_class)]
         pipe = SDTPipeline(  # shares the modules; only the sampler differs between requests
             transformer=self.pipe.transformer, vae=self.pipe.vae, id2label=self.pipe.id2label,
-            scheduler=scheduler_by_name(scheduler, self.pipe.scheduler.config),
+            scheduler=chosen_scheduler(self.pipe.scheduler, scheduler, flow_shift),
         )
         pipe.set_progress_bar_config(leave=False)
         images = pipe(
             labels,
             guidance_scale=guidance_scale,
+            guidance_interval=guidance_interval,
             generator=[torch.Generator().manual_seed(image_seed(seed, i)) for i in range(len(labels))],
             num_inference_steps=steps,
         ).images
@@ -174,23 +191,34 @@ def build_demo(model: DemoModel, compare: DemoModel | None = None):
             scheduler = gr.Dropdown(model.schedulers, value=model.default_scheduler, label="scheduler",
                                     elem_id=f"{prefix}-scheduler")
             seed = gr.Number(0, precision=0, minimum=0, label="seed", elem_id=f"{prefix}-seed")
-        return [classes, per_class, guidance, steps, scheduler, seed]
+        with gr.Row():
+            guide_from = gr.Slider(0.0, 1.0, value=0.0, step=0.05, label="guide from noise level (0: clean)",
+                                   elem_id=f"{prefix}-guide-from")
+            guide_to = gr.Slider(0.0, 1.0, value=1.0, step=0.05, label="guide up to noise level (1: pure noise)",
+                                 elem_id=f"{prefix}-guide-to")
+            shift = gr.Number(1.0, minimum=0.1, label="flow shift (1: none)", visible=model.is_flow,
+                              elem_id=f"{prefix}-flow-shift")
+        return [classes, per_class, guidance, steps, scheduler, seed, guide_from, guide_to, shift]
 
     has_decay = model.decay_mode != "none"
 
-    def sample(classes, per_class, guidance, steps, scheduler, seed, progress=gr.Progress(track_tqdm=True)):
+    def request(classes, per_class, guidance, steps, scheduler, seed, guide_from, guide_to, shift) -> dict:
+        return dict(classes=classes, per_class=int(per_class), guidance_scale=float(guidance), steps=int(steps),
+                    scheduler=scheduler, seed=int(seed), guidance_interval=(float(guide_from), float(guide_to)),
+                    flow_shift=float(shift) if model.is_flow else None)
+
+    def sample(*inputs, progress=gr.Progress(track_tqdm=True)):
         try:
-            made = model.sample(classes, int(per_class), float(guidance), int(steps), scheduler, int(seed))
+            made = model.sample(**request(*inputs))
         except ValueError as error:
             raise user_error(error) from None
         if not has_decay:
             return made.grid, made
         return made.grid, made, 0, enlarged(made.images[0])
 
-    def side_by_side(classes, per_class, guidance, steps, scheduler, seed, progress=gr.Progress(track_tqdm=True)):
+    def side_by_side(*inputs, progress=gr.Progress(track_tqdm=True)):
         try:
-            return tuple(m.sample(classes, int(per_class), float(guidance), int(steps), scheduler, int(seed)).grid
-                         for m in (model, compare))
+            return tuple(m.sample(**request(*inputs)).grid for m in (model, compare))
         except ValueError as error:
             raise user_error(error) from None
 
@@ -220,7 +248,7 @@ def build_demo(model: DemoModel, compare: DemoModel | None = None):
     with gr.Blocks(title=f"SDT demo: {model.name}") as demo:
         gr.Markdown(
             f"# SDT demo\n`{model.name}`: {len(model.class_names)} classes, decay `{model.decay_mode}`, "
-            f"positions `{model.position_embedding}`. "
+            f"positions `{model.position_embedding}`, attention `{model.attention}`. "
             f"At most **{model.max_work} image-steps** (images x steps) per request."
         )
         made = gr.State(None)
@@ -269,8 +297,8 @@ def main(args):
     except ImportError:
         raise SystemExit('error: the demo needs Gradio: pip install -e ".[demo]" (or pip install gradio)') from None
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = DemoModel.load(args.model, device, args.max_work)
-    compare = DemoModel.load(args.compare, device, args.max_work) if args.compare else None
+    model = DemoModel.load(args.model, device, args.max_work, args.attention_backend)
+    compare = DemoModel.load(args.compare, device, args.max_work, args.attention_backend) if args.compare else None
     if compare is not None and compare.class_names != model.class_names:
         raise ValueError(f"--compare {args.compare} has other classes than --model {args.model}: compare like with like")
     demo = build_demo(model, compare)
@@ -286,6 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=positive_int, default=7860, help="port (Gradio's default 7860)")
     p.add_argument("--share", action="store_true", help="a public gradio.live link (Gradio's --share)")
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if present)")
+    p.add_argument("--attention-backend", default="auto", choices=ATTENTION_BACKENDS,
+                   help="auto = flex on CUDA, sdpa elsewhere")
     p.add_argument("--max-work", type=positive_int, default=MAX_WORK,
                    help=f"the most image-steps (images x steps) one request may ask for (default {MAX_WORK})")
     return p

@@ -121,7 +121,7 @@ def tiny_classifier_config(architecture: str = "hierarchical", **overrides):
     else:
         config = dict(architecture="isotropic", image_size=32, patch_size=4, hidden_size=32, depth=2, num_heads=2,
                       layer_scale_init_value=0.1)
-    return SDTConfig(**{**config, "attention_backend": "sdpa", "num_labels": 5, **overrides})
+    return SDTConfig(**{**config, "num_labels": 5, **overrides})
 
 
 def refuse_network(monkeypatch):

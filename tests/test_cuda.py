@@ -59,7 +59,7 @@ def assert_grads_close(got: dict, want: dict, atol: float, rtol: float):
 @pytest.mark.parametrize("layout", ["full", "decomposed"])
 def test_flex_layer_matches_sdpa_forward_and_backward(mode, layout):
     torch.manual_seed(0)
-    dense = SpatialDecayAttention(64, 4, DecayConfig(mode=mode, layout=layout, backend="sdpa")).cuda()
+    dense = SpatialDecayAttention(64, 4, DecayConfig(mode=mode, layout=layout), backend="sdpa").cuda()
     fused = copy.deepcopy(dense)
     fused.decay = dataclasses.replace(dense.decay, backend="flex")
     x = torch.randn(2, GRID[0] * GRID[1], 64, device="cuda")

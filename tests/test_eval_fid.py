@@ -152,7 +152,8 @@ def test_results_hold_metrics_and_protocol_and_kid_adapts_to_few_samples(single_
     assert sampling["scheduler"] == "DDPMScheduler"
     assert sampling["scheduler_config"]["variance_type"] == "learned_range"  # DiT's sampler, as saved
     assert (sampling["num_inference_steps"], sampling["guidance_scale"]) == (2, 1.5)
-    assert sampling["guidance_channels"] == "all"
+    assert sampling["guidance_channels"] == "all" and sampling["guidance_interval"] == [0.0, 1.0]
+    assert protocol["extra"]["attention_backend"] == {"requested": "auto", "ran": {"cpu": "sdpa"}}
     assert (sampling["label_mode"], sampling["seed"], protocol["num_samples"]) == ("random", 0, NUM_SAMPLES)
     assert protocol["reference"]["kind"] == "folder" and protocol["reference"]["resize"] is True
     assert protocol["feature_extractors"]["inception-v3-compat"]["sha256"]

@@ -133,3 +133,22 @@ def test_sigterm_keeps_the_written_images_exits_75_and_a_rerun_finishes_them(mod
     run_cli(monkeypatch, *argv, "--out-dir", tmp_path / "straight")
     assert {p.name: p.read_bytes() for p in stopped.glob("*.png")} == {
         p.name: p.read_bytes() for p in (tmp_path / "straight").glob("*.png")}
+
+
+def test_guidance_interval_and_attention_backend_options(model_dir, tmp_path, monkeypatch, capsys):
+    common = ["--model", model_dir, "--classes", 7, "otter", "--guidance-scale", 4, "--steps", 3, "--scheduler", "ddim",
+              "--device", "cpu"]
+    run_cli(monkeypatch, *common, "--out-dir", tmp_path / "every")
+    assert "attention sdpa on cpu (auto)" in capsys.readouterr().out
+    run_cli(monkeypatch, *common, "--out-dir", tmp_path / "interval", "--guidance-interval", 0.1, 0.7,
+            "--attention-backend", "eager")
+    assert "attention eager on cpu" in capsys.readouterr().out
+    every, interval = (sorted((tmp_path / name).glob("*.png")) for name in ("every", "interval"))
+    assert [p.name for p in every] == [p.name for p in interval]
+    assert any(Image.open(a).tobytes() != Image.open(b).tobytes() for a, b in zip(every, interval))
+    with pytest.raises(SystemExit):
+        run_cli(monkeypatch, *common, "--out-dir", tmp_path / "bad", "--guidance-interval", 0.7, 0.1)
+    assert "guidance_interval must satisfy 0 <= lo <= hi <= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        run_cli(monkeypatch, *common, "--out-dir", tmp_path / "bad", "--flow-shift", 3)
+    assert "a flow shift (3.0) applies to the flow schedulers" in capsys.readouterr().err

@@ -1,8 +1,17 @@
 """The vocabulary of SDT models: spatial decay, attention, embeddings, rotary positions. Depends on torch only."""
 
-from .attention import SpatialDecayAttention, resolve_backend, spatial_decay_attention
+from .attention import (
+    ATTENTION_BACKENDS,
+    SpatialDecayAttention,
+    attention_backends_in_use,
+    attention_weights,
+    recording_attentions,
+    resolve_backend,
+    set_attention_backend,
+    spatial_decay_attention,
+)
 from .blockwise_attention import blockwise_decay_attention
-from .decay_config import ATTENTION_BACKENDS, DecayConfig
+from .decay_config import DecayConfig
 from .drop import DropPath, drop_path
 from .embeddings import LabelEmbedding, PatchEmbed, sincos_1d, sincos_2d
 from .rotary import POSITION_EMBEDDINGS, apply_rope, position_tables, rope_rotation
@@ -33,6 +42,8 @@ __all__ = [
     "PatchEmbed",
     "SpatialDecayAttention",
     "apply_rope",
+    "attention_backends_in_use",
+    "attention_weights",
     "blockwise_decay_attention",
     "check_choice",
     "decay_bias",
@@ -42,9 +53,11 @@ __all__ = [
     "grid_coordinates",
     "manhattan_distance",
     "position_tables",
+    "recording_attentions",
     "resolve_backend",
     "rmt_gammas",
     "rope_rotation",
+    "set_attention_backend",
     "sincos_1d",
     "sincos_2d",
     "spatial_decay_attention",

@@ -1,15 +1,17 @@
-"""The spatial-decay attention op (backends ``sdpa`` / ``flex`` / ``auto``) and its module."""
+"""The spatial-decay attention op (backends ``sdpa`` / ``flex`` / ``eager`` / ``auto``) and its module."""
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .blockwise_attention import blockwise_decay_attention
-from .decay_config import ATTENTION_BACKENDS, DecayConfig
+from .decay_config import DecayConfig
 from .rotary import apply_rope
 from .spatial_decay import (
     DECAY_LAYOUTS,
@@ -21,6 +23,11 @@ from .spatial_decay import (
     manhattan_distance,
     rmt_gammas,
 )
+
+# ``sdpa``: dense bias through PyTorch's SDPA (blockwise when training); ``flex``: the bias inside a FlexAttention
+# ``score_mod``; ``eager``: explicit softmax probabilities (slowest, the one that can return them); ``auto``: flex on
+# CUDA, sdpa elsewhere.
+ATTENTION_BACKENDS = ("sdpa", "flex", "eager", "auto")
 
 # Devices where ``auto`` picks FlexAttention: it is only fused (compiled) there.
 FLEX_DEVICE_TYPES = ("cuda",)
@@ -94,6 +101,35 @@ def _attend(q, k, v, rates, grid_size: tuple[int, int], backend: str) -> torch.T
     return _NoBackward.apply(out, q, k, v, rates)
 
 
+def attention_weights(
+    q: torch.Tensor, k: torch.Tensor, rates: torch.Tensor | None, grid_size: tuple[int, int], layout: str = "full"
+) -> torch.Tensor:
+    """The attention probabilities ``(B, H, N, N)``, decay included, computed explicitly (the ``eager`` backend).
+
+    Full layout: ``softmax(q k^T / sqrt(D) + B)``. Decomposed layout: the one matrix that the row pass followed by
+    the column pass applies to ``v``, ``A[(r, c), (r', c')] = C_c[r, r'] * R_r'[c, c']`` with ``R_r`` the
+    attention within row ``r`` and ``C_c`` within column ``c``; its rows sum to 1 too. Arguments as
+    ``spatial_decay_attention``.
+    """
+    batch, heads, tokens, dim = q.shape
+    height, width = grid_size
+    q, k = q.float() * dim**-0.5, k.float()
+    if layout == "full":
+        logits = q @ k.transpose(-1, -2)  # (B, H, N, N)
+        if rates is not None:
+            logits = logits + decay_bias(rates.float(), manhattan_distance(height, width, q.device))
+        return logits.softmax(-1)
+    q, k = (t.reshape(batch, heads, height, width, dim) for t in (q, k))
+    row_logits = q @ k.transpose(-1, -2)  # (B, H, h, w, w)
+    col_logits = q.transpose(2, 3) @ k.transpose(2, 3).transpose(-1, -2)  # (B, H, w, h, h)
+    if rates is not None:
+        grid_rates = rates.float().expand(batch, heads, tokens).reshape(batch, heads, height, width)
+        row_logits = row_logits + decay_bias(grid_rates, manhattan_distance(1, width, q.device))
+        col_logits = col_logits + decay_bias(grid_rates.transpose(2, 3), manhattan_distance(height, 1, q.device))
+    rows, cols = row_logits.softmax(-1), col_logits.softmax(-1)
+    return torch.einsum("bncrs,bnsct->bnrcst", cols, rows).reshape(batch, heads, tokens, tokens)
+
+
 def spatial_decay_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -114,20 +150,30 @@ def spatial_decay_attention(
         layout: ``"full"`` (bias over all tokens) or ``"decomposed"`` (RMT's axial form: attend
             within rows with ``|c_n - c_m|``, then within columns with ``|r_n - r_m|`` on that output).
         backend: ``"sdpa"`` (dense bias, every device, reference), ``"flex"`` (bias computed inside a
-            FlexAttention ``score_mod``, O(N) memory) or ``"auto"`` (flex on CUDA, sdpa elsewhere; if
-            flex raises, a warning names the error and sdpa serves this and every later call).
+            FlexAttention ``score_mod``, O(N) memory), ``"eager"`` (``attention_weights @ v``) or ``"auto"``
+            (flex on CUDA, sdpa elsewhere; if flex raises, a warning names the error and sdpa serves this and
+            every later call).
 
     Returns:
         ``(B, H, N, D)``.
     """
     check_choice("decay_layout", layout, DECAY_LAYOUTS)
     resolved = resolve_backend(backend, q.device)
-    if backend != "auto" or resolved != "flex" or torch.compiler.is_compiling():
-        return _decayed_attention(q, k, v, rates, grid_size, layout, resolved)
-    # A first GPU run must not die because FlexAttention cannot compile on this machine (old
-    # driver, missing Triton): ``auto`` falls back to the dense path, saying why, once per process.
+    if backend == "auto" and resolved == "flex":
+        return _flex_or_fallback(q, k, v, rates, grid_size, layout)[0]
+    return _decayed_attention(q, k, v, rates, grid_size, layout, resolved)
+
+
+def _flex_or_fallback(q, k, v, rates, grid_size, layout) -> tuple[torch.Tensor, bool]:
+    """``auto``'s FlexAttention call; ``(output, whether it fell back to sdpa)``.
+
+    A first GPU run must not die because FlexAttention cannot compile on this machine (old driver, missing
+    Triton): the dense path serves instead, and a warning says why, once per process.
+    """
+    if torch.compiler.is_compiling():
+        return _decayed_attention(q, k, v, rates, grid_size, layout, "flex"), False
     try:
-        return _decayed_attention(q, k, v, rates, grid_size, layout, "flex")
+        return _decayed_attention(q, k, v, rates, grid_size, layout, "flex"), False
     except Exception as error:
         global _flex_failure
         _flex_failure = f"{type(error).__name__}: {error}"
@@ -136,13 +182,16 @@ def spatial_decay_attention(
             "using 'sdpa' (dense decay bias) for the rest of this process. "
             "Pass attention_backend='flex' to see the error raised instead.",
             RuntimeWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
-        return _decayed_attention(q, k, v, rates, grid_size, layout, "sdpa")
+        return _decayed_attention(q, k, v, rates, grid_size, layout, "sdpa"), True
 
 
 def _decayed_attention(q, k, v, rates, grid_size: tuple[int, int], layout: str, backend: str) -> torch.Tensor:
-    """``spatial_decay_attention`` with a resolved backend (``sdpa`` or ``flex``)."""
+    """``spatial_decay_attention`` with a resolved backend (``sdpa``, ``flex`` or ``eager``)."""
+    if backend == "eager":
+        weights = attention_weights(q, k, rates, grid_size, layout)  # (B, H, N, N)
+        return (weights @ v.float()).to(v.dtype)
     height, width = grid_size
     if layout == "full":
         return _attend(q, k, v, rates, grid_size, backend)
@@ -171,9 +220,14 @@ class SpatialDecayAttention(nn.Module):
     Args:
         dim: token width ``C`` (divisible by ``num_heads``).
         num_heads: number of heads ``H``.
-        decay: the decay's mode, layout, gate init, backend and RMT gammas (``DecayConfig``).
+        decay: the decay's mode, layout, gate init and RMT gammas (``DecayConfig``), checked when it was built.
         qkv_bias: bias on the fused q/k/v projection.
         lepe_kernel_size: if > 0, adds RMT's LePE, a depthwise conv of this size on ``v``.
+        backend: the attention backend (``ATTENTION_BACKENDS``); a property of the machine, not of the weights:
+            change it with ``set_backend``.
+
+    While ``attention_recorder`` is a list, every call computes its probabilities explicitly (``attention_weights``)
+    and appends them to it: how the models return ``output_attentions``.
     """
 
     def __init__(
@@ -183,6 +237,7 @@ class SpatialDecayAttention(nn.Module):
         decay: DecayConfig = DecayConfig(),
         qkv_bias: bool = True,
         lepe_kernel_size: int = 0,
+        backend: str = "auto",
     ):
         super().__init__()
         if dim % num_heads:
@@ -202,6 +257,14 @@ class SpatialDecayAttention(nn.Module):
             if lepe_kernel_size
             else None
         )
+        self.attention_recorder: list[torch.Tensor] | None = None
+        self.set_backend(backend)
+
+    def set_backend(self, backend: str) -> None:
+        """Use attention backend ``backend`` from the next call on; ``auto`` is decided at the first call on each
+        device type and kept (``backends_in_use``)."""
+        self.backend = check_choice("attention_backend", backend, ATTENTION_BACKENDS)
+        self.backends_in_use: dict[str, str] = {}  # device type -> the backend that runs there
 
     def decay_rates(self, x: torch.Tensor) -> torch.Tensor | None:
         """Per-token log-decay rates for tokens ``x`` ``(B, N, C)``: ``(B | 1, H, N | 1)`` or None."""
@@ -220,11 +283,67 @@ class SpatialDecayAttention(nn.Module):
         q, k, v = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)  # (B, H, N, D)
         if rope is not None:
             q, k = apply_rope(q, rope), apply_rope(k, rope)  # (B, H, N, D)
-        out = spatial_decay_attention(
-            q, k, v, self.decay_rates(x), grid_size, self.decay.layout, self.decay.backend
-        )  # (B, H, N, D)
+        rates = self.decay_rates(x)
+        if self.attention_recorder is not None:
+            weights = attention_weights(q, k, rates, grid_size, self.decay.layout)  # (B, H, N, N)
+            self.attention_recorder.append(weights)
+            out = (weights @ v.float()).to(v.dtype)  # (B, H, N, D)
+        else:
+            out = self._attend(q, k, v, rates, grid_size)  # (B, H, N, D)
         out = out.transpose(1, 2).reshape(batch, tokens, channels)  # (B, N, C)
         if self.lepe is not None:
             v_img = v.transpose(1, 2).reshape(batch, *grid_size, channels).permute(0, 3, 1, 2)  # (B, C, h, w)
             out = out + self.lepe(v_img).flatten(2).transpose(1, 2)
         return self.proj(out)
+
+    def _attend(self, q, k, v, rates, grid_size: tuple[int, int]) -> torch.Tensor:
+        device = q.device.type
+        backend = self.backends_in_use.get(device)
+        if backend is None:
+            backend = resolve_backend(self.backend, q.device)
+            if not torch.compiler.is_compiling():  # a record written inside a compiled graph would recompile it
+                self.backends_in_use[device] = backend
+        if self.backend == "auto" and backend == "flex":
+            out, fell_back = _flex_or_fallback(q, k, v, rates, grid_size, self.decay.layout)
+            if fell_back:
+                self.backends_in_use[device] = "sdpa"
+            return out
+        return _decayed_attention(q, k, v, rates, grid_size, self.decay.layout, backend)
+
+
+#################################################################################
+#                      Every attention layer of a model                         #
+#################################################################################
+
+def set_attention_backend(model: nn.Module, backend: str) -> None:
+    """Give every ``SpatialDecayAttention`` inside ``model`` attention backend ``backend``."""
+    check_choice("attention_backend", backend, ATTENTION_BACKENDS)
+    for module in model.modules():
+        if isinstance(module, SpatialDecayAttention):
+            module.set_backend(backend)
+
+
+def attention_backends_in_use(model: nn.Module) -> dict[str, str]:
+    """``{device type: backend}`` that the attention layers of ``model`` ran so far (``"sdpa"``, ``"flex"`` or
+    ``"eager"``; several joined by ``+`` when layers differ); empty before the first call."""
+    used: dict[str, set[str]] = {}
+    for module in model.modules():
+        if isinstance(module, SpatialDecayAttention):
+            for device, backend in module.backends_in_use.items():
+                used.setdefault(device, set()).add(backend)
+    return {device: "+".join(sorted(backends)) for device, backends in used.items()}
+
+
+@contextmanager
+def recording_attentions(model: nn.Module) -> Iterator[list[torch.Tensor]]:
+    """Within the block, every attention layer of ``model`` computes its probabilities explicitly and appends them,
+    in call order, to the yielded list (``(B, H, N, N)`` each, see ``attention_weights``)."""
+    recorded: list[torch.Tensor] = []
+    modules = [module for module in model.modules() if isinstance(module, SpatialDecayAttention)]
+    for module in modules:
+        module.attention_recorder = recorded
+    try:
+        yield recorded
+    finally:
+        for module in modules:
+            module.attention_recorder = None

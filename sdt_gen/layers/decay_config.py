@@ -1,7 +1,7 @@
 """``DecayConfig``: every setting of the spatial decay, passed around as one object (as nanoGPT's GPTConfig).
 
 Model configs keep these as flat, readable keys on disk (``decay_mode``, ``decay_layout``,
-``decay_init``, ``attention_backend``, ``initial_value``, ``heads_range``); ``DecayConfig.from_config``
+``decay_init``, ``initial_value``, ``heads_range``); ``DecayConfig.from_config``
 reads them from any config, dict or argparse namespace, ``config_keys`` writes them back.
 """
 
@@ -13,14 +13,11 @@ from typing import Any
 
 from .spatial_decay import DECAY_INITS, DECAY_LAYOUTS, DECAY_MODES, check_choice
 
-ATTENTION_BACKENDS = ("sdpa", "flex", "auto")
-
 # DecayConfig field -> its flat key in model configs and on command lines.
 CONFIG_KEYS = {
     "mode": "decay_mode",
     "layout": "decay_layout",
     "init": "decay_init",
-    "backend": "attention_backend",
     "initial_value": "initial_value",
     "heads_range": "heads_range",
 }
@@ -34,7 +31,6 @@ class DecayConfig:
         mode: ``"none"`` (plain attention), ``"fixed"`` (RMT) or ``"cag"`` (SDT).
         layout: ``"full"`` or ``"decomposed"``.
         init: ``"rmt"`` or ``"zero"`` (``cag`` only; see ``ContextAwareGate``).
-        backend: ``"sdpa"``, ``"flex"`` or ``"auto"``.
         initial_value: RMT's ``a`` of the per-head gammas.
         heads_range: RMT's ``b`` of the per-head gammas.
     """
@@ -42,7 +38,6 @@ class DecayConfig:
     mode: str = "cag"
     layout: str = "full"
     init: str = "rmt"
-    backend: str = "auto"
     initial_value: float = 2.0
     heads_range: float = 6.0
 
@@ -50,7 +45,6 @@ class DecayConfig:
         check_choice("decay_mode", self.mode, DECAY_MODES)
         check_choice("decay_layout", self.layout, DECAY_LAYOUTS)
         check_choice("decay_init", self.init, DECAY_INITS)
-        check_choice("attention_backend", self.backend, ATTENTION_BACKENDS)
 
     @classmethod
     def from_config(cls, config: Any) -> DecayConfig:
@@ -66,4 +60,4 @@ class DecayConfig:
         return {CONFIG_KEYS[field]: value for field, value in asdict(self).items()}
 
 
-__all__ = ["ATTENTION_BACKENDS", "CONFIG_KEYS", "DecayConfig"]
+__all__ = ["CONFIG_KEYS", "DecayConfig"]

@@ -79,6 +79,7 @@ def build_protocol(
     num_inference_steps: int | None = None,
     guidance_scale: float | None = None,
     guidance_channels: int | Sequence[int] | str | None = None,
+    guidance_interval: Sequence[float] | None = None,
     label_mode: str | None = None,
     seed: int | None = None,
     samples_path: str | os.PathLike | None = None,
@@ -100,6 +101,7 @@ def build_protocol(
         num_inference_steps: sampling steps.
         guidance_scale: classifier-free guidance scale.
         guidance_channels: which latent channels guidance was applied to.
+        guidance_interval: the noise levels ``[lo, hi]`` guidance was applied at (``SDTPipeline``).
         label_mode: how class labels were drawn, e.g. ``"random"`` or ``"balanced"``.
         seed: the base seed of sampling.
         samples_path: where the scored images are.
@@ -121,6 +123,7 @@ def build_protocol(
             "num_inference_steps": num_inference_steps,
             "guidance_scale": guidance_scale,
             "guidance_channels": guidance_channels,
+            "guidance_interval": list(guidance_interval) if guidance_interval is not None else None,
             "label_mode": label_mode,
             "seed": seed,
         },

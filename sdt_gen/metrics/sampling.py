@@ -170,6 +170,7 @@ def sampling_record(
     guidance_scale: float,
     guided_channels: int | None,
     num_inference_steps: int,
+    guidance_interval: tuple[float, float] = (0.0, 1.0),
 ) -> dict[str, Any]:
     """Everything that determines image ``i`` of a run, as JSON values (what ``sampling.json`` holds).
 
@@ -180,9 +181,12 @@ def sampling_record(
         guidance_scale: classifier-free guidance scale.
         guided_channels: guided channels; ``None`` is all of them.
         num_inference_steps: sampling steps.
+        guidance_interval: the noise levels guided (``SDTPipeline``); recorded when it is not every step, so
+            folders drawn before the option existed keep their record.
     """
     transformer = pipe.transformer
     vae = getattr(pipe, "vae", None)
+    interval = [float(value) for value in guidance_interval]
     return {
         "transformer_config": _public_config(transformer.config),
         "vae_config": _public_config(vae.config) if vae is not None else None,
@@ -193,6 +197,7 @@ def sampling_record(
         "num_inference_steps": int(num_inference_steps),
         "guidance_scale": float(guidance_scale),
         "guided_channels": int(guided_channels if guided_channels is not None else transformer.config.in_channels),
+        **({"guidance_interval": interval} if interval != [0.0, 1.0] else {}),
         "labels": labels,
         "seed": int(seed),
         "image_seed": f"seed * {SEED_STRIDE} + index",
@@ -251,6 +256,7 @@ def sample_to_folder(
     seed: int = 0,
     guidance_scale: float = 1.5,
     guided_channels: int | None = None,
+    guidance_interval: tuple[float, float] = (0.0, 1.0),
     num_inference_steps: int = 250,
     batch_size: int = 32,
     accelerator: ProcessGroup | None = None,
@@ -272,6 +278,7 @@ def sample_to_folder(
         seed: base seed (>= 0) of labels and noise.
         guidance_scale: classifier-free guidance scale (1: none).
         guided_channels: guide only the first k channels; ``None``: all.
+        guidance_interval: guide only at noise levels in ``[lo, hi]`` (``SDTPipeline``); default every step.
         num_inference_steps: sampling steps of the pipeline's scheduler.
         batch_size: images denoised at once per process.
         accelerator: an ``accelerate.Accelerator`` or ``PartialState``; ``None`` for one process.
@@ -291,7 +298,7 @@ def sample_to_folder(
     out_dir = Path(out_dir)
     plan = sample_labels(num_samples, pipe.transformer.config.num_classes, labels, seed)
     paths = [out_dir / sample_file_name(i, label, pipe.label_name(label)) for i, label in enumerate(plan)]
-    record = sampling_record(pipe, labels, seed, guidance_scale, guided_channels, num_inference_steps)
+    record = sampling_record(pipe, labels, seed, guidance_scale, guided_channels, num_inference_steps, guidance_interval)
 
     # 2. What is there already (every process checks, so an error stops all of them)
     _check_manifest(out_dir, record)
@@ -329,6 +336,7 @@ def sample_to_folder(
                 class_labels=[plan[i] for i in batch],
                 guidance_scale=guidance_scale,
                 guided_channels=guided_channels,
+                guidance_interval=guidance_interval,
                 generator=[torch.Generator().manual_seed(image_seed(seed, i)) for i in batch],
                 num_inference_steps=num_inference_steps,
                 batch_size=len(batch),

@@ -19,7 +19,6 @@ from transformers import PretrainedConfig
 
 from ..data.vae import vae_downsampling
 from ..layers import (
-    ATTENTION_BACKENDS,
     DECAY_INITS,
     DECAY_LAYOUTS,
     DECAY_MODES,
@@ -31,7 +30,16 @@ from ..layers import (
 ARCHITECTURES = ("hierarchical", "isotropic")
 POOL_TYPES = ("mean",)
 HIERARCHICAL_STRIDE = 32  # stem 4 x three 2x patch mergings
+ISOTROPIC_HIDDEN_SIZE = 384  # the isotropic width when none is given (SDT-ViT-S)
 _STAGE_KEYS = ("dims", "depths", "heads", "mlp_ratios", "heads_ranges", "decay_layouts", "layer_scale_init_values")
+
+
+class DerivedKeyError(ValueError, NotImplementedError):
+    """A standard name that SDT-H derives from its stages (``hidden_size``, ``num_attention_heads``,
+    ``num_hidden_layers``) given a value of its own.
+
+    Also a ``NotImplementedError``: transformers' sign that a config cannot set one of its standard names.
+    """
 
 
 def _hw(size: int | list[int] | tuple[int, int]) -> tuple[int, int]:
@@ -72,7 +80,6 @@ class SDTConfig(PretrainedConfig):
             attention core ignores the layout, so SDT-H's ``decomposed`` stages attend globally
             (about twice SDT-H-T's FLOPs at 224px), not axially.
         decay_init: ``"rmt"`` (CAG starts as RMT's decay) or ``"zero"`` (starts as plain attention).
-        attention_backend: ``"sdpa"``, ``"flex"`` or ``"auto"``.
         initial_value: RMT ``a`` of the per-head gammas.
         qkv_bias: bias on the q/k/v projection.
         drop_path_rate: stochastic depth, rising linearly over blocks from 0 to this value.
@@ -100,13 +107,15 @@ class SDTConfig(PretrainedConfig):
 
     transformers' standard names, read (and, for the isotropic architecture, set) through the keys above:
 
-    - ``hidden_size``: the width of ``last_hidden_state``. Isotropic: the token width. SDT-H: the last
-      stage's width ``dims[-1]``, derived when the config is built (a value passed in is replaced, as
-      transformers' Swin does).
+    - ``hidden_size``: the width of ``last_hidden_state``. Isotropic: the token width (384 when not given).
+      SDT-H: the last stage's width ``dims[-1]``, derived; a different value, passed in or set, raises
+      ``DerivedKeyError`` naming both (pass ``architecture="isotropic"`` for an isotropic model of that width).
     - ``num_hidden_layers``: the number of entries of ``hidden_states`` after the embedding's. Isotropic:
-      ``depth`` (blocks). SDT-H: the number of stages ``len(depths)`` (Swin's meaning); read-only.
+      ``depth`` (blocks). SDT-H: the number of stages ``len(depths)`` (Swin's meaning); setting it raises
+      ``DerivedKeyError``.
     - ``num_attention_heads``: isotropic: ``num_heads``. SDT-H: the heads of the last stage ``heads[-1]``,
-      so that ``hidden_size // num_attention_heads`` is that stage's head width; read-only.
+      so that ``hidden_size // num_attention_heads`` is that stage's head width; setting it raises
+      ``DerivedKeyError``.
     """
 
     model_type = "sdt"
@@ -128,7 +137,7 @@ class SDTConfig(PretrainedConfig):
     head_hidden_size: int = 1024
     # isotropic
     patch_size: int = 16
-    hidden_size: int = 384
+    hidden_size: int | None = None
     depth: int = 12
     num_heads: int = 6
     mlp_ratio: float = 4.0
@@ -140,7 +149,6 @@ class SDTConfig(PretrainedConfig):
     # shared
     decay_mode: str = "cag"
     decay_init: str = "rmt"
-    attention_backend: str = "auto"
     initial_value: float = 2.0
     qkv_bias: bool = True
     drop_path_rate: float = 0.0
@@ -161,6 +169,8 @@ class SDTConfig(PretrainedConfig):
     preset: str | None = None
 
     def __post_init__(self, **kwargs):
+        # Saved by earlier versions; the attention now runs with transformers' attn_implementation, chosen at load.
+        kwargs.pop("attention_backend", None)
         if "num_labels" in kwargs and kwargs["num_labels"] is None:
             del kwargs["num_labels"]
         num_labels = kwargs.get("num_labels")
@@ -177,9 +187,19 @@ class SDTConfig(PretrainedConfig):
         super().__post_init__(**kwargs)
         if self.id2label is not None and self.label2id is None:
             self.label2id = {label: index for index, label in self.id2label.items()}
+        check_choice("architecture", self.architecture, ARCHITECTURES)
         if self.architecture == "hierarchical":
-            self.hidden_size = self.stage_values("dims")[-1]  # what generic code reads as the token width
+            width = self.stage_values("dims")[-1]  # what generic code reads as the token width
+            self._check_derived("hidden_size", self.hidden_size, width, "the last stage's width dims[-1]")
+            self.hidden_size = width
+        elif self.hidden_size is None:
+            self.hidden_size = ISOTROPIC_HIDDEN_SIZE
         self.validate_sdt()
+
+    def __setattr__(self, key: str, value) -> None:
+        if key == "hidden_size" and getattr(self, "architecture", None) == "hierarchical" and "dims" in self.__dict__:
+            self._check_derived(key, value, self.stage_values("dims")[-1], "the last stage's width dims[-1]")
+        super().__setattr__(key, value)
 
     @classmethod
     def from_dict(cls, config_dict: dict[str, Any], **kwargs) -> "SDTConfig":
@@ -207,7 +227,7 @@ class SDTConfig(PretrainedConfig):
 
     @num_hidden_layers.setter
     def num_hidden_layers(self, value: int) -> None:
-        self._set_isotropic("num_hidden_layers", "depth", value, "the number of stages: set depths")
+        self._set_isotropic("num_hidden_layers", "depth", value, self.num_stages, "the number of stages len(depths)")
 
     @property
     def num_attention_heads(self) -> int:
@@ -216,12 +236,23 @@ class SDTConfig(PretrainedConfig):
 
     @num_attention_heads.setter
     def num_attention_heads(self, value: int) -> None:
-        self._set_isotropic("num_attention_heads", "num_heads", value, "the last stage's heads: set heads")
+        self._set_isotropic("num_attention_heads", "num_heads", value, self.stage_values("heads")[-1],
+                            "the last stage's heads heads[-1]")
 
-    def _set_isotropic(self, name: str, key: str, value: int, hierarchical_meaning: str) -> None:
-        if self.architecture != "isotropic":
-            raise ValueError(f"{name} of an SDT-H config is {hierarchical_meaning} instead (got {name}={value!r})")
-        setattr(self, key, value)
+    def _set_isotropic(self, name: str, key: str, value: int, derived: int, meaning: str) -> None:
+        if self.architecture == "isotropic":
+            setattr(self, key, value)
+        else:
+            self._check_derived(name, value, derived, meaning)
+
+    @staticmethod
+    def _check_derived(name: str, value: int | None, derived: int, meaning: str) -> None:
+        """Refuse an SDT-H standard name given a value other than the one derived from the stages."""
+        if value is not None and value != derived:
+            raise DerivedKeyError(
+                f"{name}={value!r} contradicts the hierarchical architecture, whose {name} is {meaning} = {derived}; "
+                f"pass architecture='isotropic' for an isotropic model, or change the stages"
+            )
 
     # ------------------------------------------------------------------ checks
 
@@ -247,10 +278,8 @@ class SDTConfig(PretrainedConfig):
 
     def validate_sdt(self) -> None:
         """Raise a ValueError naming the first inconsistent key."""
-        check_choice("architecture", self.architecture, ARCHITECTURES)
         check_choice("decay_mode", self.decay_mode, DECAY_MODES)
         check_choice("decay_init", self.decay_init, DECAY_INITS)
-        check_choice("attention_backend", self.attention_backend, ATTENTION_BACKENDS)
         check_choice("pool", self.pool, POOL_TYPES)
         check_choice("position_embedding", self.position_embedding, POSITION_EMBEDDINGS)
         if self.architecture == "hierarchical" and self.position_embedding != "sincos":

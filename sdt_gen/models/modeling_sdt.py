@@ -28,7 +28,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForImageClassification,
 from transformers import initialization as init  # skips tensors already loaded from a checkpoint
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
 
-from ..layers import SpatialDecayAttention, rmt_gammas
+from ..layers import SpatialDecayAttention, recording_attentions, resolve_backend, rmt_gammas, set_attention_backend
 from .configuration_sdt import HIERARCHICAL_STRIDE, SDTConfig, check_image_size
 from .denoiser_probe import build_denoiser_probe, load_denoiser, load_denoiser_weights, probe_config
 from .modeling_sdt_h import SDTLayer, build_hierarchical, hierarchical_features
@@ -40,6 +40,10 @@ from .transformer_sdt import SDTTransformer2DModel
 #                                    Models                                     #
 #################################################################################
 
+# transformers' ``attn_implementation`` -> the attention backend of ``sdt_gen.layers``.
+ATTENTION_BACKEND_OF = {"eager": "eager", "sdpa": "sdpa", "flex_attention": "flex"}
+
+
 class SDTPreTrainedModel(PreTrainedModel):
     """Weight initialisation and the transformers plumbing shared by the SDT classifiers."""
 
@@ -48,6 +52,8 @@ class SDTPreTrainedModel(PreTrainedModel):
     main_input_name = "pixel_values"
     supports_gradient_checkpointing = True
     _no_split_modules = ["SDTLayer", "SDTProbeBlock"]
+    _supports_sdpa = True
+    _supports_flex_attn = True
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -98,6 +104,27 @@ class SDTPreTrainedModel(PreTrainedModel):
         (loaded[0] if isinstance(loaded, tuple) else loaded).apply_freeze()
         return loaded
 
+    def set_attn_implementation(self, attn_implementation, *args, **kwargs) -> None:
+        """transformers' switch (``"sdpa"``, ``"flex_attention"`` or ``"eager"``), passed on to every attention layer."""
+        super().set_attn_implementation(attn_implementation, *args, **kwargs)
+        self.apply_attn_implementation()
+
+    def set_attention_backend(self, backend: str, device: torch.device | str | None = None) -> None:
+        """The denoiser's switch, for classifiers: ``"auto"`` (FlexAttention on CUDA, SDPA elsewhere, decided for
+        ``device``, default the model's), ``"sdpa"``, ``"flex"`` or ``"eager"``, set as ``attn_implementation``."""
+        resolved = resolve_backend(backend, torch.device(device) if device is not None else self.device)
+        self.set_attn_implementation({value: key for key, value in ATTENTION_BACKEND_OF.items()}[resolved])
+
+    def apply_attn_implementation(self) -> None:
+        """Give every attention layer the backend of ``config._attn_implementation``."""
+        implementation = self.config._attn_implementation
+        if implementation not in ATTENTION_BACKEND_OF:
+            raise ValueError(
+                f"attn_implementation={implementation!r} is not one the SDT attention has; expected one of "
+                f"{', '.join(ATTENTION_BACKEND_OF)}"
+            )
+        set_attention_backend(self, ATTENTION_BACKEND_OF[implementation])
+
     def apply_freeze(self) -> None:
         """With ``freeze_backbone`` only the pooler (and the classifier) train; a probe's VAE never does."""
         backbone = self if isinstance(self, SDTModel) else self.sdt
@@ -128,8 +155,17 @@ class SDTModel(SDTPreTrainedModel):
 
     Returns a ``BaseModelOutputWithPooling``: ``last_hidden_state`` ``(B, N, C)`` (tokens of the last
     stage; for a denoiser probe exactly the denoiser's hidden states after block ``denoiser_layer``),
-    ``pooler_output`` ``(B, F)`` (the pre-logits) and, with ``output_hidden_states``, the tokens after
-    the stem/embedding and after every stage (SDT-H) or block (isotropic).
+    ``pooler_output`` ``(B, F)`` (the pre-logits), with ``output_hidden_states`` the tokens after
+    the stem/embedding and after every stage (SDT-H) or block (isotropic), and with ``output_attentions``
+    each block's attention probabilities ``(B, heads, N, N)``, decay included.
+
+    The attention runs with transformers' ``attn_implementation`` (``"sdpa"`` by default, ``"flex_attention"``,
+    ``"eager"``), chosen at load (``from_pretrained(..., attn_implementation=...)``) or with
+    ``set_attn_implementation``. Fused kernels cannot return probabilities: with ``output_attentions`` that call
+    computes them explicitly (``sdt_gen.layers.attention_weights``), whatever the implementation. A block of the
+    decomposed layout attends within rows, then within columns; its returned matrix is the one that pair applies,
+    ``A[(r, c), (r', c')] = C_c[r, r'] * R_r'[c, c']`` (rows sum to 1). The decay alone, without the content
+    term, is what the denoiser's ``decay_maps`` shows.
     """
 
     def __init__(self, config: SDTConfig):
@@ -147,6 +183,7 @@ class SDTModel(SDTPreTrainedModel):
         self.num_features = self.pooler.num_features
         self.post_init()
         self.apply_freeze()
+        self.apply_attn_implementation()
 
     # ------------------------------------------------------------------ construction
 
@@ -200,7 +237,8 @@ class SDTModel(SDTPreTrainedModel):
     def forward_features(
         self, pixel_values: torch.Tensor, output_hidden_states: bool = False
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
-        """Pixels to the last stage's tokens ``(B, N, C)`` (normalised, except for denoiser probes)."""
+        """Pixels to the last stage's tokens ``(B, N, C)`` (normalised, except for denoiser probes) and, with
+        ``output_hidden_states``, the hidden states."""
         pixel_values = self._check_pixels(pixel_values)
         hidden_states = [] if output_hidden_states else None
         if self.config.architecture == "hierarchical":
@@ -213,25 +251,36 @@ class SDTModel(SDTPreTrainedModel):
     def forward(
         self,
         pixel_values: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPooling | tuple:
         """Args:
         pixel_values: ``(B, num_channels, H, W)`` images normalised as by ``image_processor_for``.
+        output_attentions: also return every block's attention probabilities (see the class docstring).
         output_hidden_states: also return the tokens after the embedding and after each stage / block.
         return_dict: return a ``BaseModelOutputWithPooling`` instead of a tuple.
         """
         if pixel_values is None:
             raise ValueError("pixel_values is required")
-        if output_hidden_states is None:
-            output_hidden_states = self.config.output_hidden_states
-        return_dict = self.config.return_dict if return_dict is None else return_dict
-        features, hidden_states = self.forward_features(pixel_values, output_hidden_states=bool(output_hidden_states))
+        config = self.config
+        output_attentions = config.output_attentions if output_attentions is None else output_attentions
+        output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        return_dict = config.return_dict if return_dict is None else return_dict
+        if output_attentions:
+            with recording_attentions(self) as recorded:
+                features, hidden_states = self.forward_features(pixel_values, bool(output_hidden_states))
+            attentions = tuple(recorded)
+        else:
+            features, hidden_states = self.forward_features(pixel_values, bool(output_hidden_states))
+            attentions = None
         pooled = self.pooler(features)  # (B, F)
         if not return_dict:
-            return (features, pooled) + ((hidden_states,) if hidden_states is not None else ())
-        return BaseModelOutputWithPooling(last_hidden_state=features, pooler_output=pooled, hidden_states=hidden_states)
+            return tuple(value for value in (features, pooled, hidden_states, attentions) if value is not None)
+        return BaseModelOutputWithPooling(
+            last_hidden_state=features, pooler_output=pooled, hidden_states=hidden_states, attentions=attentions
+        )
 
 
 class SDTForImageClassification(SDTPreTrainedModel):
@@ -302,6 +351,7 @@ class SDTForImageClassification(SDTPreTrainedModel):
         self,
         pixel_values: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
@@ -311,12 +361,16 @@ class SDTForImageClassification(SDTPreTrainedModel):
         labels: targets of the loss selected by ``config.problem_type`` (see the class docstring): class
             indices ``(B,)``, float targets ``(B, num_labels)`` (multi-label, or soft targets with
             ``"single_label_classification"``), or regression values ``(B,)`` / ``(B, num_labels)``.
+        output_attentions: also return the backbone's attention probabilities (see ``SDTModel``).
         output_hidden_states: also return the backbone's hidden states.
         return_dict: return an ``ImageClassifierOutput`` instead of a tuple.
         **kwargs: passed to the loss (e.g. the Trainer's ``num_items_in_batch``).
         """
         return_dict = self.config.return_dict if return_dict is None else return_dict
-        outputs = self.sdt(pixel_values, output_hidden_states=output_hidden_states, return_dict=True)
+        outputs = self.sdt(
+            pixel_values, output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
         logits = self.classifier(outputs.pooler_output)  # (B, num_labels)
         loss = None
         if labels is not None:
@@ -330,9 +384,10 @@ class SDTForImageClassification(SDTPreTrainedModel):
             else:
                 loss = self.loss_function(labels, logits, self.config, **kwargs)
         if not return_dict:
-            output = (logits,) + ((outputs.hidden_states,) if outputs.hidden_states is not None else ())
-            return ((loss,) + output) if loss is not None else output
-        return ImageClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+            return tuple(value for value in (loss, logits, outputs.hidden_states, outputs.attentions) if value is not None)
+        return ImageClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
 
     # ------------------------------------------------------------------ constructors
 

@@ -21,13 +21,18 @@ from torch import nn
 
 from ..diffusion.objectives import OBJECTIVES
 from ..layers import (
+    ATTENTION_BACKENDS,
     DecayConfig,
     LabelEmbedding,
     PatchEmbed,
     SpatialDecayAttention,
+    attention_backends_in_use,
+    check_choice,
     decay_map,
     fixed_rates,
     position_tables,
+    resolve_backend,
+    set_attention_backend,
 )
 
 
@@ -121,7 +126,6 @@ class SDTTransformer2DModel(ModelMixin, ConfigMixin):
         decay_mode: ``"none"`` (DiT), ``"fixed"`` (RMT) or ``"cag"`` (SDT).
         decay_layout: ``"full"`` or ``"decomposed"``.
         decay_init: ``"rmt"`` (start as RMT's decay) or ``"zero"`` (start as plain attention).
-        attention_backend: ``"sdpa"``, ``"flex"`` or ``"auto"``.
         initial_value, heads_range: RMT's ``a`` and ``b`` of the per-head gammas.
         timestep_freq_shift: frequency shift of the sinusoidal timestep features (DiT: 0;
             diffusers' DiT conversion: 1).
@@ -133,6 +137,10 @@ class SDTTransformer2DModel(ModelMixin, ConfigMixin):
             absolute table; queries and keys of every attention layer rotated by the token's row and column,
             ``sdt_gen.layers.rope_rotation``) or ``"sincos+rope"`` (both).
         rope_base: frequency base of the rotary positions (``theta_i = rope_base^(-2i / (D/2))``).
+
+    Not a config key: ``attention_backend`` (``"auto"``, ``"sdpa"``, ``"flex"`` or ``"eager"``), a property of the
+    machine that runs the model rather than of its weights. Give it to the constructor or to ``from_pretrained``, or
+    change it with ``set_attention_backend``; it is never saved, and a value that older folders saved is ignored.
     """
 
     _supports_gradient_checkpointing = True
@@ -143,6 +151,7 @@ class SDTTransformer2DModel(ModelMixin, ConfigMixin):
     # the AdaLayerNormZero that holds them), and where diffusers places most of the casting's quality loss. The
     # gates too: their rates are multiplied by grid distances of up to h + w before the exponential.
     _skip_layerwise_casting_patterns = ["x_embedder", "t_embedder", "y_embedder", "adaLN_modulation", "gate"]
+    ignore_for_config = ["attention_backend"]
 
     @register_to_config
     def __init__(
@@ -201,13 +210,17 @@ class SDTTransformer2DModel(ModelMixin, ConfigMixin):
             self.register_buffer("pos_embed", pos_embed, persistent=False)  # (1, N, D) or None
             self.register_buffer("rope", rope, persistent=False)  # (2, N, D_head / 2) or None
 
-            decay = DecayConfig(decay_mode, decay_layout, decay_init, attention_backend, initial_value, heads_range)
+            decay = DecayConfig(
+                mode=decay_mode, layout=decay_layout, init=decay_init, initial_value=initial_value,
+                heads_range=heads_range,
+            )
             self.blocks = nn.ModuleList(
                 SDTBlock(hidden_size, num_heads, mlp_ratio, mlp_norm_eps=mlp_norm_eps, decay=decay)
                 for _ in range(depth)
             )
             self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels)
         self.initialize_weights(torch.Generator(device="cpu").manual_seed(init_seed))
+        self.set_attention_backend(attention_backend)
 
     def initialize_weights(self, generator: torch.Generator | None = None) -> None:
         """DiT's initialisation: xavier linears, zero adaLN-Zero modulations and output layer.
@@ -256,6 +269,51 @@ class SDTTransformer2DModel(ModelMixin, ConfigMixin):
         nn.init.zeros_(self.final_layer.adaLN_modulation[-1].bias)
         nn.init.zeros_(self.final_layer.linear.weight)
         nn.init.zeros_(self.final_layer.linear.bias)
+
+    # ------------------------------------------------------------------ attention backend
+
+    def set_attention_backend(self, backend: str) -> None:
+        """Run every attention layer with ``backend`` from the next call on: ``"auto"`` (FlexAttention on CUDA, SDPA
+        elsewhere, decided at the first call on each device), ``"sdpa"``, ``"flex"`` or ``"eager"``. diffusers' method,
+        with this model's backends; the config is not touched."""
+        set_attention_backend(self, backend)
+
+    def reset_attention_backend(self) -> None:
+        """Back to ``"auto"`` (diffusers' method)."""
+        set_attention_backend(self, "auto")
+
+    @property
+    def attention_backend(self) -> str:
+        """The backend asked for (``set_attention_backend``); ``attention_backends_in_use`` says what ran."""
+        return self.blocks[0].attn.backend
+
+    def attention_backends_in_use(self) -> dict[str, str]:
+        """``{device type: backend}`` of the calls made so far, e.g. ``{"cpu": "sdpa"}`` (``auto``'s choice)."""
+        return attention_backends_in_use(self)
+
+    def attention_backend_summary(self) -> str:
+        """What ran, for people: ``"sdpa on cpu (auto)"``; before any call (or under ``torch.compile``, which
+        records nothing), what runs on the model's device."""
+        used = self.attention_backends_in_use() or {
+            self.device.type: resolve_backend(self.attention_backend, self.device)
+        }
+        ran = ", ".join(f"{backend} on {device}" for device, backend in used.items())
+        return f"{ran} (auto)" if self.attention_backend == "auto" else ran
+
+    @classmethod
+    def extract_init_dict(cls, config_dict, **kwargs):
+        """diffusers' ``extract_init_dict``, dropping the ``attention_backend`` that folders saved before it left
+        the config (the machine decides it now)."""
+        config_dict = {key: value for key, value in config_dict.items() if key != "attention_backend"}
+        return super().extract_init_dict(config_dict, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, *args, attention_backend: str = "auto", **kwargs):
+        """diffusers' ``from_pretrained``; ``attention_backend`` as for ``set_attention_backend``."""
+        check_choice("attention_backend", attention_backend, ATTENTION_BACKENDS)
+        loaded = super().from_pretrained(*args, **kwargs)
+        (loaded[0] if isinstance(loaded, tuple) else loaded).set_attention_backend(attention_backend)
+        return loaded
 
     # ------------------------------------------------------------------ inputs
 

@@ -42,8 +42,15 @@ def _dataset_ids(data_name: str) -> list[str] | None:
     return [hub_id] if hub_id else None
 
 
+def _attention_line(attention: str | None, switch: str) -> str:
+    if attention is None:
+        return ""
+    return f" Attention backend that ran in training: `{attention}` (a choice of the machine, not saved: {switch})."
+
+
 def denoiser_card(
-    config: Mapping, data_name: str, step: int, metrics: Mapping[str, float], grid: str | None = None
+    config: Mapping, data_name: str, step: int, metrics: Mapping[str, float], grid: str | None = None,
+    attention: str | None = None,
 ) -> ModelCard:
     """The card of an exported ``SDTPipeline`` folder.
 
@@ -53,6 +60,7 @@ def denoiser_card(
         step: the training step of the weights.
         metrics: numbers the run measured, e.g. ``{"train loss": 0.03}``.
         grid: file name of a sample grid inside the folder.
+        attention: the attention backend that ran in training, e.g. ``"sdpa on cpu (auto)"``.
     """
     decay = config.get("decay_mode", "cag")
     data = ModelCardData(
@@ -75,7 +83,8 @@ def denoiser_card(
             f"{config.get('depth')} blocks of width {config.get('hidden_size')}, patch {config.get('patch_size')}, "
             f"{config.get('num_classes')} classes. Trained with sdt-gen's `train_dit.py`.\n\n" + _config_block(config)
         ),
-        "Training": f"Data: `{data_name}`. Weights: the EMA weights after {step:,} optimizer steps.",
+        "Training": f"Data: `{data_name}`. Weights: the EMA weights after {step:,} optimizer steps."
+        + _attention_line(attention, "`from_pretrained(..., attention_backend=...)` or `set_attention_backend`"),
         "Measured": _metrics_table(metrics),
         "Samples": f"![EMA samples]({grid})" if grid else "",
         "Use": load,
@@ -83,7 +92,9 @@ def denoiser_card(
     return _card(data, f"SDT denoiser ({decay}) on {data_name}", sections)
 
 
-def classifier_card(config: Mapping, data_name: str, epochs: int, metrics: Mapping[str, float]) -> ModelCard:
+def classifier_card(
+    config: Mapping, data_name: str, epochs: int, metrics: Mapping[str, float], attention: str | None = None
+) -> ModelCard:
     """The card of a saved ``SDTForImageClassification`` folder (same arguments as ``denoiser_card``)."""
     data = ModelCardData(
         library_name="transformers", license=LICENSE, datasets=_dataset_ids(data_name),
@@ -101,7 +112,8 @@ def classifier_card(config: Mapping, data_name: str, epochs: int, metrics: Mappi
             f"{config.get('num_labels', len(config.get('id2label', {})))} labels. Trained with sdt-gen's "
             "`train_classifier.py`.\n\n" + _config_block(config)
         ),
-        "Training": f"Data: `{data_name}`, {epochs} epochs.",
+        "Training": f"Data: `{data_name}`, {epochs} epochs."
+        + _attention_line(attention, "`from_pretrained(..., attn_implementation=...)` or `set_attn_implementation`"),
         "Measured": _metrics_table(metrics),
         "Use": load,
     }

@@ -283,7 +283,9 @@ def test_objective_equals_dits_reference_in_float64(t):
     expected = dit_reference_losses(x0[0].numpy(), noise[0].numpy(), t, output[0].numpy())
     for key in ("mse", "vb", "loss"):
         assert got[key].dtype == torch.float64
-        assert got[key].item() == pytest.approx(expected[key], rel=1e-6), key
+        # 1e-12 against the formula (measured: below 1e-14). DiT's code reads the schedule through float32, which
+        # moves its float64 losses by up to 6e-6 relative (t = 5): the README says which is which.
+        assert got[key].item() == pytest.approx(expected[key], rel=1e-12), key
 
 
 def test_exact_cdf_option_changes_only_the_t0_term():

@@ -8,9 +8,11 @@ import torch.nn.functional as F
 from sdt_gen.layers import (
     DecayConfig,
     SpatialDecayAttention,
+    attention_weights,
     decay_bias,
     fixed_rates,
     manhattan_distance,
+    recording_attentions,
     rmt_gammas,
     spatial_decay_attention,
 )
@@ -108,7 +110,7 @@ def test_mode_none_calls_plain_sdpa_without_mask():
 @pytest.mark.parametrize("mode", ["none", "fixed", "cag"])
 @pytest.mark.parametrize("layout", ["full", "decomposed"])
 def test_module_shapes_and_gradients(mode, layout):
-    attn = SpatialDecayAttention(16, 2, DecayConfig(mode=mode, layout=layout, backend="sdpa"), lepe_kernel_size=3)
+    attn = SpatialDecayAttention(16, 2, DecayConfig(mode=mode, layout=layout), lepe_kernel_size=3, backend="sdpa")
     x = torch.randn(2, 12, 16, requires_grad=True)
     out = attn(x, GRID)
     assert out.shape == (2, 12, 16)
@@ -122,12 +124,19 @@ def test_module_shapes_and_gradients(mode, layout):
     [
         (dict(decay_mode="learned"), "unknown decay_mode 'learned'; expected one of 'none', 'fixed', 'cag'"),
         (dict(decay_layout="axial"), "unknown decay_layout 'axial'; expected one of 'full', 'decomposed'"),
-        (dict(attention_backend="xformers"), "unknown attention_backend 'xformers'; expected one of 'sdpa', 'flex', 'auto'"),
     ],
 )
 def test_unknown_choices_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
         SpatialDecayAttention(16, 2, DecayConfig.from_config(kwargs))
+
+
+def test_an_unknown_backend_is_named():
+    message = "unknown attention_backend 'xformers'; expected one of 'sdpa', 'flex', 'eager', 'auto'"
+    with pytest.raises(ValueError, match=message):
+        SpatialDecayAttention(16, 2, backend="xformers")
+    with pytest.raises(ValueError, match=message):
+        SpatialDecayAttention(16, 2).set_backend("xformers")
 
 
 def test_mode_none_with_decomposed_layout_is_unmasked_axial_attention():
@@ -169,10 +178,9 @@ def test_auto_falls_back_to_sdpa_once_when_flex_fails(monkeypatch):
 
 
 def test_decay_config_reads_and_writes_the_flat_config_keys():
-    keys = dict(decay_mode="fixed", decay_layout="decomposed", decay_init="zero", attention_backend="sdpa",
-                initial_value=3.0, heads_range=4.0)
+    keys = dict(decay_mode="fixed", decay_layout="decomposed", decay_init="zero", initial_value=3.0, heads_range=4.0)
     decay = DecayConfig.from_config(keys)
-    assert decay == DecayConfig("fixed", "decomposed", "zero", "sdpa", 3.0, 4.0)
+    assert decay == DecayConfig("fixed", "decomposed", "zero", 3.0, 4.0)
     assert decay.config_keys() == keys
     assert DecayConfig.from_config({"decay_mode": "none"}) == DecayConfig(mode="none")  # the rest: defaults
     # a model config (attributes) reads the same way: the denoiser's and the classifiers'
@@ -182,3 +190,74 @@ def test_decay_config_reads_and_writes_the_flat_config_keys():
                                   num_classes=3, **keys)
     assert DecayConfig.from_config(model.config) == decay == model.blocks[0].attn.decay
     assert SDTConfig.from_preset("SDT-ViT-Ti/16", **keys).decay == decay
+
+
+# ----------------------------------------------------------------------------- explicit probabilities
+
+
+@pytest.mark.parametrize("layout", ["full", "decomposed"])
+@pytest.mark.parametrize("with_rates", [True, False])
+def test_eager_backend_is_the_explicit_probabilities_times_v(layout, with_rates):
+    q, k, v, rates = qkv_and_rates()
+    rates = rates if with_rates else None
+    weights = attention_weights(q, k, rates, GRID, layout)
+    n = GRID[0] * GRID[1]
+    assert weights.shape == (2, 3, n, n)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2, 3, n))
+    torch.testing.assert_close(spatial_decay_attention(q, k, v, rates, GRID, layout, "eager"), weights @ v)
+    torch.testing.assert_close(spatial_decay_attention(q, k, v, rates, GRID, layout, "sdpa"), weights @ v,
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_decomposed_probabilities_are_the_column_map_after_the_row_map():
+    q, k, _, rates = qkv_and_rates(batch=1)
+    weights = attention_weights(q, k, rates, GRID, "decomposed")[0, 0]  # (N, N)
+    height, width = GRID
+    rows = attention_weights(*(t[0, 0].reshape(1, 1, height, width, -1)[0, 0, 1][None, None] for t in (q, k)),
+                             rates[0, 0].reshape(height, width)[1][None, None], (1, width))[0, 0]  # row 1
+    cols = attention_weights(*(t[0, 0].reshape(height, width, -1)[:, 2][None, None] for t in (q, k)),
+                             rates[0, 0].reshape(height, width)[:, 2][None, None], (height, 1))[0, 0]  # column 2
+    # query (0, 2) reaches key (1, 3) only through (1, 2): column 2 from row 0 to row 1, then row 1 from col 2 to 3
+    torch.testing.assert_close(weights[0 * width + 2, 1 * width + 3], cols[0, 1] * rows[2, 3])
+    # a key in another row and column than a query's neighbours in both passes is reached too (the maps compose)
+    assert (weights > 0).all()
+
+
+@pytest.mark.parametrize("layout", ["full", "decomposed"])
+def test_fixed_decay_on_equal_tokens_falls_off_with_grid_distance_as_the_bias_says(layout):
+    attn = SpatialDecayAttention(16, 2, DecayConfig(mode="fixed", layout=layout))
+    x = torch.randn(1, 1, 16).expand(1, 12, 16)  # every token equal: equal scores, the decay decides alone
+    with recording_attentions(attn) as recorded:
+        attn(x, GRID)
+    (weights,) = recorded
+    log_gamma = rmt_gammas(2).log().view(1, 2, 1, 1)
+    distance = manhattan_distance(*GRID)
+    if layout == "full":
+        expected = (log_gamma * distance).softmax(-1)  # bias (a_n + a_m) d with a = log(gamma) / 2
+    else:  # a product of one row map and one column map, each a softmax of gamma^|offset|
+        rows, cols = (torch.arange(n).float() for n in GRID)
+        row_map = (log_gamma * (cols[:, None] - cols).abs()).softmax(-1)  # (1, H, w, w)
+        col_map = (log_gamma * (rows[:, None] - rows).abs()).softmax(-1)  # (1, H, h, h)
+        expected = torch.einsum("bnrs,bnct->bnrcst", col_map, row_map).reshape(1, 2, 12, 12)
+    torch.testing.assert_close(weights, expected)
+    centre = 1 * GRID[1] + 1
+    by_distance = [weights[0, 0, centre, distance[centre] == d].unique() for d in range(int(distance[centre].max()) + 1)]
+    if layout == "full":  # one value per distance, falling
+        assert all(len(values) == 1 for values in by_distance)
+        assert all(a > b for a, b in zip(by_distance, by_distance[1:]))
+
+
+def test_a_module_decides_auto_once_per_device_and_keeps_it(monkeypatch):
+    from sdt_gen.layers import attention
+
+    calls = []
+    resolve = attention.resolve_backend
+    monkeypatch.setattr(attention, "resolve_backend", lambda backend, device: calls.append(backend) or resolve(backend, device))
+    attn = SpatialDecayAttention(16, 2)
+    x = torch.randn(2, 12, 16)
+    for _ in range(3):
+        attn(x, GRID)
+    assert calls == ["auto"] and attn.backends_in_use == {"cpu": "sdpa"}
+    attn.set_backend("eager")
+    attn(x, GRID)
+    assert calls == ["auto", "eager"] and attn.backends_in_use == {"cpu": "eager"}

@@ -46,7 +46,7 @@ def test_values_and_gradients_match_the_dense_bias(grid, rates_shape, block_elem
 @pytest.mark.parametrize("grid", [(4, 4), (3, 5)])
 def test_layer_gradients_match_the_dense_bias(mode, layout, grid, monkeypatch):
     torch.manual_seed(0)
-    layer = SpatialDecayAttention(24, 3, DecayConfig(mode=mode, layout=layout, backend="sdpa"))
+    layer = SpatialDecayAttention(24, 3, DecayConfig(mode=mode, layout=layout), backend="sdpa")
     if mode == "cag":  # away from the RMT start, so the gate's weights get non-trivial gradients
         torch.nn.init.normal_(layer.gate.proj.weight, std=0.3)
         torch.nn.init.uniform_(layer.gate.alpha, 0.5, 1.5)
@@ -71,7 +71,7 @@ def test_layer_gradients_match_the_dense_bias(mode, layout, grid, monkeypatch):
 def test_nothing_of_size_n_by_n_is_kept_for_backward(layout):
     torch.manual_seed(0)
     grid, tokens = (8, 8), 64
-    layer = SpatialDecayAttention(24, 3, DecayConfig(mode="cag", layout=layout, backend="sdpa"))
+    layer = SpatialDecayAttention(24, 3, DecayConfig(mode="cag", layout=layout), backend="sdpa")
     x = torch.randn(2, tokens, 24, requires_grad=True)  # q, k, v: 2 * 3 * 64 * 8 = 3072 elements < 64 * 64
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):

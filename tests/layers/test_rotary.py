@@ -70,7 +70,7 @@ def test_rope_needs_a_head_width_divisible_by_4():
 def test_attention_with_rope_and_no_decay_is_the_plain_formula():
     torch.manual_seed(0)
     dim, heads, grid = 32, 2, (3, 5)
-    attn = SpatialDecayAttention(dim, heads, DecayConfig(mode="none", backend="sdpa")).eval()
+    attn = SpatialDecayAttention(dim, heads, DecayConfig(mode="none"), backend="sdpa").eval()
     x = torch.randn(2, 15, dim)
     angles = rope_rotation(dim // heads, *grid, base=50.0)
     rows, cols = [n // 5 for n in range(15)], [n % 5 for n in range(15)]
@@ -86,10 +86,10 @@ def test_attention_with_rope_and_no_decay_is_the_plain_formula():
 @pytest.mark.parametrize("mode", ["none", "fixed", "cag"])
 def test_flex_and_sdpa_agree_with_rope(mode, layout):
     torch.manual_seed(0)
-    attn = SpatialDecayAttention(32, 2, DecayConfig(mode=mode, layout=layout, backend="sdpa")).eval()
+    attn = SpatialDecayAttention(32, 2, DecayConfig(mode=mode, layout=layout), backend="sdpa").eval()
     if attn.gate is not None:
         torch.nn.init.normal_(attn.gate.proj.weight, std=0.5)
-    flex = SpatialDecayAttention(32, 2, DecayConfig(mode=mode, layout=layout, backend="flex")).eval()
+    flex = SpatialDecayAttention(32, 2, DecayConfig(mode=mode, layout=layout), backend="flex").eval()
     flex.load_state_dict(attn.state_dict())
     x, angles = torch.randn(2, 20, 32), rope_rotation(16, 4, 5)
     with torch.no_grad():
@@ -102,7 +102,7 @@ def test_rope_composes_with_blockwise_training_attention(monkeypatch):
     from sdt_gen.layers import attention, decay_bias, manhattan_distance
 
     torch.manual_seed(0)
-    attn = SpatialDecayAttention(32, 2, DecayConfig(mode="cag", backend="sdpa"))
+    attn = SpatialDecayAttention(32, 2, DecayConfig(mode="cag"), backend="sdpa")
     torch.nn.init.normal_(attn.gate.proj.weight, std=0.5)
     x, angles = torch.randn(2, 20, 32, requires_grad=True), rope_rotation(16, 4, 5)
 

@@ -381,3 +381,45 @@ def test_rope_training_step_reaches_every_parameter():
     x, t, y = dummy_inputs(model)
     model(x, t, y).sample.square().mean().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+# ----------------------------------------------------------------------------- attention backend at run time
+
+
+@pytest.mark.parametrize("layout", ["full", "decomposed"])
+def test_backends_switch_at_run_time_with_equal_outputs_and_the_config_untouched(tmp_path, layout):
+    model = perturbed(SDTTransformer2DModel(**tiny_config(decay_layout=layout, attention_backend="auto"))).eval()
+    x, t, y = dummy_inputs(model)
+    config_before = dict(model.config)
+    assert "attention_backend" not in config_before and model.attention_backend == "auto"
+    with torch.no_grad():
+        reference = model(x, t, y).sample
+        assert model.attention_backends_in_use() == {"cpu": "sdpa"}
+        for backend in ("eager", "flex", "sdpa"):
+            model.set_attention_backend(backend)
+            assert model.attention_backend == backend
+            torch.testing.assert_close(model(x, t, y).sample, reference, atol=1e-5, rtol=1e-5)
+            assert model.attention_backends_in_use() == {"cpu": backend}
+    assert dict(model.config) == config_before
+    model.save_pretrained(tmp_path)
+    assert "attention_backend" not in json.loads((tmp_path / "config.json").read_text())
+    loaded = SDTTransformer2DModel.from_pretrained(tmp_path, attention_backend="eager").eval()
+    assert loaded.attention_backend == "eager" and "attention_backend" not in loaded.config
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x, t, y).sample, reference, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="unknown attention_backend 'xformers'"):
+        model.set_attention_backend("xformers")
+
+
+def test_a_saved_attention_backend_no_longer_decides(tmp_path, caplog):
+    model = perturbed(SDTTransformer2DModel(**tiny_config())).eval()
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "attention_backend": "flex"}))  # as folders were saved
+    with caplog.at_level("WARNING"):
+        loaded = SDTTransformer2DModel.from_pretrained(tmp_path).eval()
+    assert "attention_backend" not in caplog.text  # dropped, not warned about as an unexpected key
+    assert loaded.attention_backend == "auto" and "attention_backend" not in loaded.config
+    x, t, y = dummy_inputs(model)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x, t, y).sample, model(x, t, y).sample)

@@ -7,6 +7,7 @@ transformers' checkpointing API, save/load and Auto-class round trips, tuple/dic
 """
 
 import copy
+import json
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from sdt_gen import SDTConfig, SDTForImageClassification, SDTModel, SDTTransformer2DModel
+from sdt_gen.models import DerivedKeyError
 
 from helpers import perturbed, tiny_classifier_config
 
@@ -175,14 +177,38 @@ def test_standard_names_of_the_isotropic_config_are_its_keys():
 
 
 def test_standard_names_of_the_hierarchical_config_describe_its_last_stage():
-    config = tiny_config(dims=[16, 32, 48, 96], heads=[2, 2, 4, 8], hidden_size=7)
-    assert config.hidden_size == 96  # derived from dims: the value passed in is replaced
-    assert config.num_hidden_layers == 4 and config.num_attention_heads == 8
-    with pytest.raises(ValueError, match="num_hidden_layers of an SDT-H config is the number of stages"):
+    config = tiny_config(dims=[16, 32, 48, 96], heads=[2, 2, 4, 8])
+    assert config.hidden_size == 96 and config.num_hidden_layers == 4 and config.num_attention_heads == 8
+    assert tiny_config(dims=[16, 32, 48, 96], heads=[2, 2, 4, 8], hidden_size=96).hidden_size == 96  # as saved
+    with pytest.raises(DerivedKeyError, match=r"num_hidden_layers=2 .* len\(depths\) = 4"):
         config.num_hidden_layers = 2
-    with pytest.raises(ValueError, match="num_attention_heads of an SDT-H config is the last stage's heads"):
-        SDTConfig(num_attention_heads=3)
+    with pytest.raises(DerivedKeyError, match=r"hidden_size=64 .* dims\[-1\] = 96"):
+        config.hidden_size = 64
+    assert config.hidden_size == 96
     assert SDTConfig.from_dict(config.to_dict()).hidden_size == 96
+
+
+@pytest.mark.parametrize("name, value", [("hidden_size", 36), ("num_attention_heads", 3), ("num_hidden_layers", 2)])
+def test_a_hierarchical_config_refuses_a_standard_name_it_derives(name, value):
+    """Neither kept silently nor replaced: the error names the value given and the one the stages make. It is
+    also a NotImplementedError, which transformers' ConfigTester reads as "this config cannot set that name"."""
+    with pytest.raises(DerivedKeyError, match=rf"{name}={value} contradicts the hierarchical architecture") as error:
+        SDTConfig(**{name: value})
+    assert isinstance(error.value, ValueError) and isinstance(error.value, NotImplementedError)
+    with pytest.raises(DerivedKeyError):
+        SDTConfig.from_preset("SDT-H-T", **{name: value})
+    assert getattr(SDTConfig(architecture="isotropic", **{name: value}), name) == value
+
+
+@pytest.mark.parametrize("hidden_size, num_heads", [(36, 3), (20, 5), (4, 1)])
+def test_isotropic_configs_of_odd_sizes_round_trip_unchanged(tmp_path, hidden_size, num_heads):
+    config = SDTConfig(architecture="isotropic", image_size=12, patch_size=3, hidden_size=hidden_size,
+                       num_heads=num_heads, depth=1, decay_layout="decomposed")
+    config.save_pretrained(tmp_path)
+    loaded = SDTConfig.from_pretrained(tmp_path)
+    assert loaded.to_dict() == config.to_dict()
+    assert (loaded.hidden_size, loaded.num_attention_heads, loaded.image_size) == (hidden_size, num_heads, 12)
+    assert SDTModel(loaded)(torch.zeros(1, 3, 12, 12)).last_hidden_state.shape == (1, 16, hidden_size)
 
 
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
@@ -345,3 +371,66 @@ def test_config_json_round_trip_and_num_labels_setter(tmp_path):
         assert SDTConfig.from_json_file(tmp_path / "config.json").to_dict() == config.to_dict()
     config.num_labels = 3
     assert len(config.id2label) == len(config.label2id) == 3
+
+
+# ----------------------------------------------------------------------------- attention outputs and implementations
+
+
+def attention_backends(model) -> set[str]:
+    return {module.backend for module in model.modules() if hasattr(module, "backends_in_use")}
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_output_attentions_are_each_blocks_probabilities(architecture):
+    torch.manual_seed(0)
+    model = perturbed(SDTForImageClassification(tiny_config(architecture))).eval()
+    x = pixels(model.config)
+    with torch.no_grad():
+        plain = model(x)
+        out = model(x, output_attentions=True, output_hidden_states=True)
+    torch.testing.assert_close(out.logits, plain.logits, atol=1e-5, rtol=1e-5)
+    assert plain.attentions is None
+    blocks = blocks_of(model.sdt)
+    assert len(out.attentions) == len(blocks)
+    for weights, block in zip(out.attentions, blocks):
+        heads = block.attn.num_heads
+        assert weights.shape[:2] == (2, heads) and weights.shape[2] == weights.shape[3]
+        torch.testing.assert_close(weights.sum(-1), torch.ones(weights.shape[:3]))
+        assert (weights >= 0).all()
+    as_tuple = model(x, output_attentions=True, output_hidden_states=True, return_dict=False)
+    assert len(as_tuple) == 3 and len(as_tuple[2]) == len(blocks)  # logits, hidden states, attentions
+    assert all(torch.equal(a, b) for a, b in zip(as_tuple[2], out.attentions))
+    assert all(module.attention_recorder is None for module in model.modules() if hasattr(module, "attention_recorder"))
+
+
+def test_the_config_output_attentions_flag_is_honoured():
+    model = SDTModel(tiny_config("isotropic", output_attentions=True)).eval()
+    assert len(model(pixels(model.config)).attentions) == model.config.depth
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_attn_implementation_at_load_and_at_run_time(tmp_path, architecture):
+    torch.manual_seed(0)
+    model = perturbed(SDTForImageClassification(tiny_config(architecture))).eval()
+    assert model.config._attn_implementation == "sdpa" and attention_backends(model) == {"sdpa"}
+    model.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert "attention_backend" not in saved and "_attn_implementation" not in saved
+    x = pixels(model.config)
+    with torch.no_grad():
+        reference = model(x).logits
+        for implementation, backend in [("eager", "eager"), ("flex_attention", "flex")]:
+            loaded = SDTForImageClassification.from_pretrained(tmp_path, attn_implementation=implementation).eval()
+            assert attention_backends(loaded) == {backend}
+            torch.testing.assert_close(loaded(x).logits, reference, atol=1e-5, rtol=1e-5)
+        loaded.set_attn_implementation("eager")
+        assert attention_backends(loaded) == {"eager"}
+        torch.testing.assert_close(loaded(x).logits, reference, atol=1e-5, rtol=1e-5)
+
+
+def test_a_saved_attention_backend_key_is_dropped(tmp_path):
+    SDTForImageClassification(tiny_config("isotropic")).save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "attention_backend": "flex"}))  # as folders were saved
+    loaded = SDTForImageClassification.from_pretrained(tmp_path)
+    assert not hasattr(loaded.config, "attention_backend") and attention_backends(loaded) == {"sdpa"}

@@ -14,7 +14,7 @@ from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 
 import sdt_gen
 from sdt_gen import SDTPipeline
-from sdt_gen.pipelines import dit_scheduler, scheduler_by_name
+from sdt_gen.pipelines import chosen_scheduler, dit_scheduler, flow_scheduler, scheduler_by_name
 
 STEPS = 3
 
@@ -554,3 +554,68 @@ def test_loading_a_pipeline_older_than_its_runs_newest_checkpoint_says_how_to_re
     with pytest.warns(StalePipelineWarning, match="holds the EMA weights of step 700"):
         SDTPipeline.from_pretrained(run_dir / "pipeline")
     assert stale_export_note(tmp_path / "elsewhere") is None  # a pipeline outside a run folder: nothing to say
+
+
+# ----------------------------------------------------------------------------- guidance interval
+
+
+def timesteps_and_batches(pipe, labels, **kwargs) -> tuple[torch.Tensor, list]:
+    timesteps = []
+
+    def hook(_module, args, kwargs_):
+        timesteps.append((float(args[1][0]), args[0].shape[0]))
+
+    handle = pipe.transformer.register_forward_pre_hook(hook, with_kwargs=True)
+    images = pipe(labels, output_type="pt", **kwargs).images
+    handle.remove()
+    return images, timesteps
+
+
+@pytest.mark.parametrize("scheduler", ["ddpm", "dpm", "euler"])
+def test_a_guidance_interval_over_every_step_is_plain_guidance_and_an_empty_one_the_conditional_model(
+    make_pipeline, scheduler
+):
+    flow = scheduler == "euler"
+    pipe = make_pipeline(pixel=True, learn_sigma=not flow, objective="flow" if flow else "ddpm")
+    pipe.scheduler = scheduler_by_name(scheduler, pipe.scheduler.config)
+    noise = torch.randn(2, 3, 8, 8, generator=seeded())
+
+    def run(**kwargs):  # a fresh generator each time: DDPM draws its step noise from it
+        return timesteps_and_batches(pipe, [2, 6], latents=noise, num_inference_steps=STEPS, generator=seeded(2),
+                                     **kwargs)
+
+    plain, _ = run(guidance_scale=4.0)
+    everywhere, _ = run(guidance_scale=4.0, guidance_interval=(0, 1))
+    torch.testing.assert_close(everywhere, plain, rtol=0, atol=0)
+    conditional, _ = run(guidance_scale=1.0)
+    nowhere, batches = run(guidance_scale=4.0, guidance_interval=(0.123, 0.123))
+    assert all(batch == 2 for _, batch in batches)  # no step sits at 0.123: one conditional pass each
+    torch.testing.assert_close(nowhere, conditional, rtol=0, atol=0)
+
+
+def test_the_guidance_interval_is_the_timestep_over_the_training_timesteps(make_pipeline):
+    pipe = make_pipeline(pixel=True)
+    _, calls = timesteps_and_batches(pipe, [2, 6], guidance_scale=4.0, guidance_interval=(0.2, 0.7),
+                                     num_inference_steps=10)
+    assert len(calls) == 10
+    for timestep, batch in calls:  # DDPM timesteps 999, 888, ...: guided (two halves) exactly inside [200, 700]
+        assert batch == (4 if 200 <= timestep <= 700 else 2), (timestep, batch)
+    assert {batch for _, batch in calls} == {2, 4}
+
+
+@pytest.mark.parametrize("interval", [(0.6, 0.4), (-0.1, 0.5), (0.2, 1.5), (0.3,), "ab"])
+def test_a_bad_guidance_interval_is_named(make_pipeline, interval):
+    with pytest.raises(ValueError, match="guidance_interval must"):
+        make_pipeline(pixel=True)([1], guidance_interval=interval, num_inference_steps=1)
+
+
+def test_the_flow_shift_reaches_the_flow_schedulers_only():
+    shifted = chosen_scheduler(flow_scheduler(), "heun", 3.0)
+    assert type(shifted).__name__ == "FlowMatchHeunDiscreteScheduler" and shifted.config.shift == 3.0
+    assert chosen_scheduler(flow_scheduler(), None, 2.0).config.shift == 2.0
+    shifted.set_timesteps(4)
+    unshifted = chosen_scheduler(flow_scheduler(), "heun")
+    unshifted.set_timesteps(4)
+    assert (shifted.sigmas[1:-1] > unshifted.sigmas[1:-1]).all()  # more of the steps at high noise
+    with pytest.raises(ValueError, match="flow shift .* applies to the flow schedulers"):
+        chosen_scheduler(DDIMScheduler(), None, 3.0)
