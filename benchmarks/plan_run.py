@@ -1,0 +1,166 @@
+"""The cost of a denoiser training run before paying for it: FLOPs, memory per GPU, GPU-hours.
+
+    python benchmarks/plan_run.py --model SDT-XL/2 --decay-mode cag --image-size 256
+    python benchmarks/plan_run.py --model SDT-B/2 --batch 256 --steps 400000 --gpus 8 --mfu 0.4 --gpu h100
+
+Everything is counted on the meta device (no weights, no compute, a few seconds for XL): FLOPs with
+``torch.utils.flop_counter.FlopCounterMode`` over one image's forward and one training step (forward and
+backward, the training attention path), attention forced onto SDPA's math path so its matmuls count.
+Like DiT's Table 4, only matmuls count (the decay's elementwise bias, softmax, norms and activations do
+not); GMACs are multiply-adds (DiT's "Gflops"), GFLOPs twice that. Memory: parameters, gradients and
+AdamW state in float32 (mixed precision keeps float32 master weights), the EMA in float32, and the
+activations saved for backward measured with ``saved_tensors_hooks`` on a bf16 model (plain attention as
+the fused GPU kernels save it), with and without
+gradient checkpointing (then one block's activations are alive again during its recomputation). Under
+DDP every GPU holds all of it; under FSDP (``configs/accelerate/fsdp.yaml``) parameters, gradients,
+optimizer state and EMA are sharded over the GPUs, activations are not. GPU-hours: the counted
+training FLOPs of ``--steps`` steps of ``--batch`` images at ``--mfu`` of the GPU's dense bf16 peak.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from sdt_gen import SDT_PRESETS, SDTTransformer2DModel  # noqa: E402
+from sdt_gen.layers import DECAY_MODES  # noqa: E402
+
+# Dense bf16 peak TFLOP/s (vendor data sheets, without sparsity).
+GPU_PEAK_TFLOPS = {"h100": 989.0, "h200": 989.0, "a100": 312.0, "l40s": 362.0}
+# DiT (Peebles & Xie 2023), Table 4: forward "Gflops" (multiply-adds) of one 256px image.
+DIT_TABLE4_GMACS = {"SDT-S/2": 6.06, "SDT-B/2": 23.01, "SDT-L/2": 80.71, "SDT-XL/2": 118.64,
+                    "SDT-B/4": 5.56, "SDT-XL/4": 29.05, "SDT-XL/8": 7.39}
+VAE_DOWNSAMPLING, LATENT_CHANNELS = 8, 4  # SD-VAE: 256 px -> 32x32x4 latents
+BYTES_FP32, BYTES_BF16 = 4, 2
+
+
+def meta_model(preset: str, decay_mode: str, image_size: int, dtype=torch.float32) -> SDTTransformer2DModel:
+    with torch.device("meta"):
+        model = SDTTransformer2DModel.from_preset(
+            preset, decay_mode=decay_mode, sample_size=image_size // VAE_DOWNSAMPLING, in_channels=LATENT_CHANNELS,
+            attention_backend="sdpa",
+        )
+    return torch.nn.Module.to(model, dtype)  # all of it: diffusers' ``to`` warns about modules kept in float32
+
+
+def meta_inputs(model: SDTTransformer2DModel, batch: int, dtype=torch.float32) -> tuple[torch.Tensor, ...]:
+    with torch.device("meta"):
+        return (torch.empty(batch, model.config.in_channels, *model.sample_hw, dtype=dtype),
+                torch.zeros(batch, dtype=torch.long), torch.zeros(batch, dtype=torch.long))
+
+
+def count_flops(preset: str, decay_mode: str, image_size: int) -> dict[str, int]:
+    """Matmul FLOPs of one image: ``forward`` (inference), ``train_step`` (forward and backward)."""
+    model = meta_model(preset, decay_mode, image_size)
+    flops = {}
+    for name, grad in (("forward", False), ("train_step", True)):
+        counter = FlopCounterMode(display=False)
+        with torch.set_grad_enabled(grad), sdpa_kernel(SDPBackend.MATH), counter:
+            out = model(*meta_inputs(model, 1)).sample
+            if grad:
+                out.sum().backward()
+        flops[name] = counter.get_total_flops()
+    return flops
+
+
+def saved_activation_bytes(preset: str, decay_mode: str, image_size: int, checkpointing: bool) -> int:
+    """Bytes saved for backward by one bf16 image's forward (each storage once).
+
+    The meta device runs SDPA's math path, which saves the ``(H, N, N)`` probabilities of plain attention; the
+    fused GPU kernels (flash, memory-efficient) save an ``(H, N)`` float32 log-sum-exp instead, which is what is
+    counted for them. The decayed training path (``blockwise_decay_attention``) saves nothing of size ``N x N``.
+    """
+    model = meta_model(preset, decay_mode, image_size, torch.bfloat16).train()
+    if checkpointing:
+        model.enable_gradient_checkpointing()
+    tokens = model.grid_size[0] * model.grid_size[1]
+    storages: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        if tensor.requires_grad and tensor.grad_fn is None:  # a parameter: counted with the weights
+            return tensor
+        fused = tensor.dim() >= 2 and tensor.shape[-2:] == (tokens, tokens)
+        nbytes = tensor[..., 0].numel() * BYTES_FP32 if fused else tensor.untyped_storage().nbytes()
+        storages[id(tensor.untyped_storage())] = nbytes
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), sdpa_kernel(SDPBackend.MATH):
+        model(*meta_inputs(model, 1, torch.bfloat16))
+    return sum(storages.values())
+
+
+def plan(args) -> dict:
+    """Every number of the table, for ``args`` (see ``build_parser``)."""
+    model = meta_model(args.model, args.decay_mode, args.image_size)
+    params = sum(p.numel() for p in model.parameters())
+    flops = count_flops(args.model, args.decay_mode, args.image_size)
+    plain = count_flops(args.model, "none", args.image_size)
+    full = saved_activation_bytes(args.model, args.decay_mode, args.image_size, checkpointing=False)
+    checkpointed = saved_activation_bytes(args.model, args.decay_mode, args.image_size, checkpointing=True)
+    # Recomputing a block makes its own activations alive again: the largest block's share, as an average.
+    checkpointed += full // model.config.depth
+    per_gpu_batch = args.batch / args.gpus
+    state = {"parameters": BYTES_FP32, "gradients": BYTES_FP32, "AdamW": 2 * BYTES_FP32, "EMA": BYTES_FP32}
+    total_flops = flops["train_step"] * args.batch * args.steps
+    seconds = total_flops / (args.gpus * GPU_PEAK_TFLOPS[args.gpu] * 1e12 * args.mfu)
+    return {
+        "params": params, "flops": flops, "decay_share": 1 - plain["forward"] / flops["forward"],
+        "state_bytes": {name: size * params for name, size in state.items()},
+        "activation_bytes": {"full": full * per_gpu_batch, "checkpointed": checkpointed * per_gpu_batch},
+        "per_gpu_batch": per_gpu_batch, "total_flops": total_flops,
+        "hours": seconds / 3600, "gpu_hours": seconds * args.gpus / 3600,
+    }
+
+
+def main(args) -> None:
+    numbers = plan(args)
+    gib = 2**30
+    flops = numbers["flops"]
+    dit = DIT_TABLE4_GMACS.get(args.model) if args.image_size == 256 else None
+    print(f"{args.model}, decay {args.decay_mode}, {args.image_size} px ({args.image_size // VAE_DOWNSAMPLING}x"
+          f"{args.image_size // VAE_DOWNSAMPLING}x{LATENT_CHANNELS} latents), batch {args.batch} on {args.gpus} "
+          f"{args.gpu.upper()} ({args.mfu:.0%} MFU of {GPU_PEAK_TFLOPS[args.gpu]:g} TFLOP/s bf16), {args.steps:,} steps\n")
+    print("| quantity | value |\n|---|---|")
+    print(f"| parameters | {numbers['params'] / 1e6:.1f} M |")
+    print(f"| forward, one image | {flops['forward'] / 2e9:.2f} GMACs = {flops['forward'] / 1e9:.2f} GFLOPs"
+          + (f" (DiT's Table 4: {dit} GMACs)" if dit else "") + " |")
+    print(f"| training step, one image (forward + backward) | {flops['train_step'] / 2e9:.2f} GMACs = "
+          f"{flops['train_step'] / 1e9:.2f} GFLOPs |")
+    print(f"| decay's share of the forward FLOPs | {numbers['decay_share']:.2%} |")
+    state = numbers["state_bytes"]
+    state_total = sum(state.values())
+    activations = numbers["activation_bytes"]
+    print(f"| {', '.join(state)} (fp32) | " + " + ".join(f"{v / gib:.2f}" for v in state.values())
+          + f" = {state_total / gib:.2f} GiB |")
+    print(f"| activations, {numbers['per_gpu_batch']:g} images per GPU (bf16) | {activations['full'] / gib:.1f} GiB; "
+          f"with gradient checkpointing {activations['checkpointed'] / gib:.1f} GiB |")
+    for strategy, shards in (("DDP", 1), ("FSDP", args.gpus)):
+        held = state_total / shards
+        print(f"| memory per GPU, {strategy} | {(held + activations['full']) / gib:.1f} GiB; with checkpointing "
+              f"{(held + activations['checkpointed']) / gib:.1f} GiB |")
+    print(f"| training FLOPs, {args.steps:,} steps | {numbers['total_flops']:.3g} |")
+    print(f"| time | {numbers['hours']:.1f} h on {args.gpus} GPUs = {numbers['gpu_hours']:,.0f} GPU-hours |")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="SDT-XL/2", choices=list(SDT_PRESETS), help="denoiser preset")
+    p.add_argument("--decay-mode", default="cag", choices=DECAY_MODES)
+    p.add_argument("--image-size", type=int, default=256, help="pixels (SD-VAE latents are 8x smaller)")
+    p.add_argument("--batch", type=int, default=256, help="global batch (DiT: 256)")
+    p.add_argument("--steps", type=int, default=400_000, help="training steps (DiT-XL/2's first table: 400K)")
+    p.add_argument("--gpus", type=int, default=8)
+    p.add_argument("--gpu", default="h100", choices=list(GPU_PEAK_TFLOPS), help="for its dense bf16 peak")
+    p.add_argument("--mfu", type=float, default=0.4, help="model-FLOPs utilisation reached")
+    return p
+
+
+if __name__ == "__main__":
+    main(build_parser().parse_args())
