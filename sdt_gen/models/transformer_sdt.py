@@ -29,7 +29,6 @@ from ..layers import (
     attention_backends_in_use,
     check_choice,
     decay_map,
-    fixed_rates,
     position_tables,
     resolve_backend,
     set_attention_backend,
@@ -420,27 +419,18 @@ class SDTTransformer2DModel(ModelMixin, ConfigMixin):
         Returns:
             ``(depth, B, H, N)``.
         """
-        gate_rates = []
-        hooks = [
-            block.attn.gate.register_forward_hook(lambda _m, _i, out: gate_rates.append(out))
-            for block in self.blocks
-            if block.attn.gate is not None
-        ]
+        inputs = []  # what each block's attention reads: its rates are computed from it, as the forward does
+        hooks = [block.attn.register_forward_pre_hook(lambda _m, args: inputs.append(args[0])) for block in self.blocks]
         try:
             self(sample, timestep, class_labels)
         finally:
             for hook in hooks:
                 hook.remove()
-        gate_rates.reverse()
         shape = (sample.shape[0], self.config.num_heads, self.grid_size[0] * self.grid_size[1])
         rates = []
-        for block in self.blocks:
-            if block.attn.decay.mode == "cag":
-                rates.append(gate_rates.pop())
-            elif block.attn.decay.mode == "fixed":
-                rates.append(fixed_rates(block.attn.gammas).expand(shape))
-            else:
-                rates.append(torch.zeros(shape, device=sample.device))
+        for block, x in zip(self.blocks, inputs):
+            layer_rates = block.attn.decay_rates(x)  # (B | 1, H, N | 1), or None without decay
+            rates.append(torch.zeros(shape, device=sample.device) if layer_rates is None else layer_rates.expand(shape))
         return torch.stack(rates)
 
     @torch.no_grad()
