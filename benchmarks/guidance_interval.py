@@ -9,6 +9,11 @@ the models of ``benchmarks/objective_comparison.py``:
 
     python benchmarks/guidance_interval.py --ddpm results/objectives/000-SDT-Ti-2-digits/pipeline \\
         --flow results/objectives/001-SDT-Ti-2-digits-flow/pipeline --classifier classifiers/000-SDT-H-XT-digits/model
+
+and on a model of the decay study (32x32 MNIST, scored against MNIST's train split in the study's evaluator):
+
+    python benchmarks/guidance_interval.py --data mnist --flow studies/mnist-decay-256/runs/cag-s1/000-SDT-Ti-2-mnist32-flow/pipeline \\
+        --classifier studies/mnist-decay-256/evaluator/000-SDT-H-XT-mnist32/model --steps 10 --guidance-scales 1.5 3
 """
 
 import argparse
@@ -24,7 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from objective_comparison import digits_reference, scored_samples  # noqa: E402
 
 from sdt_gen import SDTPipeline  # noqa: E402
-from sdt_gen.metrics import TransformersImageClassifier, sample_labels  # noqa: E402
+from sdt_gen.data import MNISTDataset  # noqa: E402
+from sdt_gen.metrics import ArrayImageDataset, TransformersImageClassifier, sample_labels  # noqa: E402
+from sdt_gen.metrics.sampling import to_uint8  # noqa: E402
 from sdt_gen.pipelines import check_guidance_interval, scheduler_by_name  # noqa: E402
 
 SAMPLER = {"ddpm": "dpm", "flow": "euler"}
@@ -37,11 +44,20 @@ def interval(text: str) -> tuple[float, float]:
         raise argparse.ArgumentTypeError(f"{text!r}: {error}") from None
 
 
+def reference_of(data: str, image_size: int) -> ArrayImageDataset:
+    if data == "digits":
+        return digits_reference(image_size)
+    images = MNISTDataset("train", image_size=image_size).images
+    return ArrayImageDataset(to_uint8((images[:, 0].numpy() + 1) / 2), source="MNIST train split")
+
+
 def interval_rows(args) -> list[dict]:
     evaluator = TransformersImageClassifier(args.classifier, "cpu")
-    reference = digits_reference(args.image_size)
+    reference = reference_of(args.data, args.image_size)
     rows = []
     for objective, path in (("ddpm", args.ddpm), ("flow", args.flow)):
+        if path is None:
+            continue
         pipe = SDTPipeline.from_pretrained(path)
         pipe.set_progress_bar_config(disable=True)
         pipe.scheduler = scheduler_by_name(SAMPLER[objective], pipe.scheduler.config)
@@ -71,14 +87,20 @@ def main(args):
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--ddpm", required=True, help="pipeline folder of the DDPM-trained model")
-    parser.add_argument("--flow", required=True, help="pipeline folder of the flow-trained model")
+    parser.add_argument("--ddpm", help="pipeline folder of a DDPM-trained model")
+    parser.add_argument("--flow", help="pipeline folder of a flow-trained model")
+    parser.add_argument("--data", choices=("digits", "mnist"), default="digits",
+                        help="the real images of the FD: the bundled digits, or MNIST's train split")
     parser.add_argument("--classifier", required=True, help="transformers classifier folder (the evaluator)")
     parser.add_argument("--guidance-scales", type=float, nargs="+", default=[2.0, 4.0], help="guidance scales")
     parser.add_argument("--intervals", type=interval, nargs="+", default=[(0.0, 1.0), (0.0, 0.7), (0.1, 0.7), (0.3, 1.0)],
                         help="noise-level intervals LO,HI (0: clean, 1: pure noise)")
     parser.add_argument("--steps", type=int, default=25, help="sampling steps")
     parser.add_argument("--num-samples", type=int, default=300, help="class-balanced samples per row")
-    parser.add_argument("--image-size", type=int, default=16, help="side of the digits the models were trained on")
+    parser.add_argument("--image-size", type=int, help="side of the images the models made (digits 16, mnist 32)")
     parser.add_argument("--out", help="also write the rows to this JSON file")
-    main(parser.parse_args())
+    args = parser.parse_args()
+    if args.ddpm is None and args.flow is None:
+        parser.error("give --ddpm, --flow or both")
+    args.image_size = args.image_size or {"digits": 16, "mnist": 32}[args.data]
+    main(args)

@@ -40,6 +40,7 @@ def test_one_epoch_then_resume_writes_a_pipeline_ready_model(tmp_path):
     card = ModelCard.load(run_dir / "model" / "README.md")
     assert card.data.library_name == "transformers" and card.data.pipeline_tag == "image-classification"
     assert "2 epochs" in card.text and "val top1" in card.text and '"preset": "SDT-H-XT"' in card.text
+    assert "Attention backend that ran in training: `sdpa`" in card.text and '"attention_backend"' not in card.text
 
 
 def test_push_to_hub_uploads_the_model_folder(tmp_path, monkeypatch):

@@ -316,6 +316,7 @@ def test_pipeline_folder_has_a_model_card_and_push_uploads_it(tmp_path, monkeypa
     assert "decay-cag" in card.data.tags and "sdt-gen" in card.data.tags
     assert "![EMA samples](samples.png)" in card.text and (folder / "samples.png").is_file()
     assert "after 2 optimizer steps" in card.text and "train loss" in card.text
+    assert "Attention backend that ran in training: `sdpa on cpu (auto)`" in card.text
     assert 'SDTPipeline.from_pretrained("REPO_OR_FOLDER")' in card.text
     assert calls == [("create", "me/sdt-digits", {"exist_ok": True}),
                      ("upload", {"repo_id": "me/sdt-digits", "folder_path": str(folder),
