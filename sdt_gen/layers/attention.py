@@ -170,7 +170,7 @@ def _flex_or_fallback(q, k, v, rates, grid_size, layout) -> tuple[torch.Tensor, 
     A first GPU run must not die because FlexAttention cannot compile on this machine (old driver, missing
     Triton): the dense path serves instead, and a warning says why, once per process.
     """
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling():  # inside a graph being traced, an error is the compiler's to report
         return _decayed_attention(q, k, v, rates, grid_size, layout, "flex"), False
     try:
         return _decayed_attention(q, k, v, rates, grid_size, layout, "flex"), False
