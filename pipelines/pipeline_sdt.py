@@ -419,33 +419,15 @@ class SDTPipeline(DiffusionPipeline):
         # 1. Check inputs
         class_ids = self.get_label_ids(class_labels)
         num_images = len(class_ids)
-        if num_images == 0:
-            raise ValueError("class_labels is empty: give at least one class")
-        if not isinstance(num_inference_steps, Integral) or num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps must be an integer >= 1, got {num_inference_steps!r}")
-        if guidance_scale < 0:
-            raise ValueError(f"guidance_scale must be >= 0, got {guidance_scale}")
-        check_guidance_interval(guidance_interval)
-        if output_type not in _OUTPUT_TYPES:
-            raise ValueError(f"output_type must be one of {', '.join(_OUTPUT_TYPES)}, got {output_type!r}")
         batch_size = num_images if batch_size is None else batch_size
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         channels = self.transformer.config.in_channels
         guided_channels = channels if guided_channels is None else guided_channels
-        if not 1 <= guided_channels <= channels:
-            raise ValueError(f"guided_channels must be in 1..{channels}, got {guided_channels}")
-        if isinstance(generator, list) and len(generator) != num_images:
-            raise ValueError(f"got {len(generator)} generators for {num_images} images: give one per image")
-        shape = (num_images, channels, *self.transformer.sample_hw)
-        if latents is not None and tuple(latents.shape) != shape:
-            raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
+        self.check_inputs(num_images, guidance_scale, guided_channels, guidance_interval, generator, latents,
+                          num_inference_steps, batch_size, output_type)
 
         # 2. Initial noise for every image at once, so it does not depend on batch_size
-        device, dtype = self._execution_device, self.transformer.dtype
-        if latents is None:
-            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
-        latents = latents.to(device=device, dtype=dtype)
+        device = self._execution_device
+        latents = self.prepare_latents(num_images, generator, latents, device)
         labels = torch.tensor(class_ids, device=device)
         self._check_scheduler(self.scheduler)
         scheduler = self._sampling_scheduler()
@@ -475,6 +457,53 @@ class SDTPipeline(DiffusionPipeline):
         if not return_dict:
             return (images,)
         return ImagePipelineOutput(images=images)
+
+    def check_inputs(
+        self,
+        num_images: int,
+        guidance_scale: float,
+        guided_channels: int,
+        guidance_interval: tuple[float, float],
+        generator: torch.Generator | list[torch.Generator] | None,
+        latents: torch.Tensor | None,
+        num_inference_steps: int,
+        batch_size: int,
+        output_type: str,
+    ) -> None:
+        """Raise a ValueError naming the first argument of ``__call__`` that cannot be used (diffusers' hook)."""
+        if num_images == 0:
+            raise ValueError("class_labels is empty: give at least one class")
+        if not isinstance(num_inference_steps, Integral) or num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be an integer >= 1, got {num_inference_steps!r}")
+        if guidance_scale < 0:
+            raise ValueError(f"guidance_scale must be >= 0, got {guidance_scale}")
+        check_guidance_interval(guidance_interval)
+        if output_type not in _OUTPUT_TYPES:
+            raise ValueError(f"output_type must be one of {', '.join(_OUTPUT_TYPES)}, got {output_type!r}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        channels = self.transformer.config.in_channels
+        if not 1 <= guided_channels <= channels:
+            raise ValueError(f"guided_channels must be in 1..{channels}, got {guided_channels}")
+        if isinstance(generator, list) and len(generator) != num_images:
+            raise ValueError(f"got {len(generator)} generators for {num_images} images: give one per image")
+        shape = (num_images, channels, *self.transformer.sample_hw)
+        if latents is not None and tuple(latents.shape) != shape:
+            raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
+
+    def prepare_latents(
+        self,
+        num_images: int,
+        generator: torch.Generator | list[torch.Generator] | None,
+        latents: torch.Tensor | None,
+        device: torch.device,
+    ) -> torch.Tensor:
+        """The initial noise ``(N, C, H, W)`` of every image, drawn at once (or ``latents``), in the model's dtype."""
+        dtype = self.transformer.dtype
+        if latents is None:
+            shape = (num_images, self.transformer.config.in_channels, *self.transformer.sample_hw)
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+        return latents.to(device=device, dtype=dtype)
 
     def _denoise(
         self,
