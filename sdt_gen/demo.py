@@ -25,7 +25,7 @@ from sdt_gen.cli import positive_int, run_main
 from sdt_gen.data.vae import encode_images
 from sdt_gen.diffusion import make_objective
 from sdt_gen.hub import local_folder
-from sdt_gen.layers import ATTENTION_BACKENDS, resolve_backend
+from sdt_gen.layers import ATTENTION_BACKENDS
 from sdt_gen.pipelines import SCHEDULERS, SDTPipeline, chosen_scheduler, image_seed, scheduler_names
 from sdt_gen.visualize import make_grid_png, save_decay_maps
 
@@ -79,12 +79,6 @@ class DemoModel:
         pipe.transformer.set_attention_backend(attention_backend)
         return cls(pipe, model, max_work)
 
-    @property
-    def attention(self) -> str:
-        """The attention backend, as the header shows it: ``"sdpa"``, or ``"auto: sdpa on cpu"``."""
-        transformer = self.pipe.transformer
-        chosen = resolve_backend(transformer.attention_backend, transformer.device)
-        return chosen if transformer.attention_backend != "auto" else f"auto: {chosen} on {transformer.device.type}"
 
     def check_request(self, classes: list[str | int] | str | int, per_class: int, steps: int, scheduler: str) -> list[int]:
         """The class ids of a request; ``ValueError`` for an unknown class, scheduler or an oversized request."""
@@ -248,7 +242,7 @@ def build_demo(model: DemoModel, compare: DemoModel | None = None):
     with gr.Blocks(title=f"SDT demo: {model.name}") as demo:
         gr.Markdown(
             f"# SDT demo\n`{model.name}`: {len(model.class_names)} classes, decay `{model.decay_mode}`, "
-            f"positions `{model.position_embedding}`, attention `{model.attention}`. "
+            f"positions `{model.position_embedding}`, attention `{model.pipe.transformer.attention_backend_summary()}`. "
             f"At most **{model.max_work} image-steps** (images x steps) per request."
         )
         made = gr.State(None)
