@@ -261,6 +261,7 @@ def run_block(block: Block, workspace: Path, made: set[str]) -> None:
 @pytest.fixture
 def workspace(tmp_path, monkeypatch):
     import gradio
+    from huggingface_hub import constants as hub_constants
 
     from sdt_gen import SDT_CLASSIFIER_PRESETS, SDT_PRESETS
 
@@ -268,6 +269,10 @@ def workspace(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # huggingface_hub read both when it was imported: a new process would read them as set here.
+    monkeypatch.setattr(hub_constants, "HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     for name in ("SDT-XL/2", "SDT-B/2"):
         monkeypatch.setitem(SDT_PRESETS, name, {**SDT_PRESETS[name], **TINY_DENOISER})
