@@ -115,14 +115,9 @@ def file_record(folder: Path, names: tuple[str, ...]) -> dict:
     }
 
 
-def main(args):
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    processes = PartialState(cpu=args.device == "cpu")
-    device = torch.device(args.device) if args.device and processes.num_processes == 1 else processes.device
-    metrics = list(dict.fromkeys(args.metrics))
-    out_dir = Path(args.out) if args.out else default_out_dir(args)
-
-    # 1. Check every input before anything is sampled (on every process, so an error stops them all)
+def check_inputs(args, metrics: list[str]) -> Path | None:
+    """The model's local folder (``None`` for --samples-dir); raises for a missing input or a missing reference."""
+    model_folder = None
     if args.model is not None:
         model_folder = local_folder(args.model)  # a Hub repo id: its cached snapshot
         check_pipeline_folder(model_folder, required=("transformer", "scheduler"))
@@ -137,73 +132,85 @@ def main(args):
             f"--metrics {' '.join(m for m in metrics if m != 'isc')} compare against a reference: pass --ref "
             f"(a folder of images or an .npz) or --ref-cache NAME (statistics cached by an earlier run)"
         )
-    if metrics:  # the weights first: the cheapest check, and the one offline users hit
-        # One download per machine: the others wait, then find the file. The error of a failed
-        # download is raised after the barrier, so no process waits there forever.
-        failed = None
-        if processes.is_local_main_process:
-            try:
-                resolve_feature_extractor_weights(metrics, args.inception_weights, args.vgg16_weights)
-            except Exception as error:
-                failed = error
-        processes.wait_for_everyone()
-        if failed is not None:
-            raise failed
-        resolve_feature_extractor_weights(metrics, args.inception_weights, args.vgg16_weights)
-    pipe, samples = None, None
-    if args.model is not None:
-        # Cast after loading: diffusers renamed from_pretrained's torch_dtype to dtype (0.42 warns on every load).
-        pipe = SDTPipeline.from_pretrained(model_folder).to(device, getattr(torch, args.dtype))
-        pipe.transformer.set_attention_backend(args.attention_backend)
-        pipe.scheduler = chosen_scheduler(pipe.scheduler, args.scheduler, args.flow_shift)
-        size = image_size(pipe)
-    else:
-        samples = ScoringImageFolder(args.samples_dir)
-        size = samples.size
-        if args.classifier:
-            labels_from_file_names(samples.files)  # the file names must carry the conditioning labels
-    classifier = TransformersImageClassifier(args.classifier, device) if args.classifier else None
-    if classifier is not None and pipe is not None:
-        check_classifier_labels(classifier, pipe.transformer.config.num_classes, pipe.id2label)
-    reference = None
-    if args.ref is not None and (any(m != "isc" for m in metrics) or classifier is not None):
-        reference = open_reference(args, size)
-    if metrics:
-        preflight(metrics, reference, args.inception_weights, args.vgg16_weights, cache_name=args.ref_cache,
-                  cache_root=args.cache_root, sample_size=size, resize=args.resize_ref)
+    return model_folder
 
-    # 2. Sample on every process; SIGTERM / SIGINT stop after the batch, keeping every image written
-    if pipe is not None:
-        with PreemptionHandler() as preemption:
-            try:
-                files = sample_to_folder(
-                    pipe,
-                    out_dir / "samples",
-                    num_samples=args.num_samples,
-                    labels=args.labels,
-                    seed=args.seed,
-                    guidance_scale=args.guidance_scale,
-                    guided_channels=args.guided_channels,
-                    guidance_interval=args.guidance_interval,
-                    num_inference_steps=args.steps,
-                    batch_size=args.batch_size,
-                    accelerator=processes,
-                    stop_requested=lambda: preemption.received is not None,
-                )
-            except SamplingStopped as stopped:
-                print(f"{stopped} (exit status {PREEMPTED_EXIT_CODE})", file=sys.stderr)
-                raise SystemExit(PREEMPTED_EXIT_CODE) from None
-        samples = ImageFilesDataset(files, source=str(out_dir / "samples"))
-    if not processes.is_main_process:
+
+def resolve_weights_once_per_machine(processes: PartialState, metrics: list[str], args) -> None:
+    """Finds the feature extractors' weights on every process, downloading them on each machine's main process."""
+    # One download per machine: the others wait, then find the file. The error of a failed
+    # download is raised after the barrier, so no process waits there forever.
+    failed = None
+    if processes.is_local_main_process:
+        try:
+            resolve_feature_extractor_weights(metrics, args.inception_weights, args.vgg16_weights)
+        except Exception as error:
+            failed = error
+    processes.wait_for_everyone()
+    if failed is not None:
+        raise failed
+    resolve_feature_extractor_weights(metrics, args.inception_weights, args.vgg16_weights)
+
+
+def load_pipeline(model_folder: Path, device: torch.device, args) -> SDTPipeline:
+    """The pipeline on ``device`` in --dtype, with the --attention-backend and --scheduler asked."""
+    # Cast after loading: diffusers renamed from_pretrained's torch_dtype to dtype (0.42 warns on every load).
+    pipe = SDTPipeline.from_pretrained(model_folder).to(device, getattr(torch, args.dtype))
+    pipe.transformer.set_attention_backend(args.attention_backend)
+    pipe.scheduler = chosen_scheduler(pipe.scheduler, args.scheduler, args.flow_shift)
+    return pipe
+
+
+def open_samples_dir(args) -> ScoringImageFolder:
+    """The --samples-dir images; with --classifier, their file names must carry the conditioning labels."""
+    samples = ScoringImageFolder(args.samples_dir)
+    if args.classifier:
+        labels_from_file_names(samples.files)
+    return samples
+
+
+def open_classifier(args, device: torch.device, pipe: SDTPipeline | None) -> TransformersImageClassifier | None:
+    """The --classifier on ``device``, checked against the pipeline's classes; ``None`` without --classifier."""
+    if not args.classifier:
         return None
+    classifier = TransformersImageClassifier(args.classifier, device)
+    if pipe is not None:
+        check_classifier_labels(classifier, pipe.transformer.config.num_classes, pipe.id2label)
+    return classifier
 
-    # 3. Score on the main process
-    if args.npz:
-        npz = write_adm_npz(samples, out_dir / "samples.npz")
-        print(f"wrote {npz} (arr_0: {len(samples)} x {size[0]} x {size[1]} x 3, uint8)")
-    if not metrics and classifier is None:
-        print(f"wrote {len(samples)} samples to {samples.source}; no metric asked (--metrics, --classifier)")
-        return {}
+
+def sample_images(pipe: SDTPipeline, out_dir: Path, args, processes: PartialState) -> ImageFilesDataset:
+    """The run's images in ``out_dir/samples``, the missing ones drawn by all processes; SIGTERM exits the run."""
+    with PreemptionHandler() as preemption:
+        try:
+            files = sample_to_folder(
+                pipe,
+                out_dir / "samples",
+                num_samples=args.num_samples,
+                labels=args.labels,
+                seed=args.seed,
+                guidance_scale=args.guidance_scale,
+                guided_channels=args.guided_channels,
+                guidance_interval=args.guidance_interval,
+                num_inference_steps=args.steps,
+                batch_size=args.batch_size,
+                accelerator=processes,
+                stop_requested=lambda: preemption.received is not None,
+            )
+        except SamplingStopped as stopped:
+            print(f"{stopped} (exit status {PREEMPTED_EXIT_CODE})", file=sys.stderr)
+            raise SystemExit(PREEMPTED_EXIT_CODE) from None
+    return ImageFilesDataset(files, source=str(out_dir / "samples"))
+
+
+def score(
+    samples: ImageDataset,
+    reference: ImageDataset | None,
+    classifier: TransformersImageClassifier | None,
+    metrics: list[str],
+    device: torch.device,
+    args,
+) -> dict:
+    """torch-fidelity's metrics and the classifier's, with ``num_samples`` and ``notes``."""
     results = {"num_samples": len(samples), "notes": []}
     if metrics:
         results = compute_metrics(
@@ -225,8 +232,18 @@ def main(args):
             classifier_metrics(classifier, samples, labels_from_file_names(samples.files), reference=reference,
                                batch_size=args.batch_size, resize=args.resize_ref)
         )
+    return results
 
-    # 4. Record the metrics with the full protocol
+
+def protocol_extra(
+    args,
+    out_dir: Path,
+    processes: PartialState,
+    device: torch.device,
+    pipe: SDTPipeline | None,
+    classifier: TransformersImageClassifier | None,
+) -> dict:
+    """The protocol's ``extra``: where and how this run sampled and scored."""
     extra = {
         "out_dir": str(out_dir.resolve()),
         "num_processes": processes.num_processes,
@@ -240,7 +257,12 @@ def main(args):
         extra.update(dtype=args.dtype, weights_sha256=manifest["weights_sha256"], attention_backend={
             "requested": args.attention_backend, "ran": pipe.transformer.attention_backends_in_use(),
         })
-    protocol = build_protocol(
+    return extra
+
+
+def full_protocol(args, samples: ImageDataset, pipe: SDTPipeline | None, results: dict, extra: dict) -> dict:
+    """The full protocol of the scores; the sampling fields are ``None`` when existing images were scored."""
+    return build_protocol(
         num_samples=len(samples),
         reference=args.ref,
         cache_name=args.ref_cache,
@@ -257,7 +279,52 @@ def main(args):
         feature_extractors=results.get("feature_extractors"),
         extra=extra,
     )
-    path = write_results(out_dir, results, protocol)
+
+
+def main(args):
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    processes = PartialState(cpu=args.device == "cpu")
+    device = torch.device(args.device) if args.device and processes.num_processes == 1 else processes.device
+    metrics = list(dict.fromkeys(args.metrics))
+    out_dir = Path(args.out) if args.out else default_out_dir(args)
+
+    # 1. Check every input before anything is sampled (on every process, so an error stops them all)
+    model_folder = check_inputs(args, metrics)
+    if metrics:  # the weights first: the cheapest check, and the one offline users hit
+        resolve_weights_once_per_machine(processes, metrics, args)
+    pipe, samples = None, None
+    if model_folder is not None:
+        pipe = load_pipeline(model_folder, device, args)
+        size = image_size(pipe)
+    else:
+        samples = open_samples_dir(args)
+        size = samples.size
+    classifier = open_classifier(args, device, pipe)
+    reference = None
+    if args.ref is not None and (any(m != "isc" for m in metrics) or classifier is not None):
+        reference = open_reference(args, size)
+    if metrics:
+        preflight(metrics, reference, args.inception_weights, args.vgg16_weights, cache_name=args.ref_cache,
+                  cache_root=args.cache_root, sample_size=size, resize=args.resize_ref)
+
+    # 2. Sample on every process; SIGTERM / SIGINT stop after the batch, keeping every image written
+    if pipe is not None:
+        samples = sample_images(pipe, out_dir, args, processes)
+    if not processes.is_main_process:
+        return None
+
+    # 3. Score on the main process
+    if args.npz:
+        npz = write_adm_npz(samples, out_dir / "samples.npz")
+        print(f"wrote {npz} (arr_0: {len(samples)} x {size[0]} x {size[1]} x 3, uint8)")
+    if not metrics and classifier is None:
+        print(f"wrote {len(samples)} samples to {samples.source}; no metric asked (--metrics, --classifier)")
+        return {}
+    results = score(samples, reference, classifier, metrics, device, args)
+
+    # 4. Record the metrics with the full protocol
+    extra = protocol_extra(args, out_dir, processes, device, pipe, classifier)
+    path = write_results(out_dir, results, full_protocol(args, samples, pipe, results, extra))
     print(format_table(results))
     print(f"results: {path} (also appended to {path.with_name('history.jsonl')})")
     return results

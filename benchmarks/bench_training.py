@@ -4,13 +4,18 @@ Times full optimizer steps (DiT's hybrid loss, AdamW) in one run:
 1. the bundled default (SDT-Ti/2 on 16 px digits, batch 64), the decay study's shape (SDT-Ti/4 on
    32 px MNIST, batch 32) and SDT-Ti/2 on 32 px (256 tokens, batch 32), with decay `cag`, `fixed` and `none`;
 2. an SDT-S/2 latent model fed by an SD-VAE-shaped encoder on the fly (random weights: the same
-   cost as sd-vae-ft-ema) against the same model reading pre-extracted latents (fast-DiT).
+   cost as sd-vae-ft-ema) against the same model reading pre-extracted latents (fast-DiT);
+3. with ``--compile``: the decay's cost eager and under ``torch.compile`` (SiT's flow loss, AdamW), 32 px
+   MNIST-shaped batches at 64 tokens (SDT-Ti/4) and 256 tokens (SDT-Ti/2), every variant timed in turns
+   (``--repeats`` rounds, median), in CPU time, so the ratios hold on a machine shared with other jobs.
 
     python benchmarks/bench_training.py                     # CPU defaults (latent part at 128 px)
     python benchmarks/bench_training.py --image-size 256 --latent-batch 32
+    OMP_NUM_THREADS=1 python benchmarks/bench_training.py --compile --only-compile
 """
 
 import argparse
+import statistics
 import time
 
 import torch
@@ -18,7 +23,9 @@ from diffusers import AutoencoderKL
 
 from sdt_gen import SDTTransformer2DModel
 from sdt_gen.data import encode_images
-from sdt_gen.diffusion import DiffusionLoss, uniform_timesteps
+from sdt_gen.diffusion import DiffusionLoss, make_objective, uniform_timesteps
+
+DECAY_MODES = ("none", "fixed", "cag")
 
 
 def time_steps(model, batch_fn, steps: int, warmup: int = 2, autocast_dtype: torch.dtype | None = None) -> float:
@@ -45,9 +52,60 @@ def time_steps(model, batch_fn, steps: int, warmup: int = 2, autocast_dtype: tor
     return (time.perf_counter() - start) / steps
 
 
+def flow_training_step(model, batch: int, size: int):
+    """One AdamW step of ``model`` under SiT's loss on a fixed random batch, as a function of nothing."""
+    g = torch.Generator().manual_seed(0)
+    x, noise = torch.randn(batch, 1, size, size, generator=g), torch.randn(batch, 1, size, size, generator=g)
+    t, y = torch.rand(batch, generator=g) * 1000, torch.randint(0, 10, (batch,), generator=g)
+    loss_fn = make_objective("flow", learn_sigma=False)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def step():
+        loss_fn(model, x, t, {"class_labels": y}, noise)["loss"].mean().backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def compiled_decay_cost(args) -> None:
+    """CPU seconds per step of every decay mode, eager and compiled, as ratios to ``none`` of the same kind."""
+    print("| tokens | model | decay | eager / eager none | compiled / compiled none | compiled / eager |")
+    print("|---|---|---|---|---|---|")
+    for tokens, preset in ((64, "SDT-Ti/4"), (256, "SDT-Ti/2")):
+        steps = {}
+        for mode in DECAY_MODES:
+            for compiled in (False, True):
+                torch.manual_seed(0)
+                model = SDTTransformer2DModel.from_preset(
+                    preset, sample_size=32, in_channels=1, num_classes=10, decay_mode=mode, objective="flow",
+                    learn_sigma=False, attention_backend="sdpa",
+                )
+                step = flow_training_step(torch.compile(model) if compiled else model, args.mnist_batch, 32)
+                for _ in range(2):  # compile and warm up
+                    step()
+                steps[mode, compiled] = step
+        seconds = {key: [] for key in steps}
+        for _ in range(args.repeats):  # in turns, so a busy spell hits every variant alike
+            for key, step in steps.items():
+                start = time.process_time()
+                for _ in range(args.steps):
+                    step()
+                seconds[key].append((time.process_time() - start) / args.steps)
+        median = {key: statistics.median(values) for key, values in seconds.items()}
+        for mode in DECAY_MODES:
+            print(f"| {tokens} | {preset} | {mode} | {median[mode, False] / median['none', False]:.2f}x | "
+                  f"{median[mode, True] / median['none', True]:.2f}x | {median[mode, True] / median[mode, False]:.2f}x |",
+                  flush=True)
+
+
 def main(args):
     torch.manual_seed(0)
     print(f"threads {torch.get_num_threads()}")
+    if args.compile:
+        compiled_decay_cost(args)
+        if args.only_compile:
+            return
     print("| setting | batch | steps/s | images/s | time / baseline |")
     print("|---|---|---|---|---|")
 
@@ -91,4 +149,7 @@ if __name__ == "__main__":
     parser.add_argument("--mnist-batch", type=int, default=32, help="batch of the MNIST runs (the decay study's)")
     parser.add_argument("--image-size", type=int, default=128, help="pixel size of the latent runs")
     parser.add_argument("--latent-batch", type=int, default=4, help="batch of the latent runs")
+    parser.add_argument("--compile", action="store_true", help="also the decay's cost eager vs torch.compile")
+    parser.add_argument("--only-compile", action="store_true", help="with --compile: that table only")
+    parser.add_argument("--repeats", type=int, default=5, help="rounds of the compile table (median)")
     main(parser.parse_args())

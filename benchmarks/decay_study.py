@@ -77,7 +77,7 @@ from sdt_gen.cli import (  # noqa: E402
 )
 from sdt_gen import SDTPipeline  # noqa: E402
 from sdt_gen.data import LatentDataset, MNISTDataset  # noqa: E402
-from sdt_gen.diffusion import OBJECTIVES, TIME_SAMPLINGS, fixed_noise_mse, make_objective  # noqa: E402
+from sdt_gen.diffusion import OBJECTIVES, TIME_SAMPLINGS, fixed_noise_mse, make_objective, objective_rules  # noqa: E402
 from sdt_gen.layers import DECAY_MODES, POSITION_EMBEDDINGS  # noqa: E402
 from sdt_gen.metrics import (  # noqa: E402
     ArrayImageDataset,
@@ -111,11 +111,8 @@ TOKEN_STUDIES = {
     64: dict(model="SDT-Ti/4", arms=["none", "fixed", "cag"]),
     256: dict(model="SDT-Ti/2", arms=["none", "cag", "rope", "rope+cag"]),
 }
-# What each objective implies unless given: its sampler, and how training draws times.
-OBJECTIVE_DEFAULTS = {
-    "flow": dict(scheduler="euler", time_sampling="logit_normal"),
-    "ddpm": dict(scheduler="dpm", time_sampling="uniform"),
-}
+# How the study trains each objective's times unless given (its sampler is the objective's default).
+TIME_SAMPLING = {"flow": "logit_normal", "ddpm": "uniform"}
 QUICK = dict(
     seeds=[0, 1], steps=40, evals=2, num_samples=40, sample_steps=5, evaluator_epochs=1, heldout_images=100,
     reference_images=1000,
@@ -634,9 +631,8 @@ def apply_defaults(args) -> None:
     for key, value in {**TOKEN_STUDIES[args.tokens], **STUDY, **(QUICK if args.quick else {})}.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    for key, value in OBJECTIVE_DEFAULTS[args.objective].items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
+    args.scheduler = args.scheduler or objective_rules(args.objective).default_sampler
+    args.time_sampling = args.time_sampling or TIME_SAMPLING[args.objective]
     if args.out is None:
         data = f"{Path(args.latents_path).name}-decay" if args.latents_path else "mnist-decay"  # a protocol per data
         args.out = ("studies/" + data + ("-256" if args.tokens == 256 else "") + ("-quick" if args.quick else "")
@@ -645,8 +641,8 @@ def apply_defaults(args) -> None:
         args.compare_with = str(COMPARE_64)
 
 
-def main(args):
-    apply_defaults(args)
+def check_arguments(args) -> None:
+    """Refuse a study that cannot run, before anything is trained: the message names the flag."""
     for arm in args.arms:
         try:
             parse_arm(arm)
@@ -660,21 +656,10 @@ def main(args):
         check_guidance_interval(args.guidance_interval)
     except ValueError as error:
         raise SystemExit(f"error: --guidance-interval: {error}") from None
-    torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    processes = PartialState(cpu=args.cpu)
-    protocol = build_protocol(args)
-    if processes.is_main_process:
-        check_protocol(out, protocol)
-    processes.wait_for_everyone()
 
-    evaluator, evaluator_record = prepare_evaluator(args, out, processes)
-    if args.carry_to:
-        carried = carry(args, out, Path(args.carry_to))
-        print(f"carried {len(carried)} finished runs to {args.carry_to}: {', '.join(carried)}")
-        return None
-    ref_features = reference_features(args, out, evaluator) if processes.is_main_process else {}
-    heldout = heldout_data(args)
+
+def run_share(args, out: Path, evaluator, ref_features, heldout, processes) -> list[str]:
+    """Train and evaluate this worker's runs (``--worker``), skipping finished points; the unfinished runs of all."""
     worker, workers = args.worker
     every_run = [(seed, arm) for seed in args.seeds for arm in args.arms]
     for seed, arm in every_run[worker::workers]:
@@ -685,16 +670,13 @@ def main(args):
             run_dir = train_to(args, out, arm, seed, step)
             evaluate(args, out, arm, seed, step, run_dir, evaluator, ref_features, heldout, processes)
             processes.wait_for_everyone()
-    if not processes.is_main_process:
-        return None
     final = eval_steps(args)[-1]
-    unfinished = [run_name(arm, seed) for seed, arm in every_run
-                  if not (out / "evals" / run_name(arm, seed) / f"step-{final:07d}" / "metrics.json").is_file()]
-    if unfinished:
-        print(f"worker {worker}/{workers}: done; {len(unfinished)} runs of other workers are unfinished "
-              f"({', '.join(unfinished)}): the last worker to finish writes the results")
-        return None
+    return [run_name(arm, seed) for seed, arm in every_run
+            if not (out / "evals" / run_name(arm, seed) / f"step-{final:07d}" / "metrics.json").is_file()]
 
+
+def publish(args, out: Path, protocol: dict, evaluator_record: dict, heldout) -> dict:
+    """``results.json``, ``summary.md`` and the pictures, from every finished run."""
     runs = collect(args, out)
     steps = eval_steps(args)
     finals = {name: final_artifacts(out, name, heldout, steps) for name in runs}
@@ -716,6 +698,13 @@ def main(args):
     write_summary(out, results, objective=args.objective, other_study=other)
     plot_curves(out, runs, args.arms, steps)
     plot_time_curves(out, runs, args.arms)
+    plot_first_seed(args, out, finals, steps)
+    plot_gates(out, curves, runs, GATE_TIMESTEPS)
+    return results
+
+
+def plot_first_seed(args, out: Path, finals: dict, steps: list[int]) -> None:
+    """The samples and decay maps of the first seed's runs at the last point, one panel per arm."""
     seed = args.seeds[0]
     first_seed = {arm: finals[run_name(arm, seed)] for arm in args.arms}
     plot_samples(out, {arm: folder / "samples" for arm, folder in first_seed.items()}, min(SAMPLES_KEPT, args.num_samples),
@@ -726,7 +715,35 @@ def main(args):
         grid_size = tuple(next(iter(maps.values()))[f"map_t{DECAY_MAP_TIMESTEPS[0]}_q0"].shape[-2:])
         plot_decay_maps(out, maps, {arm: parse_arm(arm)["decay_mode"] for arm in maps}, DECAY_MAP_TIMESTEPS,
                         map_queries(grid_size))
-    plot_gates(out, curves, runs, GATE_TIMESTEPS)
+
+
+def main(args):
+    apply_defaults(args)
+    check_arguments(args)
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    processes = PartialState(cpu=args.cpu)
+    protocol = build_protocol(args)
+    if processes.is_main_process:
+        check_protocol(out, protocol)
+    processes.wait_for_everyone()
+
+    evaluator, evaluator_record = prepare_evaluator(args, out, processes)
+    if args.carry_to:
+        carried = carry(args, out, Path(args.carry_to))
+        print(f"carried {len(carried)} finished runs to {args.carry_to}: {', '.join(carried)}")
+        return None
+    ref_features = reference_features(args, out, evaluator) if processes.is_main_process else {}
+    heldout = heldout_data(args)
+    unfinished = run_share(args, out, evaluator, ref_features, heldout, processes)
+    if not processes.is_main_process:
+        return None
+    if unfinished:
+        worker, workers = args.worker
+        print(f"worker {worker}/{workers}: done; {len(unfinished)} runs of other workers are unfinished "
+              f"({', '.join(unfinished)}): the last worker to finish writes the results")
+        return None
+    results = publish(args, out, protocol, evaluator_record, heldout)
     print((out / "summary.md").read_text())
     return results
 

@@ -32,10 +32,8 @@ from sdt_gen import SDTPipeline  # noqa: E402
 from sdt_gen.data import MNISTDataset  # noqa: E402
 from sdt_gen.metrics import ArrayImageDataset, TransformersImageClassifier, sample_labels  # noqa: E402
 from sdt_gen.metrics.sampling import to_uint8  # noqa: E402
+from sdt_gen.diffusion import objective_of  # noqa: E402
 from sdt_gen.pipelines import check_guidance_interval, scheduler_by_name  # noqa: E402
-
-SAMPLER = {"ddpm": "dpm", "flow": "euler"}
-
 
 def interval(text: str) -> tuple[float, float]:
     try:
@@ -60,14 +58,15 @@ def interval_rows(args) -> list[dict]:
             continue
         pipe = SDTPipeline.from_pretrained(path)
         pipe.set_progress_bar_config(disable=True)
-        pipe.scheduler = scheduler_by_name(SAMPLER[objective], pipe.scheduler.config)
+        sampler = objective_of(pipe.transformer.config).default_sampler
+        pipe.scheduler = scheduler_by_name(sampler, pipe.scheduler.config)
         labels = sample_labels(args.num_samples, pipe.transformer.config.num_classes, "balanced", seed=0)
         settings = [(1.0, (0.0, 1.0))] + [(scale, span) for scale in args.guidance_scales for span in args.intervals]
         for scale, span in settings:
             start = time.process_time()
             scores = scored_samples(pipe, evaluator, reference, labels, guidance_scale=scale, guidance_interval=span,
                                     num_inference_steps=args.steps)
-            rows.append(dict(objective=objective, sampler=SAMPLER[objective], guidance_scale=scale,
+            rows.append(dict(objective=objective, sampler=sampler, guidance_scale=scale,
                              interval=list(span), cpu_seconds=time.process_time() - start, **scores))
             print(f"| {objective} | {scale:g} | [{span[0]:g}, {span[1]:g}] | {scores['fd']:.1f} | "
                   f"{scores['accuracy']:.3f} | {rows[-1]['cpu_seconds']:.0f} |", flush=True)

@@ -18,11 +18,10 @@ import torch
 
 from sdt_gen import SDTPipeline
 from sdt_gen.data import DigitsDataset
+from sdt_gen.diffusion import objective_rules
 from sdt_gen.metrics import ArrayImageDataset, TransformersImageClassifier, classifier_metrics, sample_labels
 from sdt_gen.metrics.sampling import to_uint8
 from sdt_gen.pipelines import scheduler_by_name
-
-SAMPLERS = {"ddpm": ("dpm", "ddim"), "flow": ("euler", "heun")}
 
 
 def digits_reference(image_size: int) -> ArrayImageDataset:
@@ -49,7 +48,7 @@ def comparison_rows(args) -> list[dict]:
         pipe = SDTPipeline.from_pretrained(path)
         pipe.set_progress_bar_config(disable=True)
         labels = sample_labels(args.num_samples, pipe.transformer.config.num_classes, "balanced", seed=0)
-        for sampler in SAMPLERS[objective]:
+        for sampler in objective_rules(objective).few_step_samplers:
             pipe.scheduler = scheduler_by_name(sampler, pipe.scheduler.config)
             for steps in args.steps:
                 scores = scored_samples(pipe, evaluator, reference, labels, guidance_scale=args.guidance_scale,

@@ -1,15 +1,9 @@
 """Diffusers pipelines for SDT models, installed as ``sdt_gen.pipelines``."""
 
 from .class_names import ClassNames, label_slug
-from .pipeline_sdt import (
-    EXPORT_RECORD,
-    SDTPipeline,
-    check_guidance_interval,
-    check_pipeline_folder,
-    exported_step,
-    image_seed,
-    stale_export_note,
-)
+from .folders import EXPORT_RECORD, check_pipeline_folder, exported_step, stale_export_note
+from .pipeline_sdt import SDTPipeline, check_guidance_interval
+from .seeding import image_seed
 from .schedulers import (
     SCHEDULERS,
     chosen_scheduler,

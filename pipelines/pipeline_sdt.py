@@ -12,7 +12,7 @@ import inspect
 import json
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from numbers import Integral
 from pathlib import Path
 
@@ -24,12 +24,14 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import logging
 from diffusers.utils.torch_utils import randn_tensor
 
-from sdt_gen.files import DamagedFolderError, atomic_folder, verify_manifest
+from sdt_gen.diffusion import objective_of
+from sdt_gen.files import atomic_folder
 from sdt_gen.hub import local_folder
 from sdt_gen.models.transformer_sdt import SDTTransformer2DModel
 
 from .class_names import ClassLabels, ClassNames
-from .schedulers import FLOW_SCHEDULERS, dit_scheduler
+from .folders import StalePipelineWarning, check_pipeline_folder, stale_export_note
+from .schedulers import FLOW_SCHEDULERS, SCHEDULERS, dit_scheduler, samples_velocity
 
 logger = logging.get_logger(__name__)
 
@@ -45,26 +47,9 @@ PIPELINE_LOADER = (
 )
 """The file a saved pipeline folder carries for ``DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)``."""
 
-SEED_STRIDE = 1_000_003  # a prime larger than any sample count: seeds of different base seeds never meet
-
-
-def image_seed(seed: int, index: int) -> int:
-    """The seed of image ``index``'s own generator, ``seed * 1_000_003 + index``: sample.py and eval_fid.py
-    give image ``index`` of a run with base ``seed`` the same noise, whatever the batching or process count.
-
-    Args:
-        seed: the base seed of the run (>= 0).
-        index: the image index (< 1_000_003).
-    """
-    return seed * SEED_STRIDE + index
-
-
 #################################################################################
-#                                 Model folders                                 #
+#                                Sampling inputs                                #
 #################################################################################
-
-EXPORT_RECORD = "training_state.json"  # written by train_dit.py into its pipeline folder: the step, each file's hash
-
 
 def check_guidance_interval(interval) -> tuple[float, float]:
     """``(lo, hi)`` with ``0 <= lo <= hi <= 1`` (noise levels, see ``SDTPipeline.__call__``), or a ValueError."""
@@ -75,67 +60,6 @@ def check_guidance_interval(interval) -> tuple[float, float]:
     if not 0 <= lo <= hi <= 1:
         raise ValueError(f"guidance_interval must satisfy 0 <= lo <= hi <= 1 (0: clean data, 1: pure noise), got {interval!r}")
     return lo, hi
-
-
-def exported_step(folder: str | os.PathLike) -> int | None:
-    """The training step of the EMA weights in pipeline ``folder``; ``None`` if it has no intact export record."""
-    try:
-        return verify_manifest(folder, EXPORT_RECORD)["step"]
-    except DamagedFolderError:
-        return None
-
-
-class StalePipelineWarning(UserWarning):
-    """A run's exported pipeline is older than the run's newest checkpoint."""
-
-
-def stale_export_note(folder: str | os.PathLike) -> str | None:
-    """A line for whoever loads a run's exported pipeline while the run holds a newer checkpoint (a run stopped
-    between a checkpoint and its export, or exported before its last save), saying how to refresh it; else None."""
-    folder = Path(folder)
-    record = folder / EXPORT_RECORD
-    steps = sorted(int(p.name[5:]) for p in (folder.parent / "checkpoints").glob("step-*") if p.name[5:].isdigit())
-    if not record.is_file() or not steps:
-        return None
-    exported = json.loads(record.read_text()).get("step")
-    if exported is None or steps[-1] <= exported:
-        return None
-    newest = folder.parent / "checkpoints" / f"step-{steps[-1]:07d}"
-    return (f"{folder} holds the EMA weights of step {exported}, but its run has a newer checkpoint, {newest.name}: "
-            f"refresh it with `python train_dit.py --resume {newest} --max-steps {steps[-1]}`")
-
-
-def check_pipeline_folder(path: str | os.PathLike, required: Sequence[str] = ()) -> dict:
-    """Check that ``path`` holds a saved diffusers pipeline with all its components; return its index.
-
-    Raises ``FileNotFoundError`` naming what is missing: the folder, ``model_index.json``, a
-    component listed there (or in ``required``), its config file or its weights.
-    """
-    folder = Path(path).expanduser()
-    if not folder.is_dir():
-        raise FileNotFoundError(f"model folder {folder} does not exist (pass a saved pipeline folder or a Hub repo id)")
-    index_file = folder / "model_index.json"
-    if not index_file.is_file():
-        raise FileNotFoundError(f"{folder} is not a saved pipeline: it has no model_index.json")
-    index = json.loads(index_file.read_text())
-    for name in required:
-        entry = index.get(name)
-        if not isinstance(entry, list) or entry[0] is None:
-            raise FileNotFoundError(f"{folder} lacks the {name!r} component: model_index.json lists none")
-    for name, entry in index.items():
-        if name.startswith("_") or not isinstance(entry, list) or len(entry) != 2 or entry[0] is None:
-            continue
-        sub = folder / name
-        if not sub.is_dir():
-            raise FileNotFoundError(
-                f"{folder} lacks the {name!r} component ({entry[1]}): there is no {name}/ folder"
-            )
-        if not any(sub.glob("*config.json")):
-            raise FileNotFoundError(f"{folder} lacks the {name!r} component ({entry[1]}): {name}/ has no config file")
-        is_model = (sub / "config.json").is_file()
-        if is_model and not any(f for pattern in ("*.safetensors", "*.bin", "*.index.json") for f in sub.glob(pattern)):
-            raise FileNotFoundError(f"{folder} lacks the {name!r} component's weights: {name}/ has no weight file")
-    return index
 
 
 #################################################################################
@@ -203,20 +127,14 @@ class SDTPipeline(DiffusionPipeline):
 
     def _check_scheduler(self, scheduler: SchedulerMixin) -> None:
         """Refuse a scheduler of the other kind than the transformer's objective, naming the right ones."""
-        flow_model = self.transformer.config.get("objective", "ddpm") == "flow"
-        if flow_model == isinstance(scheduler, FLOW_SCHEDULERS):
+        rules = objective_of(self.transformer.config)
+        if samples_velocity(rules) == isinstance(scheduler, FLOW_SCHEDULERS):
             return
-        name = type(scheduler).__name__
-        if flow_model:
-            raise ValueError(
-                f"this transformer was trained with the flow objective (it predicts a velocity), so {name} cannot "
-                "sample it: use a flow-matching scheduler (FlowMatchEulerDiscreteScheduler, sample.py "
-                "--scheduler euler; FlowMatchHeunDiscreteScheduler, --scheduler heun)"
-            )
+        kind = "flow-matching " if isinstance(scheduler, FLOW_SCHEDULERS) else ""
+        right = "; ".join(f"{SCHEDULERS[name].__name__}, sample.py --scheduler {name}" for name in rules.samplers)
         raise ValueError(
-            f"this transformer was trained with the DDPM objective (it predicts noise), so the flow-matching {name} "
-            "cannot sample it: use DDPMScheduler, DDIMScheduler or DPMSolverMultistepScheduler (--scheduler ddpm, "
-            "ddim or dpm)"
+            f"this transformer was trained with the {rules.title} objective (it predicts {rules.prediction}), so the "
+            f"{kind}{type(scheduler).__name__} cannot sample it: use one of its samplers ({right})"
         )
 
     def _sampling_scheduler(self) -> SchedulerMixin:

@@ -13,7 +13,7 @@ from diffusers import (
 )
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
-from sdt_gen.diffusion import SAMPLING_TIMESTEP_SPACING, make_scheduler
+from sdt_gen.diffusion import SAMPLING_TIMESTEP_SPACING, ObjectiveRules, make_scheduler, objective_of
 
 SCHEDULERS = {
     "ddpm": DDPMScheduler, "ddim": DDIMScheduler, "dpm": DPMSolverMultistepScheduler,  # DDPM-trained models
@@ -44,16 +44,24 @@ def flow_scheduler() -> FlowMatchEulerDiscreteScheduler:
 
 
 def default_scheduler(transformer_config: Mapping) -> SchedulerMixin:
-    """The scheduler a pipeline is exported with: ``flow_scheduler()`` for flow models, DiT's otherwise."""
-    if transformer_config.get("objective", "ddpm") == "flow":
+    """The scheduler a pipeline is exported with, its objective's ``exported_scheduler``: DiT's for DDPM models
+    (``dit_scheduler``, with the model's variance), ``flow_scheduler()`` for flow models."""
+    name = objective_of(transformer_config).exported_scheduler
+    if name == "ddpm":
+        return dit_scheduler(transformer_config["learn_sigma"])
+    if name == "euler":
         return flow_scheduler()
-    return dit_scheduler(transformer_config["learn_sigma"])
+    return scheduler_by_name(name)
 
 
 def scheduler_names(transformer_config: Mapping) -> list[str]:
-    """The names of ``SCHEDULERS`` that can sample a model of this config (flow or DDPM samplers)."""
-    flow = transformer_config.get("objective", "ddpm") == "flow"
-    return [name for name, cls in SCHEDULERS.items() if issubclass(cls, FLOW_SCHEDULERS) == flow]
+    """The names of ``SCHEDULERS`` that can sample a model of this config (its objective's ``samplers``)."""
+    return list(objective_of(transformer_config).samplers)
+
+
+def samples_velocity(rules: ObjectiveRules) -> bool:
+    """Whether the models of an objective are sampled by flow-matching schedulers (they predict a velocity)."""
+    return issubclass(SCHEDULERS[rules.default_sampler], FLOW_SCHEDULERS)
 
 
 def scheduler_by_name(name: str, config: Mapping | None = None) -> SchedulerMixin:
@@ -89,6 +97,7 @@ __all__ = [
     "default_scheduler",
     "dit_scheduler",
     "flow_scheduler",
+    "samples_velocity",
     "scheduler_by_name",
     "scheduler_names",
 ]

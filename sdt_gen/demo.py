@@ -23,10 +23,11 @@ from PIL import Image
 
 from sdt_gen.cli import positive_int, run_main
 from sdt_gen.data.vae import encode_images
-from sdt_gen.diffusion import make_objective
+from sdt_gen.diffusion import make_objective, objective_of
 from sdt_gen.hub import local_folder
 from sdt_gen.layers import ATTENTION_BACKENDS
 from sdt_gen.pipelines import SCHEDULERS, SDTPipeline, chosen_scheduler, image_seed, scheduler_names
+from sdt_gen.pipelines.schedulers import samples_velocity
 from sdt_gen.visualize import make_grid_png, save_decay_maps
 
 PICK_SIZE = 256  # the sample to click on is shown at about this many pixels, however small the model's images
@@ -62,11 +63,12 @@ class DemoModel:
         pipe.set_progress_bar_config(leave=False)
         config = pipe.transformer.config
         self.schedulers = scheduler_names(config)
+        rules = objective_of(config)
         self.default_scheduler = next(
-            (n for n in self.schedulers if isinstance(pipe.scheduler, SCHEDULERS[n])), self.schedulers[0]
+            (n for n in self.schedulers if isinstance(pipe.scheduler, SCHEDULERS[n])), rules.default_sampler
         )
         self.decay_mode = config.decay_mode
-        self.is_flow = config.get("objective", "ddpm") == "flow"
+        self.is_flow = samples_velocity(rules)
         self.position_embedding = config.position_embedding
         self.class_names = [pipe.label_name(i) for i in range(config.num_classes)]
 
@@ -165,70 +167,91 @@ class DemoModel:
 #                                  The Gradio app                               #
 #################################################################################
 
-def build_demo(model: DemoModel, compare: DemoModel | None = None):
-    """The Gradio ``Blocks`` app: Sample, Compare (with ``compare``) and Decay tabs."""
+def user_error(error: Exception):
+    """A ``gradio.Error`` showing ``error``'s message to the user, without a traceback in the log."""
     import gradio as gr
 
-    def user_error(error: Exception) -> gr.Error:
-        return gr.Error(str(error), print_exception=False)
+    return gr.Error(str(error), print_exception=False)
 
-    def controls(prefix: str):
-        with gr.Row():
-            classes = gr.Dropdown(
-                model.class_names, value=[model.class_names[0]], multiselect=True, allow_custom_value=True,
-                filterable=True, label="classes (type to search)", elem_id=f"{prefix}-classes",
-            )
-            per_class = gr.Slider(1, 16, value=4, step=1, label="images per class", elem_id=f"{prefix}-per-class")
-        with gr.Row():
-            guidance = gr.Slider(0.0, 10.0, value=4.0, step=0.5, label="guidance scale", elem_id=f"{prefix}-guidance")
-            steps = gr.Slider(1, 250, value=25, step=1, label="steps", elem_id=f"{prefix}-steps")
-            scheduler = gr.Dropdown(model.schedulers, value=model.default_scheduler, label="scheduler",
-                                    elem_id=f"{prefix}-scheduler")
-            seed = gr.Number(0, precision=0, minimum=0, label="seed", elem_id=f"{prefix}-seed")
-        with gr.Row():
-            guide_from = gr.Slider(0.0, 1.0, value=0.0, step=0.05, label="guide from noise level (0: clean)",
-                                   elem_id=f"{prefix}-guide-from")
-            guide_to = gr.Slider(0.0, 1.0, value=1.0, step=0.05, label="guide up to noise level (1: pure noise)",
-                                 elem_id=f"{prefix}-guide-to")
-            shift = gr.Number(1.0, minimum=0.1, label="flow shift (1: none)", visible=model.is_flow,
-                              elem_id=f"{prefix}-flow-shift")
-        return [classes, per_class, guidance, steps, scheduler, seed, guide_from, guide_to, shift]
 
-    has_decay = model.decay_mode != "none"
+def sample_request(
+    model: DemoModel, classes, per_class, guidance, steps, scheduler, seed, guide_from, guide_to, shift
+) -> dict:
+    """The keyword arguments of ``DemoModel.sample`` from the values of ``request_controls``."""
+    return dict(classes=classes, per_class=int(per_class), guidance_scale=float(guidance), steps=int(steps),
+                scheduler=scheduler, seed=int(seed), guidance_interval=(float(guide_from), float(guide_to)),
+                flow_shift=float(shift) if model.is_flow else None)
 
-    def request(classes, per_class, guidance, steps, scheduler, seed, guide_from, guide_to, shift) -> dict:
-        return dict(classes=classes, per_class=int(per_class), guidance_scale=float(guidance), steps=int(steps),
-                    scheduler=scheduler, seed=int(seed), guidance_interval=(float(guide_from), float(guide_to)),
-                    flow_shift=float(shift) if model.is_flow else None)
 
-    def sample(*inputs, progress=gr.Progress(track_tqdm=True)):
-        try:
-            made = model.sample(**request(*inputs))
-        except ValueError as error:
-            raise user_error(error) from None
-        if not has_decay:
-            return made.grid, made
-        return made.grid, made, 0, enlarged(made.images[0])
+def chosen(made: Samples | None, index) -> int:
+    """The index of a sample of the last grid; a user error when there is none such."""
+    if made is None:
+        raise user_error(ValueError("generate samples first (Sample tab)"))
+    if not 0 <= int(index) < len(made.images):
+        raise user_error(ValueError(f"there is no sample {int(index)}: the last grid has 0..{len(made.images) - 1}"))
+    return int(index)
+
+
+def enlarged(image: Image.Image) -> Image.Image:
+    """``image`` scaled up by a whole factor to about ``PICK_SIZE``, so its tokens are big enough to click."""
+    scale = max(1, PICK_SIZE // max(image.size))
+    return image.resize((image.width * scale, image.height * scale), Image.NEAREST)
+
+
+def pick(made: Samples | None, index):
+    """The chosen sample, enlarged to click on; nothing before the first grid."""
+    return None if made is None else enlarged(made.images[chosen(made, index)])
+
+
+def request_controls(model: DemoModel, prefix: str) -> list:
+    """The inputs of a sampling request, in ``sample_request``'s order; ``prefix`` keeps their element ids apart."""
+    import gradio as gr
+
+    with gr.Row():
+        classes = gr.Dropdown(
+            model.class_names, value=[model.class_names[0]], multiselect=True, allow_custom_value=True,
+            filterable=True, label="classes (type to search)", elem_id=f"{prefix}-classes",
+        )
+        per_class = gr.Slider(1, 16, value=4, step=1, label="images per class", elem_id=f"{prefix}-per-class")
+    with gr.Row():
+        guidance = gr.Slider(0.0, 10.0, value=4.0, step=0.5, label="guidance scale", elem_id=f"{prefix}-guidance")
+        steps = gr.Slider(1, 250, value=25, step=1, label="steps", elem_id=f"{prefix}-steps")
+        scheduler = gr.Dropdown(model.schedulers, value=model.default_scheduler, label="scheduler",
+                                elem_id=f"{prefix}-scheduler")
+        seed = gr.Number(0, precision=0, minimum=0, label="seed", elem_id=f"{prefix}-seed")
+    with gr.Row():
+        guide_from = gr.Slider(0.0, 1.0, value=0.0, step=0.05, label="guide from noise level (0: clean)",
+                               elem_id=f"{prefix}-guide-from")
+        guide_to = gr.Slider(0.0, 1.0, value=1.0, step=0.05, label="guide up to noise level (1: pure noise)",
+                             elem_id=f"{prefix}-guide-to")
+        shift = gr.Number(1.0, minimum=0.1, label="flow shift (1: none)", visible=model.is_flow,
+                          elem_id=f"{prefix}-flow-shift")
+    return [classes, per_class, guidance, steps, scheduler, seed, guide_from, guide_to, shift]
+
+
+def compare_tab(model: DemoModel, compare: DemoModel) -> None:
+    """The Compare tab: the same request through both pipelines, side by side."""
+    import gradio as gr
 
     def side_by_side(*inputs, progress=gr.Progress(track_tqdm=True)):
         try:
-            return tuple(m.sample(**request(*inputs)).grid for m in (model, compare))
+            return tuple(m.sample(**sample_request(model, *inputs)).grid for m in (model, compare))
         except ValueError as error:
             raise user_error(error) from None
 
-    def chosen(made: Samples | None, index) -> int:
-        if made is None:
-            raise user_error(ValueError("generate samples first (Sample tab)"))
-        if not 0 <= int(index) < len(made.images):
-            raise user_error(ValueError(f"there is no sample {int(index)}: the last grid has 0..{len(made.images) - 1}"))
-        return int(index)
+    with gr.Tab("Compare", id="compare"):
+        gr.Markdown(f"The same classes and seeds through `{model.name}` (left) and `{compare.name}` (right).")
+        compare_inputs = request_controls(model, "compare")
+        compare_button = gr.Button("Compare", variant="primary", elem_id="compare-button")
+        with gr.Row():
+            left = gr.Image(label=model.name, type="pil", interactive=False, elem_id="left", format="png")
+            right = gr.Image(label=compare.name, type="pil", interactive=False, elem_id="right", format="png")
+        compare_button.click(side_by_side, compare_inputs, [left, right])
 
-    def enlarged(image: Image.Image) -> Image.Image:
-        scale = max(1, PICK_SIZE // max(image.size))
-        return image.resize((image.width * scale, image.height * scale), Image.NEAREST)
 
-    def pick(made: Samples | None, index):
-        return None if made is None else enlarged(made.images[chosen(made, index)])
+def decay_picker(model: DemoModel, made) -> list:
+    """The Decay tab's sample picker and maps; returns the sample number and picture a new grid resets."""
+    import gradio as gr
 
     def decay(made: Samples | None, index, timestep, point):
         index = chosen(made, index)
@@ -239,6 +262,38 @@ def build_demo(model: DemoModel, compare: DemoModel | None = None):
         point = (event.index[0] / shown.width, event.index[1] / shown.height)
         return point, decay(made, index, timestep, point)
 
+    gr.Markdown("Pick a sample and click a point on it: the decay from that token, per layer (rows) "
+                "and head (columns), with the gates reading the sample noised to the timestep.")
+    with gr.Row():
+        index = gr.Number(0, precision=0, minimum=0, label="sample (0: the first of the grid, row by row)",
+                          elem_id="decay-sample")
+        timestep = gr.Slider(0, 999, value=500, step=1, label="timestep", elem_id="decay-timestep")
+    point = gr.State((0.5, 0.5))
+    with gr.Row():
+        picked = gr.Image(label="click a point", type="pil", interactive=False, elem_id="decay-picked", format="png")
+        maps = gr.Image(label="decay maps", type="pil", interactive=False, elem_id="decay-maps", format="png")
+    show = gr.Button("Show the centre", elem_id="decay-show")
+    index.change(pick, [made, index], picked)
+    picked.select(clicked, [made, index, timestep], [point, maps])
+    show.click(lambda m, i, t: decay(m, i, t, (0.5, 0.5)), [made, index, timestep], maps)
+    return [index, picked]
+
+
+def build_demo(model: DemoModel, compare: DemoModel | None = None):
+    """The Gradio ``Blocks`` app: Sample, Compare (with ``compare``) and Decay tabs."""
+    import gradio as gr
+
+    has_decay = model.decay_mode != "none"
+
+    def sample(*inputs, progress=gr.Progress(track_tqdm=True)):
+        try:
+            made = model.sample(**sample_request(model, *inputs))
+        except ValueError as error:
+            raise user_error(error) from None
+        if not has_decay:
+            return made.grid, made
+        return made.grid, made, 0, enlarged(made.images[0])
+
     with gr.Blocks(title=f"SDT demo: {model.name}") as demo:
         gr.Markdown(
             f"# SDT demo\n`{model.name}`: {len(model.class_names)} classes, decay `{model.decay_mode}`, "
@@ -248,40 +303,19 @@ def build_demo(model: DemoModel, compare: DemoModel | None = None):
         made = gr.State(None)
         with gr.Tabs():
             with gr.Tab("Sample", id="sample"):
-                inputs = controls("sample")
+                inputs = request_controls(model, "sample")
                 generate = gr.Button("Generate", variant="primary", elem_id="generate")
                 grid = gr.Image(label="samples", type="pil", interactive=False, elem_id="samples", format="png")
             if compare is not None:
-                with gr.Tab("Compare", id="compare"):
-                    gr.Markdown(f"The same classes and seeds through `{model.name}` (left) and `{compare.name}` (right).")
-                    compare_inputs = controls("compare")
-                    compare_button = gr.Button("Compare", variant="primary", elem_id="compare-button")
-                    with gr.Row():
-                        left = gr.Image(label=model.name, type="pil", interactive=False, elem_id="left", format="png")
-                        right = gr.Image(label=compare.name, type="pil", interactive=False, elem_id="right", format="png")
-                    compare_button.click(side_by_side, compare_inputs, [left, right])
+                compare_tab(model, compare)
             with gr.Tab("Decay", id="decay"):
                 if not has_decay:
                     gr.Markdown("This model's decay mode is `none`: its attention has no spatial decay to show.",
                                 elem_id="no-decay")
+                    picker = []
                 else:
-                    gr.Markdown("Pick a sample and click a point on it: the decay from that token, per layer (rows) "
-                                "and head (columns), with the gates reading the sample noised to the timestep.")
-                    with gr.Row():
-                        index = gr.Number(0, precision=0, minimum=0, label="sample (0: the first of the grid, row by row)",
-                                          elem_id="decay-sample")
-                        timestep = gr.Slider(0, 999, value=500, step=1, label="timestep", elem_id="decay-timestep")
-                    point = gr.State((0.5, 0.5))
-                    with gr.Row():
-                        picked = gr.Image(label="click a point", type="pil", interactive=False, elem_id="decay-picked",
-                                          format="png")
-                        maps = gr.Image(label="decay maps", type="pil", interactive=False, elem_id="decay-maps",
-                                        format="png")
-                    show = gr.Button("Show the centre", elem_id="decay-show")
-                    index.change(pick, [made, index], picked)
-                    picked.select(clicked, [made, index, timestep], [point, maps])
-                    show.click(lambda m, i, t: decay(m, i, t, (0.5, 0.5)), [made, index, timestep], maps)
-        generate.click(sample, inputs, [grid, made] + ([index, picked] if has_decay else []))
+                    picker = decay_picker(model, made)
+        generate.click(sample, inputs, [grid, made] + picker)
     return demo
 
 

@@ -81,7 +81,8 @@ def test_bundled_default_reaches_90_percent_and_scores_conditional_accuracy(tmp_
     assert 0.0 <= shuffled["classifier_accuracy"] <= 0.25
 
 
-def test_sigterm_checkpoints_mid_epoch_exits_75_and_resume_is_exact(tmp_path, monkeypatch):
+@pytest.mark.parametrize("stop", ["mid_epoch", "last_batch"])
+def test_sigterm_checkpoints_exits_75_and_resume_is_exact(tmp_path, monkeypatch, stop):
     import os
     import signal
 
@@ -89,21 +90,24 @@ def test_sigterm_checkpoints_mid_epoch_exits_75_and_resume_is_exact(tmp_path, mo
 
     from sdt_gen.training import PREEMPTED_EXIT_CODE
 
-    straight, _ = run(tmp_path / "straight", "--epochs", "1")
+    straight, _ = run(tmp_path / "straight", "--epochs", "2")
+    steps_per_epoch = int(max((straight / "checkpoints").iterdir()).name[5:]) // 2
+    # In the middle of the first epoch, or after its last batch: the resumed run then starts with an empty epoch.
+    stop_step = 7 if stop == "mid_epoch" else steps_per_epoch
     real_check = train_classifier.check_finite
 
-    def signal_at_step_7(value, step, run_dir):
-        if step == 7:
-            os.kill(os.getpid(), signal.SIGTERM)  # as a scheduler would, in the middle of the epoch
+    def signal_at_stop_step(value, step, run_dir):
+        if step == stop_step:
+            os.kill(os.getpid(), signal.SIGTERM)  # as a scheduler would
         return real_check(value, step, run_dir)
 
-    monkeypatch.setattr(train_classifier, "check_finite", signal_at_step_7)
+    monkeypatch.setattr(train_classifier, "check_finite", signal_at_stop_step)
     with pytest.raises(SystemExit) as stopped:
-        run(tmp_path / "stopped", "--epochs", "1")
+        run(tmp_path / "stopped", "--epochs", "2")
     assert stopped.value.code == PREEMPTED_EXIT_CODE
     run_dir = tmp_path / "stopped" / "results" / straight.name
-    assert [p.name for p in (run_dir / "checkpoints").iterdir()] == ["step-0000007"]
+    assert [p.name for p in (run_dir / "checkpoints").iterdir()] == [f"step-{stop_step:07d}"]
     monkeypatch.setattr(train_classifier, "check_finite", real_check)
-    run(tmp_path / "stopped", "--epochs", "1", "--resume", "latest")
+    run(tmp_path / "stopped", "--epochs", "2", "--resume", "latest")
     a, b = (load_file(str(d / "model" / "model.safetensors")) for d in (straight, run_dir))
     assert a.keys() == b.keys() and all((a[k] - b[k]).abs().max() <= 1e-6 for k in a)

@@ -168,14 +168,7 @@ def extract_latents(
     Returns:
         the contents of ``meta.json`` (on every process).
     """
-    if len(dataset) == 0:
-        raise ValueError("the data set is empty: nothing to extract")
-    id2label = getattr(dataset, "id2label", None)
-    if id2label is None:
-        raise ValueError(f"{type(dataset).__name__} has no id2label attribute; the latents need the class names")
-    if getattr(dataset, "random_flip", False):
-        raise ValueError("build the data set with random_flip=False: extraction stores the mirrored copy itself")
-
+    _check_extractable(dataset)
     out_dir = os.fspath(out_dir)
     if accelerator.is_main_process:
         os.makedirs(out_dir, exist_ok=True)
@@ -191,43 +184,61 @@ def extract_latents(
     ]
     for start, end in tqdm(todo, desc="extracting latents", disable=not accelerator.is_local_main_process):
         tensors = _encode_range(dataset, vae, start, end, batch_size, num_workers, seed, accelerator.device)
-        shard_path = os.path.join(out_dir, shard_name(start, end))
-        try:
-            _write_atomic(tensors, shard_path)
-        except OSError as error:
-            raise OSError(
-                f"could not write latent shard {shard_path}: {error.strerror or error}; the shards written so far "
-                "are complete, run the extraction again to continue"
-            ) from error
+        _write_shard(tensors, os.path.join(out_dir, shard_name(start, end)))
     accelerator.wait_for_everyone()
 
     meta_path = os.path.join(out_dir, "meta.json")
     if accelerator.is_main_process:
-        names = [shard_name(start, end) for start, end in plan]
-        count = 0
-        for name in names:
-            with open_shard(os.path.join(out_dir, name), "delete it and run the extraction again") as f:
-                count += f.get_slice("indices").get_shape()[0]
-                latent_shape = f.get_slice("latents").get_shape()[1:]
-        meta = {
-            "format": LATENTS_FORMAT,
-            "count": count,
-            "num_images": len(dataset),
-            "skipped": len(dataset) - count,
-            "latent_shape": latent_shape,
-            "scaling_factor": vae.config.scaling_factor,
-            "shift_factor": getattr(vae.config, "shift_factor", None) or 0.0,
-            "id2label": {str(k): v for k, v in id2label.items()},
-            "vae": vae_path or getattr(vae.config, "_name_or_path", None),
-            "shard_size": shard_size,
-            "seed": seed,
-            "shards": names,
-            "shard_bytes": [os.path.getsize(os.path.join(out_dir, name)) for name in names],
-        }
-        write_json_atomically(meta_path, meta)
+        write_json_atomically(meta_path, _latents_meta(out_dir, plan, dataset, vae, vae_path, shard_size, seed))
     accelerator.wait_for_everyone()
     with open(meta_path) as f:
         return json.load(f)
+
+
+def _check_extractable(dataset: Dataset) -> None:
+    """Refuse a data set extraction cannot use: empty, without class names, or flipping at random."""
+    if len(dataset) == 0:
+        raise ValueError("the data set is empty: nothing to extract")
+    if getattr(dataset, "id2label", None) is None:
+        raise ValueError(f"{type(dataset).__name__} has no id2label attribute; the latents need the class names")
+    if getattr(dataset, "random_flip", False):
+        raise ValueError("build the data set with random_flip=False: extraction stores the mirrored copy itself")
+
+
+def _write_shard(tensors: dict[str, torch.Tensor], shard_path: str) -> None:
+    """Write one shard atomically; a failed write names the shard and how to continue."""
+    try:
+        _write_atomic(tensors, shard_path)
+    except OSError as error:
+        raise OSError(
+            f"could not write latent shard {shard_path}: {error.strerror or error}; the shards written so far "
+            "are complete, run the extraction again to continue"
+        ) from error
+
+
+def _latents_meta(out_dir, plan, dataset, vae, vae_path, shard_size: int, seed: int) -> dict[str, Any]:
+    """``meta.json`` of a finished extraction, read back from its shards (count, shape, sizes)."""
+    names = [shard_name(start, end) for start, end in plan]
+    count = 0
+    for name in names:
+        with open_shard(os.path.join(out_dir, name), "delete it and run the extraction again") as f:
+            count += f.get_slice("indices").get_shape()[0]
+            latent_shape = f.get_slice("latents").get_shape()[1:]
+    return {
+        "format": LATENTS_FORMAT,
+        "count": count,
+        "num_images": len(dataset),
+        "skipped": len(dataset) - count,
+        "latent_shape": latent_shape,
+        "scaling_factor": vae.config.scaling_factor,
+        "shift_factor": getattr(vae.config, "shift_factor", None) or 0.0,
+        "id2label": {str(k): v for k, v in dataset.id2label.items()},
+        "vae": vae_path or getattr(vae.config, "_name_or_path", None),
+        "shard_size": shard_size,
+        "seed": seed,
+        "shards": names,
+        "shard_bytes": [os.path.getsize(os.path.join(out_dir, name)) for name in names],
+    }
 
 
 class LatentDataset(Dataset):

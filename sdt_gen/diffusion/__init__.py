@@ -16,15 +16,26 @@ from .gaussian_diffusion import (
     normal_kl,
     uniform_timesteps,
 )
-from .objectives import OBJECTIVES, fixed_noise_mse, make_objective
+from .denoising_objective import DenoisingObjective
+from .objectives import (
+    OBJECTIVE_RULES,
+    OBJECTIVES,
+    ObjectiveRules,
+    fixed_noise_mse,
+    make_objective,
+    objective_of,
+    objective_rules,
+)
 
 __all__ = [
     "BETA_END",
     "BETA_START",
     "NUM_TRAIN_TIMESTEPS",
     "OBJECTIVES",
+    "OBJECTIVE_RULES",
     "SAMPLING_TIMESTEP_SPACING",
     "TIME_SAMPLINGS",
+    "DenoisingObjective",
     "DiffusionLoss",
     "FlowMatchingLoss",
     "approx_standard_normal_cdf",
@@ -36,5 +47,8 @@ __all__ = [
     "make_scheduler",
     "mean_flat",
     "normal_kl",
+    "objective_of",
+    "objective_rules",
+    "ObjectiveRules",
     "uniform_timesteps",
 ]

@@ -13,20 +13,19 @@ the same up to that sign, and diffusers' schedulers integrate ours from ``s = 1`
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
 
 import torch
 
-from .gaussian_diffusion import NUM_TRAIN_TIMESTEPS, mean_flat, model_prediction
+from .denoising_objective import DenoisingObjective
+from .gaussian_diffusion import NUM_TRAIN_TIMESTEPS, mean_flat
 
 TIME_SAMPLINGS = ("uniform", "logit_normal")
 
 
-class FlowMatchingLoss:
+class FlowMatchingLoss(DenoisingObjective):
     """Velocity-prediction MSE on the linear interpolant (SiT; rectified flow).
 
-    Same interface as ``DiffusionLoss``: ``sample_timesteps`` draws the training times, ``noised``
+    A ``DenoisingObjective``, like ``DiffusionLoss``: ``sample_timesteps`` draws the training times, ``noised``
     gives the model input and its target, calling it gives per-sample losses.
 
     Args:
@@ -76,25 +75,11 @@ class FlowMatchingLoss:
         s = (t.to(x0.dtype) / self.num_timesteps).reshape(-1, *([1] * (x0.dim() - 1)))  # (N, 1, ..., 1)
         return (1 - s) * x0 + s * noise, noise - x0
 
-    def __call__(
-        self,
-        model_fn: Callable[..., Any],
-        x0: torch.Tensor,
-        t: torch.Tensor,
-        model_kwargs: dict[str, Any] | None = None,
-        noise: torch.Tensor | None = None,
+    def losses(
+        self, output: torch.Tensor, target: torch.Tensor, x0: torch.Tensor, xt: torch.Tensor, t: torch.Tensor
     ) -> dict[str, torch.Tensor]:
-        """Per-sample losses ``{"loss", "mse"}`` (equal: no variance term), each ``(N,)``.
-
-        Args:
-            model_fn: called as ``model_fn(x_s, t, **model_kwargs)``; returns the velocity as a tensor, or
-                a tuple / diffusers output whose first entry is that tensor (``C`` channels).
-            x0: ``(N, C, H, W)`` clean data.
-            t: ``(N,)`` times in ``[0, T]`` (``sample_timesteps``).
-            model_kwargs: extra model arguments, e.g. ``{"class_labels": y}``.
-            noise: the ``eps`` end of the path; ``randn_like(x0)`` when omitted.
-        """
-        velocity, target, _ = model_prediction(self, model_fn, x0, t, model_kwargs, noise)
+        """``{"loss", "mse"}`` (equal: no variance term), each ``(N,)``, of the predicted velocity ``output``."""
+        velocity = output
         if velocity.shape != x0.shape:
             raise ValueError(
                 f"model output has shape {tuple(velocity.shape)}; a flow model predicts the velocity, shaped like "

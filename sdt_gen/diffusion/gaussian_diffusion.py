@@ -15,10 +15,12 @@ and Nichol & Dhariwal 2021 (ADM, "improved DDPM"):
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from diffusers import DDPMScheduler
+
+from .denoising_objective import DenoisingObjective
 
 # DiT's schedule: the one definition that training, the pipeline's sampler and the benchmarks use.
 NUM_TRAIN_TIMESTEPS = 1000
@@ -161,37 +163,11 @@ def _extract(schedule: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> tor
     return values.reshape(-1, *([1] * (like.dim() - 1)))
 
 
-def model_prediction(
-    objective, model_fn: Callable[..., Any], x0: torch.Tensor, t: torch.Tensor,
-    model_kwargs: dict[str, Any] | None = None, noise: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """What every objective's loss starts with: ``(model output, target, x_t)`` for clean ``x0`` at ``t``.
-
-    Args:
-        objective: gives ``noised(x0, t, noise) -> (x_t, target)``.
-        model_fn: called as ``model_fn(x_t, t, **model_kwargs)``; returns the prediction as a tensor, or a
-            tuple / diffusers output whose first entry is that tensor.
-        x0: ``(N, C, H, W)`` clean data.
-        t: ``(N,)`` timesteps.
-        model_kwargs: extra model arguments, e.g. ``{"class_labels": y}``.
-        noise: the ``eps`` to add; drawn from ``randn_like(x0)`` when omitted.
-    """
-    if t.shape != (x0.shape[0],):
-        raise ValueError(f"t must have shape ({x0.shape[0]},) to match x0, got {tuple(t.shape)}")
-    if noise is None:
-        noise = torch.randn_like(x0)
-    xt, target = objective.noised(x0, t, noise)  # (N, C, H, W) each
-    output = model_fn(xt, t, **(model_kwargs or {}))
-    if not isinstance(output, torch.Tensor):
-        output = output[0]  # a tuple or a diffusers BaseOutput: both index their first field with [0]
-    return output, target, xt
-
-
 # --------------------------------------------------------------------------------------
 #                                     The objective
 # --------------------------------------------------------------------------------------
 
-class DiffusionLoss:
+class DiffusionLoss(DenoisingObjective):
     """DiT's per-sample training loss on top of a diffusers ``DDPMScheduler``.
 
     Calling it returns a dict of ``(N,)`` tensors: ``"loss"`` (what to average and backpropagate),
@@ -347,31 +323,12 @@ class DiffusionLoss:
         ) / math.log(2.0)
         return torch.where(t == 0, decoder_nll, kl)
 
-    def __call__(
-        self,
-        model_fn: Callable[..., Any],
-        x0: torch.Tensor,
-        t: torch.Tensor,
-        model_kwargs: dict[str, Any] | None = None,
-        noise: torch.Tensor | None = None,
+    def losses(
+        self, output: torch.Tensor, target: torch.Tensor, x0: torch.Tensor, xt: torch.Tensor, t: torch.Tensor
     ) -> dict[str, torch.Tensor]:
-        """Per-sample training losses for clean data ``x0`` at timesteps ``t``.
-
-        Args:
-            model_fn: called as ``model_fn(x_t, t, **model_kwargs)``; returns the prediction as a
-                tensor, or a tuple / diffusers output whose first entry is that tensor.
-            x0: ``(N, C, H, W)`` clean latents or pixels.
-            t: ``(N,)`` int64 timesteps in ``[0, T)``.
-            model_kwargs: extra model arguments, e.g. ``{"class_labels": y}``.
-            noise: the ``eps`` to add; drawn from ``randn_like(x0)`` when omitted.
-
-        Returns:
-            dict of ``(N,)`` tensors: ``loss`` and ``mse``, plus ``vb`` when ``learn_sigma``.
-        """
-        model_output, noise, xt = model_prediction(self, model_fn, x0, t, model_kwargs, noise)
-
-        eps, v = self.split_output(model_output, xt)
-        mse = mean_flat((noise - eps) ** 2)  # (N,)
+        """``{"loss", "mse"}``, plus ``"vb"`` with ``learn_sigma``, each ``(N,)``; ``t`` int64 in ``[0, T)``."""
+        eps, v = self.split_output(output, xt)
+        mse = mean_flat((target - eps) ** 2)  # (N,)
         weighted_mse = _extract(self.mse_weights, t, mse) * mse  # (N,)
         if v is None:
             return {"loss": weighted_mse, "mse": mse}

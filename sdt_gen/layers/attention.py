@@ -38,8 +38,8 @@ _flex_failure: str | None = None
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
-    """``auto`` -> ``flex`` on CUDA (unless it already failed here), ``sdpa`` elsewhere; other names are checked."""
-    check_choice("attention_backend", backend, ATTENTION_BACKENDS)
+    """``auto`` -> ``flex`` on CUDA (unless it already failed here), ``sdpa`` elsewhere; other names as they are.
+    ``backend`` is one of ``ATTENTION_BACKENDS``, checked where it was given."""
     if backend == "auto":
         return "flex" if device.type in FLEX_DEVICE_TYPES and _flex_failure is None else "sdpa"
     return backend
@@ -158,7 +158,7 @@ def spatial_decay_attention(
         ``(B, H, N, D)``.
     """
     check_choice("decay_layout", layout, DECAY_LAYOUTS)
-    resolved = resolve_backend(backend, q.device)
+    resolved = resolve_backend(check_choice("attention_backend", backend, ATTENTION_BACKENDS), q.device)
     if backend == "auto" and resolved == "flex":
         return _flex_or_fallback(q, k, v, rates, grid_size, layout)[0]
     return _decayed_attention(q, k, v, rates, grid_size, layout, resolved)

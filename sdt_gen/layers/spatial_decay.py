@@ -15,7 +15,9 @@ where ``d`` is the Manhattan distance on the token grid (docs/method.md, section
 
 from __future__ import annotations
 
-from functools import lru_cache
+from collections.abc import Callable
+from functools import lru_cache, wraps
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -37,36 +39,45 @@ def check_choice(name: str, value: str, choices: tuple[str, ...]) -> str:
 #                                   Grid geometry
 # --------------------------------------------------------------------------------------
 
-@lru_cache(maxsize=64)
+def cached_outside_compile(table: Callable[..., Any]) -> Callable[..., Any]:
+    """``table`` cached per arguments in eager mode, so a training step never rebuilds it; computed in the graph
+    under ``torch.compile``, where it costs nothing once fused and a cache would be traced through (a warning)."""
+    cached = lru_cache(maxsize=64)(table)
+
+    @wraps(table)
+    def lookup(*args):
+        if torch.compiler.is_compiling():
+            return table(*args)
+        # Cached tensors outlive the caller's mode: never let them become inference tensors.
+        with torch.inference_mode(False):
+            return cached(*args)
+
+    return lookup
+
+
+@cached_outside_compile
 def grid_coordinates(height: int, width: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
     """Row and column index of every token of a ``height x width`` grid in raster order.
-
-    Cached per grid size and device, so a training step never rebuilds it.
 
     Returns:
         ``(rows, cols)``, two int64 tensors of shape ``(height * width,)``.
     """
-    # Cached tensors outlive the caller's mode: never let them become inference tensors.
-    with torch.inference_mode(False):
-        rows = torch.arange(height, device=device).repeat_interleave(width)
-        cols = torch.arange(width, device=device).repeat(height)
+    rows = torch.arange(height, device=device).repeat_interleave(width)
+    cols = torch.arange(width, device=device).repeat(height)
     return rows, cols
 
 
-@lru_cache(maxsize=64)
+@cached_outside_compile
 def manhattan_distance(height: int, width: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """Manhattan distances ``|r_n - r_m| + |c_n - c_m|`` between all tokens of the grid.
 
-    Cached per grid size and device. A ``1 x w`` (or ``h x 1``) grid gives the 1D distances
-    used by the decomposed layout.
+    A ``1 x w`` (or ``h x 1``) grid gives the 1D distances used by the decomposed layout.
 
     Returns:
         float32 tensor of shape ``(N, N)`` with ``N = height * width``.
     """
     rows, cols = grid_coordinates(height, width, device)
-    with torch.inference_mode(False):
-        dist = (rows[:, None] - rows[None, :]).abs() + (cols[:, None] - cols[None, :]).abs()
-        return dist.float()
+    return ((rows[:, None] - rows[None, :]).abs() + (cols[:, None] - cols[None, :]).abs()).float()
 
 
 # --------------------------------------------------------------------------------------

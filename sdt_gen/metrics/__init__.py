@@ -1,5 +1,6 @@
 """Evaluation: sampling to a folder, torch-fidelity metrics, classifier-feature metrics, seed statistics, protocol."""
 
+from .classifier import TransformersImageClassifier
 from .datasets import (
     IMAGE_EXTENSIONS,
     ArrayImageDataset,
@@ -41,7 +42,6 @@ from .protocol import CONFIG_FILES, build_protocol, format_table, write_results
 from .sampling import (
     LABEL_MODES,
     SamplingStopped,
-    TransformersImageClassifier,
     image_seed,
     labels_from_file_names,
     parse_sample_file_name,

@@ -346,6 +346,92 @@ def preflight(
     return weights
 
 
+def _fidelity_device(device: str | torch.device | None) -> torch.device:
+    """``device``, or CUDA when available and ``None``; raises for a device torch-fidelity cannot use."""
+    device = torch.device(device if device is not None else "cuda" if torch.cuda.is_available() else "cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"torch-fidelity runs on 'cpu' or 'cuda[:N]', got device {device}")
+    return device
+
+
+def _fit_to_image_counts(
+    metrics: Sequence[str], num_samples: int, num_reference: int | None, kid_subset_size: int, isc_splits: int
+) -> tuple[int, int, list[str]]:
+    """The KID subset size and IS splits the image counts allow, and a note (also logged) on each one lowered."""
+    counts = [n for n in (num_samples, num_reference) if n is not None]
+    notes = []
+    if ("fid" in metrics or "kid" in metrics) and min(counts) < 2:
+        raise ValueError(
+            f"FID and KID need at least 2 images on each side; got {num_samples} samples and {num_reference} "
+            f"reference images"
+        )
+    neighbours = FIDELITY_DEFAULTS["prc_neighborhood"]
+    if "prc" in metrics and min(counts) <= neighbours:
+        raise ValueError(
+            f"precision/recall compares each image with its {neighbours} nearest neighbours and needs at least "
+            f"{neighbours + 1} images on each side; got {num_samples} samples and {num_reference} reference images"
+        )
+    kid_subset_size_used = min(kid_subset_size, *counts)
+    if "kid" in metrics and kid_subset_size_used < kid_subset_size:
+        notes.append(
+            f"KID subset size lowered from {kid_subset_size} to {kid_subset_size_used} for {num_samples} samples "
+            f"and {num_reference} reference images; KID is comparable only at equal subset sizes"
+        )
+    isc_splits_used = min(isc_splits, num_samples)
+    if "isc" in metrics and isc_splits_used < isc_splits:
+        notes.append(f"Inception Score splits lowered from {isc_splits} to {isc_splits_used} for {num_samples} samples")
+    for note in notes:
+        logger.warning(note)
+    return kid_subset_size_used, isc_splits_used, notes
+
+
+def _fidelity_calls(
+    metrics: Sequence[str],
+    samples: ImageDataset,
+    reference: ImageDataset | None,
+    cache_name: str | None,
+    cache_root: Path,
+    device: torch.device,
+    **settings: Any,
+) -> list[dict[str, Any]]:
+    """The keyword arguments of ``torch_fidelity.calculate_metrics``, one call per feature extractor needed."""
+    common = {
+        "input1": samples,
+        # torch-fidelity wants an input2 even when the cache answers; the cache folder holds no
+        # images, so a cache miss fails instead of scoring against nothing.
+        "input2": reference if reference is not None else str(cache_root),
+        "input2_cache_name": cache_name,
+        "cache_root": str(cache_root),
+        "cuda": device.type == "cuda",
+        **settings,
+    }
+    inception_binary = {m: True for m in ("fid", "kid") if m in metrics}
+    # IS reads the samples only. It shares the Inception pass when reference images are read
+    # anyway; against a cache it runs alone, because in a shared call torch-fidelity also looks
+    # up the reference's IS features, which a cache made without IS lacks.
+    isc_alone = "isc" in metrics and (reference is None or not inception_binary)
+    calls = []
+    if inception_binary:
+        isc_shared = "isc" in metrics and not isc_alone
+        calls.append({**common, **inception_binary, "isc": isc_shared, "feature_extractor": INCEPTION})
+    if isc_alone:
+        calls.append({**common, "input2": None, "isc": True, "feature_extractor": INCEPTION})
+    if "prc" in metrics:
+        calls.append({**common, "prc": True, "feature_extractor": VGG16})
+    return calls
+
+
+def _run_torch_fidelity(calls: list[dict[str, Any]], weights: dict[str, Path], device: torch.device) -> dict[str, Any]:
+    """The metrics of every torch-fidelity call, each given its feature extractor's weights file."""
+    result: dict[str, Any] = {}
+    # torch-fidelity only switches CUDA on or off, and then works on the current CUDA device.
+    with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
+        for call in calls:
+            weights_path = str(weights[call["feature_extractor"]])
+            result.update(torch_fidelity.calculate_metrics(**call, feature_extractor_weights_path=weights_path))
+    return result
+
+
 def compute_metrics(
     samples: ImageSource,
     reference: ImageSource | None,
@@ -395,76 +481,23 @@ def compute_metrics(
     """
     metrics = _check_metrics(metrics)
     weights = resolve_feature_extractor_weights(metrics, inception_weights, vgg16_weights)
-    device = torch.device(device if device is not None else "cuda" if torch.cuda.is_available() else "cpu")
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"torch-fidelity runs on 'cpu' or 'cuda[:N]', got device {device}")
+    device = _fidelity_device(device)
     cache_root = Path(cache_root) if cache_root is not None else default_cache_root()
     samples = as_image_dataset(samples)
     reference, num_reference = _prepare_reference(reference, metrics, samples.size, resize, cache_name, cache_root)
 
     # 1. Fit settings to small sample counts, or refuse counts the metrics cannot work with.
     num_samples = len(samples)
-    counts = [n for n in (num_samples, num_reference) if n is not None]
-    notes = []
-    if ("fid" in metrics or "kid" in metrics) and min(counts) < 2:
-        raise ValueError(
-            f"FID and KID need at least 2 images on each side; got {num_samples} samples and {num_reference} "
-            f"reference images"
-        )
-    neighbours = FIDELITY_DEFAULTS["prc_neighborhood"]
-    if "prc" in metrics and min(counts) <= neighbours:
-        raise ValueError(
-            f"precision/recall compares each image with its {neighbours} nearest neighbours and needs at least "
-            f"{neighbours + 1} images on each side; got {num_samples} samples and {num_reference} reference images"
-        )
-    kid_subset_size_used = min(kid_subset_size, *counts)
-    if "kid" in metrics and kid_subset_size_used < kid_subset_size:
-        notes.append(
-            f"KID subset size lowered from {kid_subset_size} to {kid_subset_size_used} for {num_samples} samples "
-            f"and {num_reference} reference images; KID is comparable only at equal subset sizes"
-        )
-    isc_splits_used = min(isc_splits, num_samples)
-    if "isc" in metrics and isc_splits_used < isc_splits:
-        notes.append(f"Inception Score splits lowered from {isc_splits} to {isc_splits_used} for {num_samples} samples")
-    for note in notes:
-        logger.warning(note)
+    kid_subset_size_used, isc_splits_used, notes = _fit_to_image_counts(
+        metrics, num_samples, num_reference, kid_subset_size, isc_splits
+    )
 
     # 2. One torch-fidelity call per feature extractor.
-    common = {
-        "input1": samples,
-        # torch-fidelity wants an input2 even when the cache answers; the cache folder holds no
-        # images, so a cache miss fails instead of scoring against nothing.
-        "input2": reference if reference is not None else str(cache_root),
-        "input2_cache_name": cache_name,
-        "cache_root": str(cache_root),
-        "cuda": device.type == "cuda",
-        "batch_size": batch_size,
-        "kid_subsets": kid_subsets,
-        "kid_subset_size": kid_subset_size_used,
-        "isc_splits": isc_splits_used,
-        "rng_seed": seed,
-        "verbose": verbose,
-    }
-    inception_binary = {m: True for m in ("fid", "kid") if m in metrics}
-    # IS reads the samples only. It shares the Inception pass when reference images are read
-    # anyway; against a cache it runs alone, because in a shared call torch-fidelity also looks
-    # up the reference's IS features, which a cache made without IS lacks.
-    isc_alone = "isc" in metrics and (reference is None or not inception_binary)
-    calls = []
-    if inception_binary:
-        isc_shared = "isc" in metrics and not isc_alone
-        calls.append({**common, **inception_binary, "isc": isc_shared, "feature_extractor": INCEPTION})
-    if isc_alone:
-        calls.append({**common, "input2": None, "isc": True, "feature_extractor": INCEPTION})
-    if "prc" in metrics:
-        calls.append({**common, "prc": True, "feature_extractor": VGG16})
-
-    result: dict[str, Any] = {}
-    # torch-fidelity only switches CUDA on or off, and then works on the current CUDA device.
-    with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
-        for call in calls:
-            weights_path = str(weights[call["feature_extractor"]])
-            result.update(torch_fidelity.calculate_metrics(**call, feature_extractor_weights_path=weights_path))
+    calls = _fidelity_calls(
+        metrics, samples, reference, cache_name, cache_root, device, batch_size=batch_size, kid_subsets=kid_subsets,
+        kid_subset_size=kid_subset_size_used, isc_splits=isc_splits_used, rng_seed=seed, verbose=verbose,
+    )
+    result = _run_torch_fidelity(calls, weights, device)
 
     # 3. What was computed, and how.
     result["num_samples"] = num_samples

@@ -19,8 +19,7 @@ missing ones. ``sampling.json`` in the folder records the settings that determin
 (model config and weights hash, scheduler, steps, guidance, labels, seed); continuing with other
 settings is an error instead of a silent mix of two protocols.
 
-Also here: reading labels back from the file names, and a transformers image classifier as the
-``features_and_logits`` callable of ``classifier_metrics``.
+Also here: reading labels back from the file names.
 """
 
 from __future__ import annotations
@@ -40,7 +39,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..pipelines.class_names import label_slug
-from ..pipelines.pipeline_sdt import SEED_STRIDE, image_seed
+from ..pipelines.seeding import SEED_STRIDE, image_seed
 from ..files import PARTIAL_SUFFIX, atomic_file, write_json_atomically
 
 logger = logging.getLogger(__name__)
@@ -248,6 +247,91 @@ class SamplingStopped(Exception):
     """``sample_to_folder`` stopped at a batch boundary because ``stop_requested`` said so."""
 
 
+def _check_sampling_arguments(num_samples: int, seed: int, batch_size: int) -> None:
+    """Raises ``ValueError`` for a run ``sample_to_folder`` cannot draw."""
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    if num_samples > SEED_STRIDE:
+        raise ValueError(f"num_samples must be at most {SEED_STRIDE}, got {num_samples}")
+    if not (isinstance(seed, int) and 0 <= seed and image_seed(seed, num_samples) < 2**63):
+        raise ValueError(f"seed must be a non-negative integer below 2**63 / {SEED_STRIDE}, got {seed}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+
+
+def _missing_indices(out_dir: Path, paths: list[Path], record: dict[str, Any]) -> list[int]:
+    """The indices of ``paths`` not in ``out_dir`` yet; raises when the folder holds samples of other settings."""
+    _check_manifest(out_dir, record)
+    existing = _existing_samples(out_dir)
+    for index, path in sorted(existing.items()):
+        if index < len(paths) and path.name != paths[index].name:
+            raise ValueError(
+                f"{out_dir} holds {path.name} where these settings give {paths[index].name}: the folder holds "
+                f"samples of another run; write to another output folder"
+            )
+    missing = [i for i in range(len(paths)) if i not in existing]
+    if existing and not (out_dir / MANIFEST).is_file():
+        logger.warning(f"{out_dir} holds samples without a {MANIFEST}: their settings cannot be checked")
+    return missing
+
+
+def _prepare_folder(out_dir: Path, record: dict[str, Any], num_samples: int, num_missing: int) -> None:
+    """Creates ``out_dir`` with its ``sampling.json`` and reports how many samples it holds already."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in out_dir.glob(f"*.png{PARTIAL_SUFFIX}"):  # left by an interrupted run
+        stale.unlink()
+    if not (out_dir / MANIFEST).is_file():
+        write_json_atomically(out_dir / MANIFEST, record, sort_keys=True)
+    if num_samples > num_missing:
+        rest = f"drawing the other {num_missing}" if num_missing else "nothing to draw"
+        logger.info(f"{out_dir}: {num_samples - num_missing} of {num_samples} samples exist, {rest}")
+
+
+def _draw(
+    pipe: Any,
+    labels: list[int],
+    seeds: list[int],
+    guidance_scale: float,
+    guided_channels: int | None,
+    guidance_interval: tuple[float, float],
+    num_inference_steps: int,
+) -> np.ndarray:
+    """One batch as uint8 (B, H, W, C): image j of class ``labels[j]``, from a generator seeded ``seeds[j]``."""
+    return to_uint8(
+        pipe(
+            class_labels=labels,
+            guidance_scale=guidance_scale,
+            guided_channels=guided_channels,
+            guidance_interval=guidance_interval,
+            generator=[torch.Generator().manual_seed(seed) for seed in seeds],
+            num_inference_steps=num_inference_steps,
+            batch_size=len(labels),
+            output_type="np",
+        ).images  # (B, H, W, C) floats in [0, 1]
+    )
+
+
+def _write_samples(images: np.ndarray, paths: list[Path], out_dir: Path) -> None:
+    """Writes image j to ``paths[j]``; a failed write names the file and says the others are whole."""
+    for image, path in zip(images, paths):
+        try:
+            _write_png_atomically(image, path)
+        except OSError as error:
+            raise OSError(
+                f"could not write sample {path}: {error.strerror or error}; the samples written so far "
+                f"in {out_dir} are complete, run again to continue"
+            ) from error
+
+
+def _stopped_by_signal(out_dir: Path, num_samples: int) -> SamplingStopped:
+    """The ``SamplingStopped`` raised on a stop request, counting the samples now in ``out_dir``."""
+    written = len(_existing_samples(out_dir))
+    return SamplingStopped(
+        f"stopped by a signal: {written} of {num_samples} samples are written in {out_dir} (complete "
+        "PNGs); run the same command again to continue from them"
+    )
+
+
 def sample_to_folder(
     pipe: Any,
     out_dir: str | os.PathLike,
@@ -286,14 +370,7 @@ def sample_to_folder(
             written so far stay (complete PNGs) and ``SamplingStopped`` is raised: a rerun continues from them.
     """
     # 1. Check the arguments and plan every image
-    if num_samples < 1:
-        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-    if num_samples > SEED_STRIDE:
-        raise ValueError(f"num_samples must be at most {SEED_STRIDE}, got {num_samples}")
-    if not (isinstance(seed, int) and 0 <= seed and image_seed(seed, num_samples) < 2**63):
-        raise ValueError(f"seed must be a non-negative integer below 2**63 / {SEED_STRIDE}, got {seed}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    _check_sampling_arguments(num_samples, seed, batch_size)
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1)
     out_dir = Path(out_dir)
     plan = sample_labels(num_samples, pipe.transformer.config.num_classes, labels, seed)
@@ -301,28 +378,10 @@ def sample_to_folder(
     record = sampling_record(pipe, labels, seed, guidance_scale, guided_channels, num_inference_steps, guidance_interval)
 
     # 2. What is there already (every process checks, so an error stops all of them)
-    _check_manifest(out_dir, record)
-    existing = _existing_samples(out_dir)
-    for index, path in sorted(existing.items()):
-        if index < num_samples and path.name != paths[index].name:
-            raise ValueError(
-                f"{out_dir} holds {path.name} where these settings give {paths[index].name}: the folder holds "
-                f"samples of another run; write to another output folder"
-            )
-    missing = [i for i in range(num_samples) if i not in existing]
-    if existing and not (out_dir / MANIFEST).is_file():
-        logger.warning(f"{out_dir} holds samples without a {MANIFEST}: their settings cannot be checked")
+    missing = _missing_indices(out_dir, paths, record)
     _wait(accelerator)  # nobody writes before every process has listed what is missing
-
     if rank == 0:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for stale in out_dir.glob(f"*.png{PARTIAL_SUFFIX}"):  # left by an interrupted run
-            stale.unlink()
-        if not (out_dir / MANIFEST).is_file():
-            write_json_atomically(out_dir / MANIFEST, record, sort_keys=True)
-        if num_samples > len(missing):
-            rest = f"drawing the other {len(missing)}" if missing else "nothing to draw"
-            logger.info(f"{out_dir}: {num_samples - len(missing)} of {num_samples} samples exist, {rest}")
+        _prepare_folder(out_dir, record, num_samples, len(missing))
     _wait(accelerator)
 
     # 3. Draw this process's share of the missing images, each from its own generator
@@ -332,32 +391,13 @@ def sample_to_folder(
     with tqdm(total=len(missing), disable=rank != 0, desc=description, unit="img") as progress:
         for start in range(0, len(mine), batch_size):
             batch = mine[start : start + batch_size]
-            images = pipe(
-                class_labels=[plan[i] for i in batch],
-                guidance_scale=guidance_scale,
-                guided_channels=guided_channels,
-                guidance_interval=guidance_interval,
-                generator=[torch.Generator().manual_seed(image_seed(seed, i)) for i in batch],
-                num_inference_steps=num_inference_steps,
-                batch_size=len(batch),
-                output_type="np",
-            ).images  # (B, H, W, C) floats in [0, 1]
-            for index, image in zip(batch, to_uint8(images)):
-                try:
-                    _write_png_atomically(image, paths[index])
-                except OSError as error:
-                    raise OSError(
-                        f"could not write sample {paths[index]}: {error.strerror or error}; the samples written so far "
-                        f"in {out_dir} are complete, run again to continue"
-                    ) from error
+            images = _draw(pipe, [plan[i] for i in batch], [image_seed(seed, i) for i in batch], guidance_scale,
+                           guided_channels, guidance_interval, num_inference_steps)
+            _write_samples(images, [paths[i] for i in batch], out_dir)
             # The other processes advance at the same pace.
             progress.update(min(len(batch) * world, progress.total - progress.n))
             if stop_requested is not None and stop_requested():
-                written = len(_existing_samples(out_dir))
-                raise SamplingStopped(
-                    f"stopped by a signal: {written} of {num_samples} samples are written in {out_dir} (complete "
-                    "PNGs); run the same command again to continue from them"
-                )
+                raise _stopped_by_signal(out_dir, num_samples)
     _wait(accelerator)
 
     # 4. Every image must now exist
@@ -365,67 +405,3 @@ def sample_to_folder(
     if absent:
         raise RuntimeError(f"{len(absent)} samples are missing in {out_dir} after sampling, e.g. {absent[0]}")
     return paths
-
-
-#################################################################################
-#                      A classifier for classifier_metrics                      #
-#################################################################################
-
-class TransformersImageClassifier:
-    """A transformers image classifier folder as a ``features_and_logits`` callable of ``classifier_metrics``.
-
-    Loads the model with ``AutoModelForImageClassification`` (``import sdt_gen`` has registered the
-    ``sdt`` model type) and the image processor saved beside it with ``AutoImageProcessor``. The
-    features are the pooled pre-logits, the classifier head's input: through
-    ``forward_features`` / ``forward_head(pre_logits=True)`` for timm-style models (the SDT
-    classifiers), else captured at the input of the head module (``model.classifier``, as ViT,
-    ConvNeXt, Swin, ResNet name it), else the mean of the last hidden state's tokens.
-
-    Args:
-        path: the classifier folder (``config.json``, weights, ``preprocessor_config.json``).
-        device: where the classifier runs.
-    """
-
-    def __init__(self, path: str | os.PathLike, device: str | torch.device = "cpu") -> None:
-        import sdt_gen  # noqa: F401  (registers the "sdt" model type with transformers)
-        from transformers import AutoImageProcessor, AutoModelForImageClassification
-
-        folder = Path(path).expanduser()
-        if not folder.is_dir():
-            raise FileNotFoundError(f"classifier folder {folder} does not exist")
-        for name, hint in (
-            ("config.json", "save the model with save_pretrained"),
-            ("preprocessor_config.json", "save its image processor beside it (sdt_gen.save_classifier does both)"),
-        ):
-            if not (folder / name).is_file():
-                raise FileNotFoundError(f"classifier folder {folder} has no {name}: {hint}")
-        self.path = folder
-        self.device = torch.device(device)
-        self.model = AutoModelForImageClassification.from_pretrained(folder).to(self.device).eval()
-        self.processor = AutoImageProcessor.from_pretrained(folder)
-        config = self.model.config
-        self.num_labels = int(config.num_labels)
-        self.id2label = {int(k): str(v) for k, v in (config.id2label or {}).items()}
-
-    @torch.no_grad()
-    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """uint8 images (B, 3, H, W) to pooled pre-logits (B, F) and logits (B, num_labels)."""
-        model = self.model
-        pixel_values = self.processor(images=list(images.cpu()), return_tensors="pt")["pixel_values"]
-        pixel_values = pixel_values.to(self.device, model.dtype)  # (B, C, h, w), the classifier's size
-        if hasattr(model, "forward_features") and hasattr(model, "forward_head"):
-            tokens = model.forward_features(pixel_values)
-            return model.forward_head(tokens, pre_logits=True).flatten(1), model.forward_head(tokens)
-        head = getattr(model, "classifier", None)
-        if isinstance(head, torch.nn.Module):
-            captured = []
-            handle = head.register_forward_pre_hook(lambda module, args: captured.append(args[0]))
-            try:
-                logits = model(pixel_values=pixel_values).logits
-            finally:
-                handle.remove()
-            return captured[-1].flatten(1), logits  # (B, F), (B, num_labels)
-        out = model(pixel_values=pixel_values, output_hidden_states=True)
-        last = out.hidden_states[-1]
-        features = last.mean(dim=1) if last.ndim == 3 else last.flatten(2).mean(dim=2)  # tokens or (B, C, H, W)
-        return features, out.logits

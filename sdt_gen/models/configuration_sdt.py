@@ -19,9 +19,7 @@ from transformers import PretrainedConfig
 
 from ..data.vae import vae_downsampling
 from ..layers import (
-    DECAY_INITS,
     DECAY_LAYOUTS,
-    DECAY_MODES,
     POSITION_EMBEDDINGS,
     DecayConfig,
     check_choice,
@@ -278,8 +276,7 @@ class SDTConfig(PretrainedConfig):
 
     def validate_sdt(self) -> None:
         """Raise a ValueError naming the first inconsistent key."""
-        check_choice("decay_mode", self.decay_mode, DECAY_MODES)
-        check_choice("decay_init", self.decay_init, DECAY_INITS)
+        DecayConfig.from_config(self)  # refuses an unknown decay_mode, decay_layout or decay_init
         check_choice("pool", self.pool, POOL_TYPES)
         check_choice("position_embedding", self.position_embedding, POSITION_EMBEDDINGS)
         if self.architecture == "hierarchical" and self.position_embedding != "sincos":
@@ -305,7 +302,6 @@ class SDTConfig(PretrainedConfig):
                     raise ValueError(f"stage width {dim} is not divisible by its {heads} heads")
             check_image_size((height, width), HIERARCHICAL_STRIDE, "the SDT-H stem and patch merging (stride 32)")
         else:
-            check_choice("decay_layout", self.decay_layout, DECAY_LAYOUTS)
             if self.hidden_size % self.num_heads:
                 raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
             if "sincos" in self.position_embedding and self.hidden_size % 4:

@@ -28,7 +28,15 @@ from transformers import AutoConfig, AutoModel, AutoModelForImageClassification,
 from transformers import initialization as init  # skips tensors already loaded from a checkpoint
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
 
-from ..layers import SpatialDecayAttention, recording_attentions, resolve_backend, rmt_gammas, set_attention_backend
+from ..layers import (
+    ATTENTION_BACKENDS,
+    SpatialDecayAttention,
+    check_choice,
+    recording_attentions,
+    resolve_backend,
+    rmt_gammas,
+    set_attention_backend,
+)
 from .configuration_sdt import HIERARCHICAL_STRIDE, SDTConfig, check_image_size
 from .denoiser_probe import build_denoiser_probe, load_denoiser, load_denoiser_weights, probe_config
 from .modeling_sdt_h import SDTLayer, build_hierarchical, hierarchical_features
@@ -112,6 +120,7 @@ class SDTPreTrainedModel(PreTrainedModel):
     def set_attention_backend(self, backend: str, device: torch.device | str | None = None) -> None:
         """The denoiser's switch, for classifiers: ``"auto"`` (FlexAttention on CUDA, SDPA elsewhere, decided for
         ``device``, default the model's), ``"sdpa"``, ``"flex"`` or ``"eager"``, set as ``attn_implementation``."""
+        check_choice("attention_backend", backend, ATTENTION_BACKENDS)
         resolved = resolve_backend(backend, torch.device(device) if device is not None else self.device)
         self.set_attn_implementation({value: key for key, value in ATTENTION_BACKEND_OF.items()}[resolved])
 

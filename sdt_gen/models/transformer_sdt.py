@@ -19,7 +19,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 from torch import nn
 
-from ..diffusion.objectives import OBJECTIVES
+from ..diffusion.objectives import objective_rules
 from ..layers import (
     ATTENTION_BACKENDS,
     DecayConfig,
@@ -186,10 +186,7 @@ class SDTTransformer2DModel(ModelMixin, ConfigMixin):
         else:
             height, width = sample_size
             self.register_to_config(sample_size=[height, width])  # JSON keeps lists, so save/load round-trips
-        if objective not in OBJECTIVES:
-            raise ValueError(f"unknown objective {objective!r}; expected one of {', '.join(OBJECTIVES)}")
-        if objective == "flow" and learn_sigma:
-            raise ValueError("a flow model predicts a velocity and no variance: pass learn_sigma=False")
+        objective_rules(objective).check_learn_sigma(learn_sigma)
         if height % patch_size or width % patch_size:
             raise ValueError(f"sample_size {height}x{width} is not divisible by patch_size {patch_size}")
         if num_classes < 1:

@@ -13,10 +13,19 @@ from .checkpoint import (
     verify_checkpoint,
 )
 from .ema import DiTEMA
+from .fsdp import check_checkpoint_sharding, full_parameters, sync_initial_weights
 from .model_card import classifier_card, denoiser_card, push_folder_to_hub, save_card
 from .preemption import PREEMPTED_EXIT_CODE, PreemptionHandler
 from .resume import RESUMES_RECORD, restore_run_settings, warned_changes
-from .setup import create_accelerator, find_run, open_run, resume_checkpoint
+from .setup import (
+    apply_settings,
+    create_accelerator,
+    find_run,
+    open_run,
+    resume_checkpoint,
+    start_run,
+    training_loader,
+)
 from .run_dir import create_logger, create_run_dir, latest_run_dir, run_tag, save_config
 
 __all__ = [
@@ -26,6 +35,8 @@ __all__ = [
     "PreemptionHandler",
     "RESUMES_RECORD",
     "TrainState",
+    "apply_settings",
+    "check_checkpoint_sharding",
     "check_finite",
     "classifier_card",
     "checkpoint_name",
@@ -37,6 +48,7 @@ __all__ = [
     "latest_run_dir",
     "list_checkpoints",
     "find_run",
+    "full_parameters",
     "open_run",
     "restore_run_settings",
     "resume_checkpoint",
@@ -47,6 +59,9 @@ __all__ = [
     "save_checkpoint",
     "save_config",
     "skip_consumed_batches",
+    "start_run",
+    "sync_initial_weights",
+    "training_loader",
     "verify_checkpoint",
     "warned_changes",
 ]

@@ -7,6 +7,8 @@ from collections.abc import Iterable
 import torch
 from diffusers.training_utils import EMAModel
 
+from .fsdp import full_parameters
+
 
 class DiTEMA(EMAModel):
     """``EMAModel`` with DiT's schedule: the average starts as a copy of the weights and every update
@@ -23,6 +25,11 @@ class DiTEMA(EMAModel):
     def __init__(self, parameters: Iterable[torch.nn.Parameter], decay: float = 0.9999, warmup: bool = False, **kwargs):
         super().__init__(parameters, decay=decay, **kwargs)
         self.warmup = warmup
+
+    def step(self, parameters: Iterable[torch.nn.Parameter]) -> None:
+        # Under FSDP2 the parameters are DTensor shards: the average is of the full weights, which checkpoints and
+        # exports read. Gathering them is a collective, and every process steps the EMA.
+        super().step(full_parameters(parameters))
 
     def get_decay(self, optimization_step: int) -> float:
         if self.warmup:

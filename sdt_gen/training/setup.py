@@ -1,19 +1,58 @@
-"""The start of every training run: the accelerator, and the run folder to write (or resume) in."""
+"""The start of every training run: its settings, the accelerator, the run folder to write (or resume) in, and
+the training data loader."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import os
+import warnings
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, broadcast_object_list, set_seed
+from accelerate.utils import (
+    DataLoaderConfiguration,
+    DistributedType,
+    ProjectConfiguration,
+    broadcast_object_list,
+    set_seed,
+)
+from torch.utils.data import DataLoader, Dataset
 
 from .checkpoint import resolve_resume
-from .resume import record_resume
+from .fsdp import check_checkpoint_sharding
+from .resume import RESUMES_RECORD, record_resume, restore_run_settings, warned_changes
 from .run_dir import create_logger, create_run_dir, latest_run_dir, save_config
+
+
+def apply_settings(
+    args: argparse.Namespace,
+    apply_defaults: Callable[[argparse.Namespace], None],
+    run_names: Callable[[argparse.Namespace], tuple[str, str]],
+    free: Iterable[str],
+    warned: Iterable[str],
+) -> tuple[dict[str, list], Path | None]:
+    """Give ``args`` the recipe's defaults and, with ``--resume``, the run's own settings (``restore_run_settings``).
+
+    Args:
+        args: the parsed command line.
+        apply_defaults: sets the script's recipe for every setting still ``None``.
+        run_names: the ``(model, data)`` names of the run folder ``--resume latest`` looks for.
+        free, warned: the options a resume may change silently, and with a warning.
+
+    Returns:
+        ``(changes, resumed run folder)``; ``({}, None)`` without ``--resume``.
+    """
+    apply_defaults(args)
+    if not args.resume:
+        return {}, None
+    # The run's own settings for every flag not given; a changed experiment is refused here.
+    run_dir = find_run(args.results_dir, *run_names(args), args.resume)
+    changes = restore_run_settings(args, run_dir, free, warned)
+    apply_defaults(args)  # for settings a run saved before they existed
+    return changes, run_dir
 
 
 def create_accelerator(
@@ -42,6 +81,12 @@ def create_accelerator(
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     set_seed(seed, device_specific=True)
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and accelerator.distributed_type != DistributedType.FSDP:
+        warnings.warn(
+            f"the launch configuration asks for FSDP, but accelerate shards on GPUs only: this runs "
+            f"{accelerator.distributed_type.value} on {accelerator.device.type}",
+            RuntimeWarning, stacklevel=2,
+        )
     return accelerator
 
 
@@ -85,10 +130,13 @@ def find_run(results_dir: str | os.PathLike, model_name: str, data_name: str, re
 
 
 def resume_checkpoint(accelerator: Accelerator, run_dir: Path, resume: str) -> Path:
-    """The verified checkpoint ``--resume`` continues from (``resolve_resume``), decided on the main process."""
+    """The verified checkpoint ``--resume`` continues from (``resolve_resume``), decided on the main process, written
+    sharded or not as this launch shards."""
     create_logger(None, accelerator.is_main_process)  # stdout, for the damaged checkpoints it passes over
     target = run_dir if resume == "latest" else resume
-    return decided_on_main_process(accelerator, lambda: resolve_resume(target, resume))
+    checkpoint = decided_on_main_process(accelerator, lambda: resolve_resume(target, resume))
+    check_checkpoint_sharding(accelerator, checkpoint)
+    return checkpoint
 
 
 def open_run(
@@ -121,3 +169,36 @@ def open_run(
     accelerator.project_configuration.project_dir = accelerator.project_configuration.logging_dir = str(run_dir)
     accelerator.init_trackers("tensorboard")
     return run_dir, checkpoint, logger
+
+
+def start_run(
+    accelerator: Accelerator,
+    args: argparse.Namespace,
+    model_name: str,
+    data_name: str,
+    resumed_dir: Path | None,
+    changes: dict[str, list],
+    warned: Iterable[str],
+) -> tuple[Path, Path | None, logging.Logger]:
+    """``open_run`` on ``resumed_dir`` at its verified checkpoint, or on a new folder; logs each warned change.
+
+    Returns:
+        ``(run_dir, checkpoint to load or None, logger)``.
+    """
+    resumed = None if resumed_dir is None else (resumed_dir, resume_checkpoint(accelerator, resumed_dir, args.resume))
+    run_dir, checkpoint, logger = open_run(accelerator, args.results_dir, model_name, data_name, args, resumed, changes)
+    for line in warned_changes(changes, warned):
+        logger.warning(f"{line} (recorded in {run_dir / RESUMES_RECORD})")
+    return run_dir, checkpoint, logger
+
+
+def training_loader(
+    dataset: Dataset, batch_size: int, seed: int, num_workers: int, collate_fn: Callable, **options
+) -> DataLoader:
+    """A shuffled ``DataLoader`` of full batches, its worker seeds drawn from its own generator (plus ``options``)."""
+    return DataLoader(
+        dataset, batch_size=batch_size, shuffle=True, drop_last=True, num_workers=num_workers, collate_fn=collate_fn,
+        # Each new iterator draws a worker seed from this generator; from the global one, the iterator
+        # created after a resume would shift the training noise (exact resume).
+        generator=torch.Generator().manual_seed(seed), **options,
+    )

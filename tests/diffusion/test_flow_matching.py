@@ -90,7 +90,7 @@ def test_make_objective_picks_and_checks():
         make_objective("flow", learn_sigma=True)
     with pytest.raises(ValueError, match="snr_gamma weights DDPM's noise MSE"):
         make_objective("flow", learn_sigma=False, snr_gamma=5.0)
-    with pytest.raises(ValueError, match="is for the flow objective"):
+    with pytest.raises(ValueError, match="time_sampling=.logit_normal. is not one of the DDPM objective.s: uniform"):
         make_objective("ddpm", time_sampling="logit_normal")
     with pytest.raises(ValueError, match="unknown objective 'edm'; expected one of ddpm, flow"):
         make_objective("edm")

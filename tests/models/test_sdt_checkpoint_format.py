@@ -4,10 +4,12 @@ loading. The expected keys were captured from the code before ``modeling_sdt`` w
 renamed or moved module fails here. If a change of format is intended, old checkpoints need converting."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors import safe_open
+from safetensors.torch import load_file
 from transformers import AutoModelForImageClassification
 
 from sdt_gen import SDTConfig, SDTForImageClassification, SDTTransformer2DModel, save_classifier
@@ -147,3 +149,18 @@ def test_saved_classifier_keeps_its_config_names_and_state_dict_keys(tmp_path, n
     x = torch.rand(2, model.config.num_channels, *model.config.image_hw)
     with torch.no_grad():
         torch.testing.assert_close(loaded.eval()(x).logits, model(x).logits, rtol=0, atol=0)
+
+
+CLASSIFIER_FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "classifiers_v0"
+
+
+@pytest.mark.parametrize("name", ["hierarchical", "isotropic", "probe"])
+def test_classifiers_saved_before_the_encoder_split_compute_as_then(name):
+    """``classifiers_v0``: a tiny classifier of each architecture (cag decay, perturbed weights) and its logits on
+    fixed pixels, saved by ``save_classifier`` before the architectures became separate encoder modules."""
+    folder = CLASSIFIER_FIXTURES / name
+    model = AutoModelForImageClassification.from_pretrained(folder).eval()
+    io = load_file(folder / "io.safetensors")
+    with torch.no_grad():
+        logits = model(pixel_values=io["pixel_values"]).logits
+    torch.testing.assert_close(logits, io["logits"], rtol=0, atol=1e-6)

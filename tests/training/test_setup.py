@@ -34,3 +34,28 @@ def test_mixed_precision_comes_from_the_launch_configuration(
         monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", launch_config)
     args = script.build_parser().parse_args(flags)
     assert create_accelerator(args.mixed_precision, cpu=True).mixed_precision == expected
+
+
+def test_a_checkpoint_resumes_only_under_the_sharding_that_wrote_it(tmp_path):
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from sdt_gen.training import check_checkpoint_sharding
+
+    sharded, plain = tmp_path / "sharded", tmp_path / "plain"
+    (sharded / "pytorch_model_fsdp_0").mkdir(parents=True)
+    plain.mkdir()
+    fsdp, ddp = (SimpleNamespace(distributed_type=kind) for kind in (DistributedType.FSDP, DistributedType.MULTI_CPU))
+    check_checkpoint_sharding(fsdp, sharded)
+    check_checkpoint_sharding(ddp, plain)
+    with pytest.raises(ValueError, match=r"was written sharded \(FSDP\), and this launch runs MULTI_CPU: resume it"):
+        check_checkpoint_sharding(ddp, sharded)
+    with pytest.raises(ValueError, match=r"was written unsharded .*, and this launch runs FSDP"):
+        check_checkpoint_sharding(fsdp, plain)
+
+
+def test_asking_for_fsdp_on_cpu_warns_that_it_runs_unsharded(monkeypatch, fresh_accelerate_state):
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with pytest.warns(RuntimeWarning, match="asks for FSDP, but accelerate shards on GPUs only: this runs NO on cpu"):
+        create_accelerator("no", cpu=True)
