@@ -495,6 +495,9 @@ def main(args):
     loader, per_process = make_loader(args, dataset, accelerator)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     if args.compile:
+        # Inductor's own generator would drop other labels than eager does: keep eager's draws, so compiling
+        # changes float rounding only (and a resume stays exact).
+        torch._inductor.config.fallback_random = True
         model = torch.compile(model)
     state = TrainState()
     accelerator.register_for_checkpointing(ema, state)

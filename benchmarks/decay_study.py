@@ -212,6 +212,7 @@ def training_flags(args) -> list[str]:
     flags += ["--latents-path", args.latents_path] if args.latents_path else ["--dataset", "mnist"]
     flags += ["--vae", args.vae] if args.vae else []
     flags += ["--objective", args.objective, "--time-sampling", args.time_sampling]
+    flags += ["--compile"] if args.compile else []  # numerics within float rounding of eager: in the protocol
     return flags + (["--cpu"] if args.cpu else [])
 
 
@@ -790,6 +791,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--evaluator-epochs", type=positive_int, help=f"epochs of the evaluator classifier (default: {STUDY['evaluator_epochs']})")
     p.add_argument("--bootstrap-replicates", type=positive_int,
                    help=f"bootstrap draws of each evaluation's FD interval (default: {STUDY['bootstrap_replicates']})")
+    p.add_argument("--compile", action="store_true", help="train every run under torch.compile (recorded in the "
+                   "protocol's training flags; a study keeps the setting it began with)")
     p.add_argument("--threads", type=positive_int, help=f"torch threads of every run, part of the protocol (default: {STUDY['threads']})")
     p.add_argument("--compare-with", help="results.json of another study whose cag - none differences the summary "
                    "sets beside this one's (default for --tokens 256: the published 64-token study)")
