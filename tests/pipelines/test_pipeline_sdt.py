@@ -619,3 +619,19 @@ def test_the_flow_shift_reaches_the_flow_schedulers_only():
     assert (shifted.sigmas[1:-1] > unshifted.sigmas[1:-1]).all()  # more of the steps at high noise
     with pytest.raises(ValueError, match="flow shift .* applies to the flow schedulers"):
         chosen_scheduler(DDIMScheduler(), None, 3.0)
+
+
+@pytest.mark.parametrize("objective", ["ddpm", "flow"])
+def test_pipelines_saved_before_the_objective_table_sample_as_then(objective):
+    """``pipelines_v0``: a tiny pipeline of each objective and 2 images of 4 guided steps, saved by the code before
+    the objective's rules moved into ``sdt_gen.diffusion.OBJECTIVE_RULES``."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    folder = Path(__file__).resolve().parents[1] / "fixtures" / "pipelines_v0" / objective
+    pipe = SDTPipeline.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    images = pipe(class_labels=[0, "two"], num_inference_steps=4, guidance_scale=2.0,
+                  generator=torch.Generator().manual_seed(0), output_type="pt").images
+    torch.testing.assert_close(images, load_file(folder / "io.safetensors")["images"], rtol=0, atol=1e-6)
