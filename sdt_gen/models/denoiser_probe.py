@@ -1,12 +1,12 @@
 """Linear probes of a trained denoiser: ``SDTForImageClassification.from_denoiser``'s parts.
 
-A probe is an isotropic SDT classifier (``modeling_sdt_vit``) whose backbone is a trained
-``SDTTransformer2DModel``'s patch embedding, positions and first blocks, those blocks being the
+A probe is an isotropic SDT classifier (``modeling_sdt_vit``) whose encoder (``SDTProbeEncoder``) is a
+trained ``SDTTransformer2DModel``'s patch embedding, positions and first blocks, those blocks being the
 denoiser's own adaLN blocks (``SDTProbeBlock``) with the conditioning fixed to one timestep and the
 null label, so that its features are exactly the denoiser's hidden states. A latent denoiser's probe
 keeps its VAE's encoder, frozen, in front. Here: loading the denoiser and its VAE (``load_denoiser``),
-the probe's config (``probe_config``), its modules (``build_denoiser_probe``) and copying the
-denoiser's weights into them (``load_denoiser_weights``).
+the probe's config (``probe_config``) and its encoder, which copies the denoiser's weights
+(``SDTProbeEncoder.load_denoiser_weights``).
 """
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers import initialization as init  # skips tensors already loaded from a checkpoint
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from ..data.vae import vae_downsampling
 from ..layers import DecayConfig
 from .configuration_sdt import SDTConfig
-from .modeling_sdt_h import SDTPooler
-from .modeling_sdt_vit import build_embedding
+from .modeling_sdt_vit import SDTPatchEncoder
 from .transformer_sdt import SDTBlock, SDTTransformer2DModel
 
 
@@ -145,64 +145,97 @@ def probe_config(
 
 
 #################################################################################
-#                                 The probe's modules                           #
+#                                 The probe's encoder                           #
 #################################################################################
 
-def build_denoiser_probe(model: nn.Module, config: SDTConfig) -> None:
-    """Give ``model`` (an ``SDTModel``) a probe's modules: ``vae`` (latent denoisers), ``patch_embed``,
-    ``pos_embed``, ``blocks``, the ``conditioning`` buffer, ``norm`` and ``pooler``; random until
-    ``load_denoiser_weights``."""
-    denoiser = config.denoiser_config
-    in_channels = denoiser["in_channels"]
-    if config.vae_config:
-        from diffusers import AutoencoderKL
+class SDTProbeEncoder(SDTPatchEncoder):
+    """A denoiser probe's encoder: the denoiser's patch embedding, positions and first blocks with the adaLN
+    conditioning fixed, so its tokens ``(B, N, D)`` are the denoiser's hidden states, not normalised; for a latent
+    denoiser its VAE's encoder (frozen) in front. Random until ``load_denoiser_weights``.
 
-        model.vae = AutoencoderKL.from_config(config.vae_config)  # frozen: see apply_freeze
-        model.vae.decoder = model.vae.post_quant_conv = None  # only the encoder is used (and saved)
-    elif in_channels != config.num_channels:
-        raise ValueError(
-            f"the denoiser takes {in_channels}-channel samples but num_channels is {config.num_channels}; "
-            "a latent denoiser needs its VAE (vae_config)"
-        )
-    build_embedding(model, config, in_channels)
-    model.blocks = nn.ModuleList(
-        SDTProbeBlock(
-            config.hidden_size,
-            config.num_heads,
-            config.mlp_ratio,
-            mlp_norm_eps=denoiser.get("mlp_norm_eps", 1e-6),
-            decay=config.decay,
-        )
-        for _ in range(config.depth)
-    )
-    # The denoiser's adaLN input t_emb(timestep) + y_emb(null label), computed once (from_denoiser).
-    model.register_buffer("conditioning", torch.zeros(1, config.hidden_size))
-    model.norm = nn.Identity()  # the features are the denoiser's hidden states, untouched
-    model.pooler = SDTPooler(config.hidden_size, fc_norm=True, norm_eps=config.layer_norm_eps)
+    Args:
+        config: a probe's ``SDTConfig`` (``probe_config``: ``denoiser_config`` set); read besides
+            ``SDTPatchEncoder``'s keys: ``num_channels``, ``depth`` (blocks kept), ``mlp_ratio``, the decay,
+            ``vae_config``, ``denoiser_timestep`` and ``denoiser_label``.
 
-
-@torch.no_grad()
-def load_denoiser_weights(model: nn.Module, denoiser: SDTTransformer2DModel, vae: nn.Module | None = None) -> None:
-    """Copy a denoiser's patch embedding and first ``depth`` blocks, and fix its conditioning.
-
-    The conditioning is ``denoiser.conditioning(denoiser_timestep, denoiser_label)``, computed in
-    eval mode (no label dropout) and kept as the ``conditioning`` buffer.
+    Attributes:
+        num_features: the width of the output tokens.
+        head_hidden_size: the pooler's projection width (0: none).
+        fc_norm: whether the pooler normalises after pooling (yes: the denoiser's hidden states are not).
+        conditioning: the denoiser's adaLN input ``t_emb(timestep) + y_emb(null label)`` ``(1, D)``, a saved buffer.
     """
-    config = model.config
-    if not config.is_denoiser_probe:
-        raise ValueError("load_denoiser_weights needs a config built by SDTForImageClassification.from_denoiser")
-    model.patch_embed.load_state_dict(denoiser.x_embedder.state_dict())
-    for mine, theirs in zip(model.blocks, denoiser.blocks):
-        mine.load_state_dict(theirs.state_dict())
-    was_training = denoiser.training
-    denoiser.eval()
-    device = denoiser.x_embedder.proj.weight.device
-    timestep = torch.as_tensor([config.denoiser_timestep], device=device)
-    label = torch.tensor([config.denoiser_label], device=device)
-    model.conditioning.copy_(denoiser.conditioning(timestep, label))  # (1, D)
-    denoiser.train(was_training)
-    if model.vae is not None:
-        if vae is None:
-            raise ValueError("this probe encodes images with a VAE: pass the denoiser's vae")
-        encoder = {k: v for k, v in vae.state_dict().items() if k.startswith(("encoder.", "quant_conv."))}
-        model.vae.load_state_dict(encoder)
+
+    head_hidden_size = 0
+    fc_norm = True
+
+    def __init__(self, config: SDTConfig):
+        denoiser = config.denoiser_config
+        in_channels = denoiser["in_channels"]
+        vae = None
+        if config.vae_config:
+            from diffusers import AutoencoderKL
+
+            vae = AutoencoderKL.from_config(config.vae_config)
+            vae.decoder = vae.post_quant_conv = None  # only the encoder is used (and saved)
+        elif in_channels != config.num_channels:
+            raise ValueError(
+                f"the denoiser takes {in_channels}-channel samples but num_channels is {config.num_channels}; "
+                "a latent denoiser needs its VAE (vae_config)"
+            )
+        super().__init__(config, in_channels, vae)
+        self.blocks = nn.ModuleList(
+            SDTProbeBlock(
+                config.hidden_size,
+                config.num_heads,
+                config.mlp_ratio,
+                mlp_norm_eps=denoiser.get("mlp_norm_eps", 1e-6),
+                decay=config.decay,
+            )
+            for _ in range(config.depth)
+        )
+        self.register_buffer("conditioning", torch.zeros(1, config.hidden_size))  # load_denoiser_weights sets it
+        self.num_features = config.hidden_size
+
+    @torch.no_grad()
+    def init_buffers(self) -> None:
+        """Rebuild the position tables and zero the conditioning unless a checkpoint gave it."""
+        super().init_buffers()
+        init.zeros_(self.conditioning)
+
+    @torch.no_grad()
+    def load_denoiser_weights(self, denoiser: SDTTransformer2DModel, vae: nn.Module | None = None) -> None:
+        """Copy a denoiser's patch embedding and first ``depth`` blocks, and fix its conditioning.
+
+        The conditioning is ``denoiser.conditioning(denoiser_timestep, denoiser_label)``, computed in
+        eval mode (no label dropout) and kept as the ``conditioning`` buffer.
+        """
+        config = self.config
+        self.patch_embed.load_state_dict(denoiser.x_embedder.state_dict())
+        for mine, theirs in zip(self.blocks, denoiser.blocks):
+            mine.load_state_dict(theirs.state_dict())
+        was_training = denoiser.training
+        denoiser.eval()
+        device = denoiser.x_embedder.proj.weight.device
+        timestep = torch.as_tensor([config.denoiser_timestep], device=device)
+        label = torch.tensor([config.denoiser_label], device=device)
+        self.conditioning.copy_(denoiser.conditioning(timestep, label))  # (1, D)
+        denoiser.train(was_training)
+        if self.vae is not None:
+            if vae is None:
+                raise ValueError("this probe encodes images with a VAE: pass the denoiser's vae")
+            encoder = {k: v for k, v in vae.state_dict().items() if k.startswith(("encoder.", "quant_conv."))}
+            self.vae.load_state_dict(encoder)
+
+    def forward(
+        self, pixel_values: torch.Tensor, output_hidden_states: bool = False
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
+        """Pixels to the denoiser's hidden states after block ``denoiser_layer`` ``(B, N, D)`` and, with
+        ``output_hidden_states``, the tokens after the embedding and after every block."""
+        x, grid_size, rope = self.embed(pixel_values)  # (B, N, D)
+        hidden_states = [x] if output_hidden_states else None
+        c = self.conditioning.expand(x.shape[0], -1)  # (B, D)
+        for block in self.blocks:
+            x = block(x, c, grid_size, rope)  # (B, N, D)
+            if hidden_states is not None:
+                hidden_states.append(x)
+        return x, (tuple(hidden_states) if hidden_states is not None else None)

@@ -1,16 +1,17 @@
 """SDT classifiers as Hugging Face transformers models: ``SDTModel`` and ``SDTForImageClassification``.
 
 Two backbones from the same attention core (``sdt_gen.layers.SpatialDecayAttention``), chosen by
-``config.architecture``: **SDT-H** (``"hierarchical"``, RMT's four-stage layout with SDT attention,
-``modeling_sdt_h``) and **isotropic** (``"isotropic"``, ViT-style, ``modeling_sdt_vit``), whose blocks
-are plain pre-norm blocks when trained from scratch or, built by
-``SDTForImageClassification.from_denoiser`` (``denoiser_probe``), a trained denoiser's own adaLN
+``config.architecture``, each an encoder module: **SDT-H** (``"hierarchical"``, RMT's four-stage layout with SDT
+attention, ``modeling_sdt_h.SDTHierarchicalEncoder``) and **isotropic** (``"isotropic"``, ViT-style,
+``modeling_sdt_vit.SDTIsotropicEncoder``), whose blocks are plain pre-norm blocks when trained from scratch or, built
+by ``SDTForImageClassification.from_denoiser`` (``denoiser_probe.SDTProbeEncoder``), a trained denoiser's own adaLN
 blocks with the conditioning fixed, so the features are exactly the denoiser's hidden states.
 
 This file holds what they share: initialisation and the transformers plumbing
-(``SDTPreTrainedModel``), the backbone (``SDTModel``, which builds and runs one of the above), the
-classifier (``SDTForImageClassification``) and the auto-class registration: importing ``sdt_gen``
-registers model type ``"sdt"`` with ``AutoConfig``, ``AutoModel`` and ``AutoModelForImageClassification``.
+(``SDTPreTrainedModel``), the backbone (``SDTModel``: the config's encoder and the pooler), the
+classifier (``SDTForImageClassification``), the renaming of checkpoint keys saved before the encoders were
+modules, and the auto-class registration: importing ``sdt_gen`` registers model type ``"sdt"`` with
+``AutoConfig``, ``AutoModel`` and ``AutoModelForImageClassification``.
 ``processing_sdt.save_classifier`` writes a folder that
 ``transformers.pipeline("image-classification", model=folder)`` reads (after ``import sdt_gen``).
 """
@@ -18,6 +19,7 @@ registers model type ``"sdt"`` with ``AutoConfig``, ``AutoModel`` and ``AutoMode
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForImageClassification, PreTrainedModel
 from transformers import initialization as init  # skips tensors already loaded from a checkpoint
+from transformers.conversion_mapping import register_checkpoint_conversion_mapping
+from transformers.core_model_loading import WeightRenaming
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
 
 from ..layers import (
@@ -37,10 +41,10 @@ from ..layers import (
     rmt_gammas,
     set_attention_backend,
 )
-from .configuration_sdt import HIERARCHICAL_STRIDE, SDTConfig, check_image_size
-from .denoiser_probe import build_denoiser_probe, load_denoiser, load_denoiser_weights, probe_config
-from .modeling_sdt_h import SDTLayer, build_hierarchical, hierarchical_features
-from .modeling_sdt_vit import build_isotropic, isotropic_features, positions
+from .configuration_sdt import SDTConfig
+from .denoiser_probe import SDTProbeEncoder, load_denoiser, probe_config
+from .modeling_sdt_h import SDTHierarchicalEncoder, SDTLayer, SDTPooler
+from .modeling_sdt_vit import SDTIsotropicEncoder, SDTPatchEncoder
 from .transformer_sdt import SDTTransformer2DModel
 
 
@@ -50,6 +54,15 @@ from .transformer_sdt import SDTTransformer2DModel
 
 # transformers' ``attn_implementation`` -> the attention backend of ``sdt_gen.layers``.
 ATTENTION_BACKEND_OF = {"eager": "eager", "sdpa": "sdpa", "flex_attention": "flex"}
+
+# ``config.architecture`` -> the encoder of ``SDTModel``; a denoiser probe's config (``denoiser_config``) is isotropic
+# but gets ``SDTProbeEncoder``.
+ENCODERS = {"hierarchical": SDTHierarchicalEncoder, "isotropic": SDTIsotropicEncoder}
+
+
+def encoder_class(config: SDTConfig) -> type[nn.Module]:
+    """The encoder class ``SDTModel`` builds for ``config``."""
+    return SDTProbeEncoder if config.is_denoiser_probe else ENCODERS[config.architecture]
 
 
 class SDTPreTrainedModel(PreTrainedModel):
@@ -97,13 +110,8 @@ class SDTPreTrainedModel(PreTrainedModel):
             for scale in (module.layer_scale_1, module.layer_scale_2):
                 if scale is not None:
                     init.constant_(scale, module.layer_scale_init_value)
-        elif isinstance(module, SDTModel):
-            if module.config.architecture == "isotropic":
-                for buffer, table in zip((module.pos_embed, module.rope), positions(module.config, module.grid_size)):
-                    if buffer is not None:
-                        init.copy_(buffer, table)
-            if module.conditioning is not None:
-                init.zeros_(module.conditioning)
+        elif isinstance(module, SDTPatchEncoder):
+            module.init_buffers()
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
@@ -135,13 +143,14 @@ class SDTPreTrainedModel(PreTrainedModel):
         set_attention_backend(self, ATTENTION_BACKEND_OF[implementation])
 
     def apply_freeze(self) -> None:
-        """With ``freeze_backbone`` only the pooler (and the classifier) train; a probe's VAE never does."""
+        """With ``freeze_backbone`` only the pooler (and the classifier) train; the encoder's frozen modules (a
+        probe's VAE) never do."""
         backbone = self if isinstance(self, SDTModel) else self.sdt
         if self.config.freeze_backbone:
             for name, param in backbone.named_parameters():
                 param.requires_grad_(name.startswith("pooler."))
-        if backbone.vae is not None:
-            backbone.vae.requires_grad_(False)
+        for module in backbone.encoder.frozen_modules():
+            module.requires_grad_(False)
 
     def no_weight_decay(self) -> set[str]:
         """Names of the parameters to train without weight decay (timm's convention, full names).
@@ -168,6 +177,11 @@ class SDTModel(SDTPreTrainedModel):
     the stem/embedding and after every stage (SDT-H) or block (isotropic), and with ``output_attentions``
     each block's attention probabilities ``(B, heads, N, N)``, decay included.
 
+    Its ``encoder`` is the architecture (``encoder_class``), the ``pooler`` is shaped by it. Every encoder
+    takes ``(pixel_values, output_hidden_states)`` and returns ``(tokens, hidden_states or None)``, checks the
+    input size it accepts, and has ``num_features``, ``head_hidden_size`` and ``fc_norm`` (the pooler's
+    arguments), ``get_input_embeddings`` / ``set_input_embeddings`` and ``frozen_modules``.
+
     The attention runs with transformers' ``attn_implementation`` (``"sdpa"`` by default, ``"flex_attention"``,
     ``"eager"``), chosen at load (``from_pretrained(..., attn_implementation=...)``) or with
     ``set_attn_implementation``. Fused kernels cannot return probabilities: with ``output_attentions`` that call
@@ -179,54 +193,39 @@ class SDTModel(SDTPreTrainedModel):
 
     def __init__(self, config: SDTConfig):
         super().__init__(config)
-        self.register_buffer("pos_embed", None, persistent=False)  # isotropic: fixed sin-cos positions
-        self.register_buffer("rope", None, persistent=False)  # isotropic: 2D rotary positions
-        self.register_buffer("conditioning", None)  # denoiser probe: the fixed adaLN input
-        self.vae = None
-        if config.architecture == "hierarchical":
-            build_hierarchical(self, config)
-        elif config.is_denoiser_probe:
-            build_denoiser_probe(self, config)
-        else:
-            build_isotropic(self, config)
+        self.encoder = encoder_class(config)(config)
+        self.pooler = SDTPooler(
+            self.encoder.num_features, self.encoder.head_hidden_size, self.encoder.fc_norm, config.layer_norm_eps
+        )
         self.num_features = self.pooler.num_features
+        self.register_load_state_dict_pre_hook(rename_keys_saved_before_the_encoder_split)
         self.post_init()
         self.apply_freeze()
         self.apply_attn_implementation()
 
-    # ------------------------------------------------------------------ construction
-
-    def load_denoiser_weights(self, denoiser: SDTTransformer2DModel, vae: nn.Module | None = None) -> None:
-        """Copy a denoiser's patch embedding and first ``depth`` blocks into this probe and fix its conditioning
-        (see ``denoiser_probe.load_denoiser_weights``)."""
-        load_denoiser_weights(self, denoiser, vae)
-
     def get_input_embeddings(self) -> nn.Module:
         """The pixel embedding: the conv stem (SDT-H) or the patch embedding (isotropic), as ViT returns its
         patch embeddings."""
-        return self.stem if self.config.architecture == "hierarchical" else self.patch_embed
+        return self.encoder.get_input_embeddings()
 
     def set_input_embeddings(self, value: nn.Module) -> None:
         """Replace the module ``get_input_embeddings`` returns (it must give the same output shape)."""
-        if self.config.architecture == "hierarchical":
-            self.stem = value
-        else:
-            self.patch_embed = value
+        self.encoder.set_input_embeddings(value)
 
     # ------------------------------------------------------------------ forward
 
     def train(self, mode: bool = True) -> "SDTModel":
-        """A frozen backbone (linear probe) and the VAE stay in eval mode: BatchNorm statistics and drop path frozen."""
+        """A frozen backbone (linear probe) stays in eval mode: BatchNorm statistics and drop path frozen."""
         super().train(mode)
         if self.config.freeze_backbone:
-            for name, child in self.named_children():
-                if name != "pooler":
-                    child.eval()
-        if self.vae is not None:
-            self.vae.eval()
+            self.encoder.eval()
         return self
 
-    def _check_pixels(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def forward_features(
+        self, pixel_values: torch.Tensor, output_hidden_states: bool = False
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
+        """Pixels to the last stage's tokens ``(B, N, C)`` (normalised, except for denoiser probes) and, with
+        ``output_hidden_states``, the hidden states."""
         config = self.config
         if pixel_values.dim() != 4:
             raise ValueError(f"pixel_values must be (B, C, H, W), got shape {tuple(pixel_values.shape)}")
@@ -236,26 +235,7 @@ class SDTModel(SDTPreTrainedModel):
                 pixel_values = pixel_values.mean(dim=1, keepdim=True)  # grey images converted to RGB
             else:
                 raise ValueError(f"pixel_values must have {config.num_channels} channels, got {channels}")
-        size = tuple(pixel_values.shape[-2:])
-        if config.architecture == "hierarchical":
-            check_image_size(size, HIERARCHICAL_STRIDE, "the SDT-H stem and patch merging (stride 32)")
-        else:
-            check_image_size(size, config.patch_size * config.vae_downsample, "the patch embedding")
-        return pixel_values
-
-    def forward_features(
-        self, pixel_values: torch.Tensor, output_hidden_states: bool = False
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
-        """Pixels to the last stage's tokens ``(B, N, C)`` (normalised, except for denoiser probes) and, with
-        ``output_hidden_states``, the hidden states."""
-        pixel_values = self._check_pixels(pixel_values)
-        hidden_states = [] if output_hidden_states else None
-        if self.config.architecture == "hierarchical":
-            x = hierarchical_features(self, pixel_values, hidden_states)  # (B, N, C)
-        else:
-            x = isotropic_features(self, pixel_values, hidden_states)  # (B, N, D)
-        x = self.norm(x)  # (B, N, C)
-        return x, (tuple(hidden_states) if output_hidden_states else None)
+        return self.encoder(pixel_values, output_hidden_states)
 
     def forward(
         self,
@@ -445,7 +425,7 @@ class SDTForImageClassification(SDTPreTrainedModel):
         vae = vae if vae is not None else found_vae
         config = probe_config(transformer, vae, found_id2label, timestep, layer, pool, freeze, config_overrides)
         model = cls(config)
-        model.sdt.load_denoiser_weights(transformer, vae)
+        model.sdt.encoder.load_denoiser_weights(transformer, vae)
         return model.to(transformer.x_embedder.proj.weight.device)
 
 
@@ -466,14 +446,47 @@ def _init_decay(attn: SpatialDecayAttention) -> None:
 
 
 #################################################################################
+#                               Checkpoint keys                                 #
+#################################################################################
+
+# Before the architectures became encoder modules, the backbone held the encoder's modules itself: saved keys read
+# ``sdt.stages.0...`` where the model now has ``sdt.encoder.stages.0...``. Saving keeps those keys (transformers
+# reverses the renaming on ``save_pretrained``), so checkpoints of either version load in the other.
+_ENCODER_MODULES_BEFORE_SPLIT = ("stem", "stages", "patch_embed", "blocks", "norm", "conditioning", "vae")
+_SAVED_ENCODER_KEY = rf"^({'|'.join(_ENCODER_MODULES_BEFORE_SPLIT)})(?!\w)"
+_ENCODER_KEY = r"encoder.\1"
+
+
+def encoder_key_renaming() -> WeightRenaming:
+    """transformers' renaming of saved backbone keys to the encoder's, ``stages.0...`` -> ``encoder.stages.0...``,
+    for ``SDTModel`` alone or as ``sdt`` in a classifier, and back when saving (``save_original_format``)."""
+    renaming = WeightRenaming(_SAVED_ENCODER_KEY, _ENCODER_KEY)
+    # Scoped as transformers scopes a sub-model's renamings, so that an SDTModel also reads a classifier's
+    # checkpoint (``sdt.stages...``): the base model prefix is taken off before matching.
+    renaming.scope_prefix, renaming.base_model_prefix = "", SDTPreTrainedModel.base_model_prefix
+    return renaming
+
+
+def rename_keys_saved_before_the_encoder_split(module: nn.Module, state_dict: dict, prefix: str, *args) -> None:
+    """``SDTModel``'s ``load_state_dict`` pre-hook: the same renaming for state dicts that do not go through
+    ``from_pretrained``, such as the model in a training checkpoint saved by accelerate before the split."""
+    for key in [key for key in state_dict if key.startswith(prefix)]:
+        renamed = prefix + re.sub(_SAVED_ENCODER_KEY, _ENCODER_KEY, key.removeprefix(prefix), count=1)
+        if renamed != key:
+            state_dict[renamed] = state_dict.pop(key)
+
+
+#################################################################################
 #                                 Registration                                  #
 #################################################################################
 
 def register_auto_classes() -> None:
-    """Register model type ``"sdt"`` with transformers' auto classes (done on ``import sdt_gen``)."""
+    """Register model type ``"sdt"`` with transformers' auto classes and the renaming of checkpoint keys saved
+    before the encoder split (done on ``import sdt_gen``)."""
     AutoConfig.register("sdt", SDTConfig, exist_ok=True)
     AutoModel.register(SDTConfig, SDTModel, exist_ok=True)
     AutoModelForImageClassification.register(SDTConfig, SDTForImageClassification, exist_ok=True)
+    register_checkpoint_conversion_mapping(SDTModel.__name__, [encoder_key_renaming()], overwrite=True)
 
 
 register_auto_classes()

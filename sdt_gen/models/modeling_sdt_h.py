@@ -3,9 +3,9 @@
 RMT's four-stage layout with SDT attention (docs/method.md, section 6): a conv stem of stride 4, conv
 patch merging (3x3, stride 2) between stages, a 3x3 depthwise CPE before each block, a 5x5 LePE on
 ``v``, decomposed decay in stages 1-2 and full decay in stages 3-4, drop path and layer scale,
-pre-norm blocks. ``SDTLayer`` and ``SDTPooler`` also serve the isotropic backbone
-(``modeling_sdt_vit``). ``build_hierarchical`` and ``hierarchical_features`` are the SDT-H halves of
-``SDTModel.__init__`` and ``SDTModel.forward_features`` (``modeling_sdt``).
+pre-norm blocks. ``SDTLayer`` and ``SDTPooler`` also serve the isotropic encoders
+(``modeling_sdt_vit``). ``SDTHierarchicalEncoder`` is the encoder ``SDTModel`` (``modeling_sdt``) runs for
+``architecture="hierarchical"``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from ..layers import DecayConfig, DropPath, SpatialDecayAttention
-from .configuration_sdt import SDTConfig
+from .configuration_sdt import HIERARCHICAL_STRIDE, SDTConfig, check_image_size
 
 
 def to_image(x: torch.Tensor, grid_size: tuple[int, int]) -> torch.Tensor:
@@ -188,23 +188,65 @@ class SDTPooler(nn.Module):
 
 
 #################################################################################
-#                                  SDT-H backbone                               #
+#                                  SDT-H encoder                                #
 #################################################################################
 
-def build_hierarchical(model: nn.Module, config: SDTConfig) -> None:
-    """Give ``model`` (an ``SDTModel``) SDT-H's modules: ``stem``, ``stages``, ``norm`` and ``pooler``."""
-    dims = config.stage_values("dims")
-    drop_rates = linear_drop_rates(config.drop_path_rate, sum(config.depths))
-    model.stem = SDTStem(config.num_channels, dims[0])
-    model.stages = nn.ModuleList()
-    for i, depth in enumerate(config.depths):
-        stage = nn.Module()
-        stage.downsample = SDTPatchMerging(dims[i - 1], dims[i]) if i > 0 else None
-        stage.blocks = nn.ModuleList(
-            SDTLayer(
+class SDTStage(nn.Module):
+    """One SDT-H stage: patch merging from the previous stage's width (none in the first stage), then blocks.
+
+    Args:
+        in_dim: the previous stage's width; None for the first stage, which takes the stem's tokens as they are.
+        dim: the stage's width.
+        drop_path_rates: the stochastic depth of each block; their number is the stage's depth.
+        **block_kwargs: the remaining ``SDTLayer`` arguments, the same for every block.
+    """
+
+    def __init__(self, in_dim: int | None, dim: int, drop_path_rates: list[float], **block_kwargs):
+        super().__init__()
+        self.downsample = SDTPatchMerging(in_dim, dim) if in_dim is not None else None
+        self.blocks = nn.ModuleList(SDTLayer(dim, drop_path=rate, **block_kwargs) for rate in drop_path_rates)
+
+    def forward(self, x: torch.Tensor, grid_size: tuple[int, int]) -> tuple[torch.Tensor, tuple[int, int]]:
+        if self.downsample is not None:
+            x, grid_size = self.downsample(x, grid_size)  # (B, N/4, C')
+        for block in self.blocks:
+            x = block(x, grid_size)  # (B, N, C)
+        return x, grid_size
+
+
+class SDTHierarchicalEncoder(nn.Module):
+    """SDT-H's encoder: pixels ``(B, C, H, W)`` through the conv stem and the stages to tokens ``(B, N, dims[-1])``.
+
+    The tokens leave normalised by a final LayerNorm, except with RMT's pre-head projection
+    (``head_hidden_size``), whose BatchNorm in the pooler normalises instead.
+
+    Args:
+        config: an ``SDTConfig`` with ``architecture="hierarchical"``; read: ``num_channels``, the per-stage keys
+            (``dims``, ``depths``, ``heads``, ``mlp_ratios``, ``heads_ranges``, ``decay_layouts``,
+            ``layer_scale_init_values``), the decay, ``qkv_bias``, ``lepe_kernel_size``, ``cpe_kernel_size``,
+            ``mlp_dwconv``, ``drop_path_rate``, ``head_hidden_size`` and ``layer_norm_eps``.
+
+    Attributes:
+        num_features: the width of the output tokens.
+        head_hidden_size: the width of RMT's projection before pooling (0: none), for the pooler.
+        fc_norm: whether the pooler normalises after pooling (never: these tokens are normalised).
+    """
+
+    fc_norm = False
+
+    def __init__(self, config: SDTConfig):
+        super().__init__()
+        dims = config.stage_values("dims")
+        drop_rates = linear_drop_rates(config.drop_path_rate, sum(config.depths))
+        self.stem = SDTStem(config.num_channels, dims[0])
+        self.stages = nn.ModuleList()
+        for i, depth in enumerate(config.depths):
+            self.stages.append(SDTStage(
+                dims[i - 1] if i > 0 else None,
                 dims[i],
-                config.stage_values("heads")[i],
-                config.stage_values("mlp_ratios")[i],
+                [drop_rates.pop(0) for _ in range(depth)],
+                num_heads=config.stage_values("heads")[i],
+                mlp_ratio=config.stage_values("mlp_ratios")[i],
                 decay=replace(
                     config.decay,
                     layout=config.stage_values("decay_layouts")[i],
@@ -214,35 +256,39 @@ def build_hierarchical(model: nn.Module, config: SDTConfig) -> None:
                 lepe_kernel_size=config.lepe_kernel_size,
                 cpe_kernel_size=config.cpe_kernel_size,
                 mlp_dwconv=config.mlp_dwconv,
-                drop_path=drop_rates.pop(0),
                 layer_scale_init_value=config.stage_values("layer_scale_init_values")[i],
                 norm_eps=config.layer_norm_eps,
-            )
-            for _ in range(depth)
-        )
-        model.stages.append(stage)
-    model.norm = nn.Identity() if config.head_hidden_size else nn.LayerNorm(dims[-1], eps=config.layer_norm_eps)
-    model.pooler = SDTPooler(dims[-1], config.head_hidden_size, norm_eps=config.layer_norm_eps)
+            ))
+        self.norm = nn.Identity() if config.head_hidden_size else nn.LayerNorm(dims[-1], eps=config.layer_norm_eps)
+        self.num_features = dims[-1]
+        self.head_hidden_size = config.head_hidden_size
 
+    def get_input_embeddings(self) -> nn.Module:
+        return self.stem
 
-def hierarchical_features(
-    model: nn.Module, pixel_values: torch.Tensor, hidden_states: list[torch.Tensor] | None = None
-) -> torch.Tensor:
-    """Pixels ``(B, C, H, W)`` through ``model``'s stem and stages to tokens ``(B, N, C_last)`` (before the final
-    norm); appends the tokens after the stem and after every stage to ``hidden_states`` if given."""
-    # 1. Input
-    x = model.stem(pixel_values)  # (B, C0, H/4, W/4)
-    grid_size = (x.shape[-2], x.shape[-1])
-    x = to_tokens(x)  # (B, N, C0)
-    if hidden_states is not None:
-        hidden_states.append(x)
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.stem = value
 
-    # 2. Stages
-    for stage in model.stages:
-        if stage.downsample is not None:
-            x, grid_size = stage.downsample(x, grid_size)  # (B, N/4, C')
-        for block in stage.blocks:
-            x = block(x, grid_size)  # (B, N, C)
-        if hidden_states is not None:
-            hidden_states.append(x)
-    return x
+    def frozen_modules(self) -> tuple[nn.Module, ...]:
+        """The modules that never train (none here)."""
+        return ()
+
+    def forward(
+        self, pixel_values: torch.Tensor, output_hidden_states: bool = False
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
+        """Pixels to tokens ``(B, N, C)`` and, with ``output_hidden_states``, the tokens after the stem and after
+        every stage (before the final norm)."""
+        size = tuple(pixel_values.shape[-2:])
+        check_image_size(size, HIERARCHICAL_STRIDE, "the SDT-H stem and patch merging (stride 32)")
+        # 1. Input
+        x = self.stem(pixel_values)  # (B, C0, H/4, W/4)
+        grid_size = (x.shape[-2], x.shape[-1])
+        x = to_tokens(x)  # (B, N, C0)
+        hidden_states = [x] if output_hidden_states else None
+
+        # 2. Stages
+        for stage in self.stages:
+            x, grid_size = stage(x, grid_size)  # (B, N, C)
+            if hidden_states is not None:
+                hidden_states.append(x)
+        return self.norm(x), (tuple(hidden_states) if hidden_states is not None else None)

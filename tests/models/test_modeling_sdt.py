@@ -80,7 +80,7 @@ def test_preset_shapes_follow_the_method():
     assert config.lepe_kernel_size == 5 and config.cpe_kernel_size == 3
     with torch.device("meta"):
         model = SDTModel(SDTConfig.from_preset("SDT-H-T", decay_mode="fixed"))
-    layouts = [stage.blocks[0].attn.decay.layout for stage in model.stages]
+    layouts = [stage.blocks[0].attn.decay.layout for stage in model.encoder.stages]
     assert layouts == ["decomposed", "decomposed", "full", "full"]
     assert SDTConfig.from_preset("SDT-H-T", decay_mode="none", num_labels=10).decay_mode == "none"
 
@@ -133,9 +133,9 @@ def test_gradient_checkpointing_same_outputs_and_gradients(architecture):
         return out.logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
 
     if architecture == "hierarchical":
-        blocks = [block for stage in model.sdt.stages for block in stage.blocks]
+        blocks = [block for stage in model.sdt.encoder.stages for block in stage.blocks]
     else:
-        blocks = list(model.sdt.blocks)
+        blocks = list(model.sdt.encoder.blocks)
     logits, grads = step()
     model.set_grad_checkpointing(True)
     assert all(block.gradient_checkpointing for block in blocks)
@@ -158,11 +158,11 @@ def test_timm_style_api():
 
     no_decay = model.no_weight_decay()
     names = dict(model.named_parameters())
-    assert "sdt.stages.0.blocks.0.attn.gate.alpha" in no_decay
-    assert "sdt.stages.0.blocks.0.norm1.weight" in no_decay and "classifier.bias" in no_decay
-    assert "sdt.stages.2.blocks.0.layer_scale_1" in no_decay
+    assert "sdt.encoder.stages.0.blocks.0.attn.gate.alpha" in no_decay
+    assert "sdt.encoder.stages.0.blocks.0.norm1.weight" in no_decay and "classifier.bias" in no_decay
+    assert "sdt.encoder.stages.2.blocks.0.layer_scale_1" in no_decay
     assert all(names[n].ndim <= 1 for n in no_decay)
-    assert "sdt.stages.0.blocks.0.attn.qkv.weight" not in no_decay
+    assert "sdt.encoder.stages.0.blocks.0.attn.qkv.weight" not in no_decay
 
     model.reset_classifier(3, id2label={0: "a", 1: "b", 2: "c"})
     assert model(x).logits.shape == (2, 3) and model.config.num_labels == 3 and model.config.label2id["c"] == 2
@@ -258,7 +258,7 @@ def test_linear_probe_trains_only_the_head_and_fine_tune_trains_everything():
     trainable = {n for n, p in probe.named_parameters() if p.requires_grad}
     assert trainable == {"sdt.pooler.fc_norm.weight", "sdt.pooler.fc_norm.bias", "classifier.weight", "classifier.bias"}
     probe.train()
-    assert not probe.sdt.blocks.training and probe.sdt.pooler.training
+    assert not probe.sdt.encoder.blocks.training and probe.sdt.pooler.training
     before = {n: p.clone() for n, p in probe.named_parameters()}
     optimizer = torch.optim.SGD([p for p in probe.parameters() if p.requires_grad], lr=0.1)
     probe(pixels(probe.config), labels=torch.tensor([0, 1])).loss.backward()
@@ -289,7 +289,7 @@ def test_from_denoiser_latent_space_with_a_vae():
     torch.testing.assert_close(
         model.forward_features(x), hidden_state_of(denoiser, latents, 5, 1), rtol=1e-5, atol=1e-5
     )
-    assert not any(p.requires_grad for p in model.sdt.vae.parameters())
+    assert not any(p.requires_grad for p in model.sdt.encoder.vae.parameters())
     with pytest.raises(ValueError, match="latent channels"):
         SDTForImageClassification.from_denoiser(tiny_denoiser(in_channels=3, depth=1), vae=vae)
 
@@ -458,7 +458,8 @@ def test_other_bad_config_values():
 def test_isotropic_classifier_with_rotary_positions_saves_loads_and_takes_other_grids(tmp_path, position):
     config = tiny_config("isotropic", position_embedding=position, rope_base=100.0, drop_path_rate=0.0)
     model = perturbed(SDTForImageClassification(config), scale=0.3).eval()  # logits far from 0: positions matter
-    assert model.sdt.rope.shape == (2, 64, 8) and (model.sdt.pos_embed is None) == (position == "rope")
+    encoder = model.sdt.encoder
+    assert encoder.rope.shape == (2, 64, 8) and (encoder.pos_embed is None) == (position == "rope")
     x = pixels(config)
     save_classifier(model, tmp_path / "model")
     loaded = AutoModelForImageClassification.from_pretrained(tmp_path / "model").eval()
@@ -475,7 +476,7 @@ def test_isotropic_classifier_with_rotary_positions_saves_loads_and_takes_other_
 def test_probe_of_a_rope_denoiser_features_equal_its_hidden_states():
     denoiser = tiny_denoiser(position_embedding="rope", decay_mode="cag")
     model = SDTForImageClassification.from_denoiser(denoiser, timestep=300, layer=1).eval()
-    assert model.config.position_embedding == "rope" and model.sdt.pos_embed is None
+    assert model.config.position_embedding == "rope" and model.sdt.encoder.pos_embed is None
     x = pixels(model.config, batch=3)
     with torch.no_grad():
         torch.testing.assert_close(model.forward_features(x), hidden_state_of(denoiser, x, 300, 1), rtol=1e-5, atol=1e-5)

@@ -47,8 +47,8 @@ def pixels(config: SDTConfig, batch: int = 2, seed: int = 0) -> torch.Tensor:
 
 def blocks_of(model: SDTModel) -> list[torch.nn.Module]:
     if model.config.architecture == "hierarchical":
-        return [block for stage in model.stages for block in stage.blocks]
-    return list(model.blocks)
+        return [block for stage in model.encoder.stages for block in stage.blocks]
+    return list(model.encoder.blocks)
 
 
 # ----------------------------------------------------------------------------- a new label set
@@ -169,8 +169,8 @@ def test_standard_names_of_the_isotropic_config_are_its_keys():
     config.num_hidden_layers, config.num_attention_heads, config.hidden_size = 3, 4, 64
     assert (config.depth, config.num_heads) == (3, 4)
     model = SDTModel(config)
-    assert len(model.blocks) == 3 and model.blocks[0].attn.num_heads == 4
-    assert model.patch_embed.proj.out_channels == 64
+    assert len(model.encoder.blocks) == 3 and model.encoder.blocks[0].attn.num_heads == 4
+    assert model.encoder.patch_embed.proj.out_channels == 64
     built = SDTConfig(architecture="isotropic", image_size=32, patch_size=4, hidden_size=32, num_hidden_layers=5,
                       num_attention_heads=4)
     assert (built.depth, built.num_heads) == (5, 4)
@@ -231,7 +231,7 @@ def test_hidden_states_are_num_hidden_layers_plus_one_of_hidden_size_at_the_end(
 def test_input_embeddings_are_the_stem_or_the_patch_embedding(architecture):
     config = tiny_config(architecture)
     model = SDTForImageClassification(config).eval()
-    expected = model.sdt.stem if architecture == "hierarchical" else model.sdt.patch_embed
+    expected = model.sdt.encoder.stem if architecture == "hierarchical" else model.sdt.encoder.patch_embed
     assert model.get_input_embeddings() is expected and model.sdt.get_input_embeddings() is expected
 
     calls = []
