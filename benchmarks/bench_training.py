@@ -7,11 +7,14 @@ Times full optimizer steps (DiT's hybrid loss, AdamW) in one run:
    cost as sd-vae-ft-ema) against the same model reading pre-extracted latents (fast-DiT);
 3. with ``--compile``: the decay's cost eager and under ``torch.compile`` (SiT's flow loss, AdamW), 32 px
    MNIST-shaped batches at 64 tokens (SDT-Ti/4) and 256 tokens (SDT-Ti/2), every variant timed in turns
-   (``--repeats`` rounds, median), in CPU time, so the ratios hold on a machine shared with other jobs.
+   (``--repeats`` rounds, median), in CPU time, so the ratios hold on a machine shared with other jobs;
+4. with ``--arms``: the 256-token decay study's arms (decay mode and position embedding, SDT-Ti/2 on 32 px,
+   SiT's flow loss, batch 32), eager, timed in turns in CPU time as the compile table.
 
     python benchmarks/bench_training.py                     # CPU defaults (latent part at 128 px)
     python benchmarks/bench_training.py --image-size 256 --latent-batch 32
-    OMP_NUM_THREADS=1 python benchmarks/bench_training.py --compile --only-compile
+    OMP_NUM_THREADS=1 python benchmarks/bench_training.py --compile --only
+    OMP_NUM_THREADS=1 python benchmarks/bench_training.py --arms none cag rope rope+cag --only
 """
 
 import argparse
@@ -24,6 +27,8 @@ from diffusers import AutoencoderKL
 from sdt_gen import SDTTransformer2DModel
 from sdt_gen.data import encode_images
 from sdt_gen.diffusion import DiffusionLoss, make_objective, uniform_timesteps
+
+from decay_study import parse_arm
 
 DECAY_MODES = ("none", "fixed", "cag")
 
@@ -68,6 +73,42 @@ def flow_training_step(model, batch: int, size: int):
     return step
 
 
+def mnist_model(preset: str, **settings) -> SDTTransformer2DModel:
+    """The decay study's denoiser shape (32 px, one channel, 10 classes, flow) with ``settings`` on top."""
+    torch.manual_seed(0)
+    return SDTTransformer2DModel.from_preset(
+        preset, sample_size=32, in_channels=1, num_classes=10, objective="flow", learn_sigma=False,
+        attention_backend="sdpa", **settings,
+    )
+
+
+def median_cpu_seconds(steps: dict, repeats: int, steps_per_round: int) -> dict:
+    """Median CPU seconds per call of each step function, timed in turns so a busy spell hits every one alike."""
+    seconds = {key: [] for key in steps}
+    for _ in range(repeats):
+        for key, step in steps.items():
+            start = time.process_time()
+            for _ in range(steps_per_round):
+                step()
+            seconds[key].append((time.process_time() - start) / steps_per_round)
+    return {key: statistics.median(values) for key, values in seconds.items()}
+
+
+def study_arms_cost(args) -> None:
+    """CPU seconds per training step of each decay-study arm at 256 tokens, as ratios to the first arm."""
+    print(f"| tokens | model | arm | steps/s (CPU) | s/step (CPU) | time / {args.arms[0]} |")
+    print("|---|---|---|---|---|---|")
+    steps = {}
+    for arm in args.arms:
+        steps[arm] = flow_training_step(mnist_model("SDT-Ti/2", **parse_arm(arm)), args.mnist_batch, 32)
+        for _ in range(2):
+            steps[arm]()
+    median = median_cpu_seconds(steps, args.repeats, args.steps)
+    for arm in args.arms:
+        print(f"| 256 | SDT-Ti/2 | {arm} | {1 / median[arm]:.2f} | {median[arm]:.3f} | "
+              f"{median[arm] / median[args.arms[0]]:.2f}x |", flush=True)
+
+
 def compiled_decay_cost(args) -> None:
     """CPU seconds per step of every decay mode, eager and compiled, as ratios to ``none`` of the same kind."""
     print("| tokens | model | decay | eager / eager none | compiled / compiled none | compiled / eager |")
@@ -76,23 +117,12 @@ def compiled_decay_cost(args) -> None:
         steps = {}
         for mode in DECAY_MODES:
             for compiled in (False, True):
-                torch.manual_seed(0)
-                model = SDTTransformer2DModel.from_preset(
-                    preset, sample_size=32, in_channels=1, num_classes=10, decay_mode=mode, objective="flow",
-                    learn_sigma=False, attention_backend="sdpa",
-                )
+                model = mnist_model(preset, decay_mode=mode)
                 step = flow_training_step(torch.compile(model) if compiled else model, args.mnist_batch, 32)
                 for _ in range(2):  # compile and warm up
                     step()
                 steps[mode, compiled] = step
-        seconds = {key: [] for key in steps}
-        for _ in range(args.repeats):  # in turns, so a busy spell hits every variant alike
-            for key, step in steps.items():
-                start = time.process_time()
-                for _ in range(args.steps):
-                    step()
-                seconds[key].append((time.process_time() - start) / args.steps)
-        median = {key: statistics.median(values) for key, values in seconds.items()}
+        median = median_cpu_seconds(steps, args.repeats, args.steps)
         for mode in DECAY_MODES:
             print(f"| {tokens} | {preset} | {mode} | {median[mode, False] / median['none', False]:.2f}x | "
                   f"{median[mode, True] / median['none', True]:.2f}x | {median[mode, True] / median[mode, False]:.2f}x |",
@@ -104,8 +134,10 @@ def main(args):
     print(f"threads {torch.get_num_threads()}")
     if args.compile:
         compiled_decay_cost(args)
-        if args.only_compile:
-            return
+    if args.arms:
+        study_arms_cost(args)
+    if args.only:
+        return
     print("| setting | batch | steps/s | images/s | time / baseline |")
     print("|---|---|---|---|---|")
 
@@ -150,6 +182,16 @@ if __name__ == "__main__":
     parser.add_argument("--image-size", type=int, default=128, help="pixel size of the latent runs")
     parser.add_argument("--latent-batch", type=int, default=4, help="batch of the latent runs")
     parser.add_argument("--compile", action="store_true", help="also the decay's cost eager vs torch.compile")
-    parser.add_argument("--only-compile", action="store_true", help="with --compile: that table only")
-    parser.add_argument("--repeats", type=int, default=5, help="rounds of the compile table (median)")
-    main(parser.parse_args())
+    parser.add_argument("--arms", nargs="+", metavar="ARM",
+                        help="also the 256-token decay study's arms (none, cag, rope, rope+cag, ...), against the first")
+    parser.add_argument("--only", action="store_true", help="only the tables of --compile and --arms")
+    parser.add_argument("--repeats", type=int, default=5, help="rounds of the compile and arms tables (median)")
+    args = parser.parse_args()
+    if args.only and not (args.compile or args.arms):
+        parser.error("--only needs --compile or --arms")
+    for name in args.arms or ():
+        try:
+            parse_arm(name)
+        except ValueError as error:
+            parser.error(str(error))
+    main(args)
