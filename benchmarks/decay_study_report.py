@@ -1,10 +1,16 @@
 """What the decay study makes of its numbers: statistics, ``summary.md`` and its pictures.
 
 Plain functions of the study's results (``decay_study.py`` trains, samples and scores); nothing here trains or
-samples. Matplotlib is imported only here.
+samples. Matplotlib is imported only here. Run as a script, it reanalyses a study written before the protocol
+had a primary metric and multiplicity correction (the published 64-token study) from its ``results.json``:
+
+    python benchmarks/decay_study_report.py docs/decay_study    # writes reanalysis.md, re-plots the gates
 """
 
+import argparse
+import json
 from pathlib import Path
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -422,3 +428,88 @@ def plot_gates(out: Path, curves: dict, runs: dict, timesteps) -> None:
                  "solid: mean over seeds, band min..max" + ("; dashed: fixed RMT gammas" if fixed is not None else ""),
                  fontsize=9)
     save_figure(fig, out / "gates_vs_timestep.png")
+
+
+#################################################################################
+#                      Reanalysis of a study's results.json                     #
+#################################################################################
+
+def reanalysis_lines(results: dict) -> list[str]:
+    """``reanalysis.md`` of a study that predates the primary metric: its tests Holm-adjusted, FD over the last two
+    points (post hoc there), and FD's paired difference at every evaluation point.
+
+    Args:
+        results: the study's ``results.json`` (runs with ``evals`` per step and ``mode`` or ``arm``).
+    """
+    runs = results["runs"]
+    steps = sorted(int(s) for s in next(iter(runs.values()))["evals"])
+    final = str(steps[-1])
+    arms = results.get("arms", results.get("modes"))
+    keys = [(label, key) for label, key, _ in METRICS if all(key in r["evals"][final] for r in runs.values())]
+
+    def by_seed(arm: str, value) -> list[float]:
+        return [value(r) for _, r in sorted((r["seed"], r) for r in runs.values() if arm_of(r) == arm)]
+
+    compared = [arm for arm in arms if arm != "none"]
+    tests = [(arm, label, paired_difference(by_seed(arm, lambda r, k=key: r["evals"][final][k]),
+                                            by_seed("none", lambda r, k=key: r["evals"][final][k])))
+             for arm in compared for label, key in keys]
+    for (_, _, d), adjusted in zip(tests, holm([d["p"] for _, _, d in tests])):
+        d["p_holm"] = adjusted
+    last_two = [(arm, paired_difference(by_seed(arm, lambda r: primary_value(r, steps)),
+                                        by_seed("none", lambda r: primary_value(r, steps)))) for arm in compared]
+    for (_, d), adjusted in zip(last_two, holm([d["p"] for _, d in last_two])):
+        d["p_holm"] = adjusted
+    lines = [
+        "# Reanalysis", "",
+        f"The study of `summary.md`, {results['protocol']['model']}, {len(results['seeds'])} seeds, read again from its "
+        "`results.json` with the rules the 256-token study fixed before its runs (nothing retrained or resampled). "
+        "Written by `python benchmarks/decay_study_report.py " + "<this folder>`.", "",
+        f"**Its {len(tests)} tests at step {final}, Holm-adjusted together** (`summary.md` gave uncorrected "
+        "95% intervals):", "",
+        "| comparison | metric | difference [95% interval] | p | p (Holm) |", "|---|---|---|---|---|",
+        *(f"| {arm} - none | {label} | {interval(d)} | {d['p']:.3g} | {d['p_holm']:.3g} |" for arm, label, d in tests),
+        "", f"**{PRIMARY_LABEL}** ({', '.join(map(str, steps[-2:]))}), the 256-token study's primary metric; post hoc "
+        "here, since this study named none in advance (Holm over its comparisons):", "",
+        "| comparison | difference [95% interval] | p | p (Holm) |", "|---|---|---|---|",
+        *(f"| {arm} - none | {interval(d)} | {d['p']:.3g} | {d['p_holm']:.3g} |" for arm, d in last_two),
+        "", "**FD at every evaluation point**, paired against `none` (mean and 95% interval):", "",
+        "| comparison | " + " | ".join(f"step {s}" for s in steps) + " |", "|---" * (len(steps) + 1) + "|",
+    ]
+    for arm in compared:
+        cells = [interval(paired_difference(by_seed(arm, lambda r, s=s: r["evals"][str(s)]["fd"]),
+                                            by_seed("none", lambda r, s=s: r["evals"][str(s)]["fd"]))) for s in steps]
+        lines.append(f"| {arm} - none | " + " | ".join(cells) + " |")
+    missing = [what for what, present in (
+        ("a bootstrap of each evaluation's FD over its samples", any("fd_bootstrap" in e for r in runs.values()
+                                                                     for e in r["evals"].values())),
+        ("FD against the held-out split", "fd_heldout" in runs[next(iter(runs))]["evals"][final]),
+        ("a guidance sweep", "guidance_sweep" in runs[next(iter(runs))]["evals"][final]),
+        ("the thread count", "threads" in results["protocol"]),
+    ) if not present]
+    if missing:
+        lines += ["", "Not in this study's records, so not reanalysed (they need its runs again): "
+                  + ", ".join(missing) + "."]
+    if results.get("gates_vs_timestep", {}).get("strength"):
+        lines += ["", "`gates_vs_timestep.png` is re-plotted from the recorded curves with the heads of every seed "
+                  "ranked by strength before the mean (a head index names a different head in each seed)."]
+    return lines
+
+
+def reanalyse(folder: Path) -> None:
+    """Write ``reanalysis.md`` beside a study's ``results.json`` and re-plot its gates with heads ranked."""
+    path = folder / "results.json"
+    if not path.is_file():
+        raise SystemExit(f"error: no results.json in {folder}: give the folder of a finished decay study")
+    results = json.loads(path.read_text())
+    (folder / "reanalysis.md").write_text("\n".join(reanalysis_lines(results)) + "\n")
+    gates = results.get("gates_vs_timestep", {})
+    if gates.get("strength"):
+        plot_gates(folder, gates["strength"], results["runs"], gates["timesteps"])
+    print(f"wrote {folder / 'reanalysis.md'}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folder", type=Path, help="a finished decay study's folder (with results.json)")
+    reanalyse(parser.parse_args().folder)
