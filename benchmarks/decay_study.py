@@ -676,7 +676,16 @@ def run_share(args, out: Path, evaluator, ref_features, heldout, processes) -> l
             if not (out / "evals" / run_name(arm, seed) / f"step-{final:07d}" / "metrics.json").is_file()]
 
 
-def publish(args, out: Path, protocol: dict, evaluator_record: dict, heldout) -> dict:
+def real_data_reference(args, ref_features: dict) -> dict | None:
+    """FD of MNIST's held-out digits against the train split, with its bootstrap: what real images of that count
+    score in the evaluator's features, the scale on which the arms' differences are read (None without both)."""
+    if not {"train", "heldout"} <= ref_features.keys():
+        return None
+    scores = frechet_bootstrap(ref_features["heldout"], ref_features["train"], args.bootstrap_replicates)
+    return {"images": len(ref_features["heldout"]), "fd": scores}
+
+
+def publish(args, out: Path, protocol: dict, evaluator_record: dict, heldout, ref_features: dict) -> dict:
     """``results.json``, ``summary.md`` and the pictures, from every finished run."""
     runs = collect(args, out)
     steps = eval_steps(args)
@@ -693,6 +702,7 @@ def publish(args, out: Path, protocol: dict, evaluator_record: dict, heldout) ->
         "arms": args.arms, "seeds": args.seeds, "eval_steps": steps, "runs": runs,
         **statistics(runs, args.arms, steps, comparisons(args.arms)),
         "gates_vs_timestep": {"timesteps": list(GATE_TIMESTEPS), "strength": curves},
+        "real_data": real_data_reference(args, ref_features),
     }
     other = read_json(Path(args.compare_with)) if args.compare_with else None
     write_json(out / "results.json", results)
@@ -744,7 +754,7 @@ def main(args):
         print(f"worker {worker}/{workers}: done; {len(unfinished)} runs of other workers are unfinished "
               f"({', '.join(unfinished)}): the last worker to finish writes the results")
         return None
-    results = publish(args, out, protocol, evaluator_record, heldout)
+    results = publish(args, out, protocol, evaluator_record, heldout, ref_features)
     print((out / "summary.md").read_text())
     return results
 

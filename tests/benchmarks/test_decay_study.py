@@ -66,6 +66,9 @@ def test_every_run_and_evaluation_is_in_the_results(study):
     assert saved["protocol"]["threads"] == 1 and saved["protocol"]["arms"] == ARMS
     assert saved["protocol"]["primary"]["metric"] == "fd_last2"
     assert set(saved["equal_time"]["fd"]) == set(ARMS)
+    # Real digits on the same scale: the 500 held-out digits against the (reference subset of the) train split.
+    real = saved["real_data"]
+    assert real["images"] == 500 and real["fd"]["low"] < real["fd"]["fd"] < real["fd"]["high"]
     strength = saved["gates_vs_timestep"]["strength"]
     assert set(strength) == {"cag-s0", "cag-s1", "rope+cag-s0", "rope+cag-s1"}
     assert len(strength["cag-s0"]) == len(decay_study.GATE_TIMESTEPS)
@@ -75,11 +78,16 @@ def test_every_run_and_evaluation_is_in_the_results(study):
         assert config["position_embedding"] == position
 
 
+def saved_real_fd(out: Path) -> float:
+    return json.loads((out / "results.json").read_text())["real_data"]["fd"]["fd"]
+
+
 def test_summary_and_pictures_are_written(study):
     out, _, _ = study
     summary = (out / "summary.md").read_text()
     assert "**Primary metric**" in summary and "| rope+cag - rope |" in summary
     assert "| arm | FD | FD s.e. within run | FD held-out |" in summary and "Guidance sweep" in summary and "At equal training time" in summary
+    assert f"Real digits: the 500 held-out digits score FD {saved_real_fd(out):.3g}" in summary
     assert "cag - none" in summary and ("no measurable difference" in summary or "interval excludes 0" in summary
                                         or "Holm adjustment" in summary)
     for name in PICTURES:
