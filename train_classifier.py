@@ -42,6 +42,7 @@ from sdt_gen.training import (
     PreemptionHandler,
     TrainState,
     apply_settings,
+    batch_per_process,
     check_finite,
     classifier_card,
     create_accelerator,
@@ -130,7 +131,7 @@ class MixingCollate:
 
 def make_loaders(args, train_set, val_set, num_classes: int, num_processes: int) -> tuple[DataLoader, DataLoader]:
     """The shuffled, mixed training loader and the validation loader, ``--batch-size`` shared out over the processes."""
-    per_process = args.batch_size // num_processes
+    per_process = batch_per_process(args.batch_size, "--batch-size", num_processes)
     collate = MixingCollate(args.mixup, args.cutmix, num_classes)
     train_loader = training_loader(train_set, per_process, args.seed, args.num_workers, collate)
     val_loader = DataLoader(val_set, batch_size=per_process, num_workers=args.num_workers)

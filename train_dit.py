@@ -49,6 +49,7 @@ from sdt_gen.training import (
     PreemptionHandler,
     TrainState,
     apply_settings,
+    batch_per_process,
     check_finite,
     create_accelerator,
     denoiser_card,
@@ -310,12 +311,8 @@ def prepare_data(args, device: torch.device, patch_size: int):
 
 def make_loader(args, dataset: Dataset, accelerator: Accelerator) -> tuple[DataLoader, int]:
     """The training loader and its batch per process: ``--global-batch-size`` over processes and accumulation."""
-    per_process = args.global_batch_size // (accelerator.num_processes * args.gradient_accumulation_steps)
-    if per_process * accelerator.num_processes * args.gradient_accumulation_steps != args.global_batch_size:
-        raise ValueError(
-            f"--global-batch-size {args.global_batch_size} is not divisible by {accelerator.num_processes} processes "
-            f"x {args.gradient_accumulation_steps} accumulation steps"
-        )
+    per_process = batch_per_process(args.global_batch_size, "--global-batch-size", accelerator.num_processes,
+                                    args.gradient_accumulation_steps)
     loader = training_loader(
         dataset, per_process, args.seed, args.num_workers, collate_skip_none,
         pin_memory=accelerator.device.type == "cuda", persistent_workers=args.num_workers > 0,

@@ -19,6 +19,7 @@ from .preemption import PREEMPTED_EXIT_CODE, PreemptionHandler
 from .resume import RESUMES_RECORD, restore_run_settings, warned_changes
 from .setup import (
     apply_settings,
+    batch_per_process,
     create_accelerator,
     find_run,
     open_run,
@@ -36,6 +37,7 @@ __all__ = [
     "RESUMES_RECORD",
     "TrainState",
     "apply_settings",
+    "batch_per_process",
     "check_checkpoint_sharding",
     "check_finite",
     "classifier_card",

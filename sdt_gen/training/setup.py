@@ -192,6 +192,18 @@ def start_run(
     return run_dir, checkpoint, logger
 
 
+def batch_per_process(batch_size: int, flag: str, num_processes: int, accumulation_steps: int = 1) -> int:
+    """``batch_size`` shared out over processes and accumulation steps; a ValueError naming ``flag`` if it does not
+    divide evenly (a floored share would train on a smaller batch than asked, with the asked-for learning rate)."""
+    per_process, left = divmod(batch_size, num_processes * accumulation_steps)
+    if left or per_process == 0:
+        raise ValueError(
+            f"{flag} {batch_size} is not divisible by {num_processes} processes x {accumulation_steps} accumulation "
+            "steps; choose a multiple of their product"
+        )
+    return per_process
+
+
 def training_loader(
     dataset: Dataset, batch_size: int, seed: int, num_workers: int, collate_fn: Callable, **options
 ) -> DataLoader:

@@ -1,11 +1,11 @@
-"""The accelerator of the training scripts: the launch configuration decides unless a flag says otherwise."""
+"""The training scripts' setup: the accelerator the launch configuration decides, and the batch each process takes."""
 
 import pytest
 from accelerate.state import AcceleratorState
 
 import train_classifier
 import train_dit
-from sdt_gen.training import create_accelerator
+from sdt_gen.training import batch_per_process, create_accelerator
 
 
 @pytest.fixture
@@ -59,3 +59,16 @@ def test_asking_for_fsdp_on_cpu_warns_that_it_runs_unsharded(monkeypatch, fresh_
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     with pytest.warns(RuntimeWarning, match="asks for FSDP, but accelerate shards on GPUs only: this runs NO on cpu"):
         create_accelerator("no", cpu=True)
+
+
+@pytest.mark.parametrize("processes, accumulation, expected", [(1, 1, 12), (2, 1, 6), (2, 3, 2), (4, 3, 1)])
+def test_the_batch_is_shared_out_over_processes_and_accumulation(processes, accumulation, expected):
+    assert batch_per_process(12, "--global-batch-size", processes, accumulation) == expected
+
+
+@pytest.mark.parametrize("batch, processes, accumulation", [(7, 2, 1), (12, 8, 1), (12, 2, 4), (2, 4, 1)])
+def test_a_batch_that_does_not_divide_is_refused_by_flag_and_value(batch, processes, accumulation):
+    # A floored share would silently train on a smaller batch than the one the learning rate was chosen for.
+    with pytest.raises(ValueError, match=f"--batch-size {batch} is not divisible by {processes} processes x "
+                                         f"{accumulation} accumulation steps"):
+        batch_per_process(batch, "--batch-size", processes, accumulation)
