@@ -57,7 +57,7 @@ from sdt_gen.files import file_sha256
 from sdt_gen.hub import local_folder
 from sdt_gen.pipelines import SCHEDULERS, check_pipeline_folder, chosen_scheduler
 from sdt_gen.training import PREEMPTED_EXIT_CODE, PreemptionHandler
-from sdt_gen.cli import add_sampling_arguments, non_negative_int, positive_int, run_main
+from sdt_gen.cli import add_sampling_arguments, non_negative_int, positive_int, run_main, warn_if_cpu_busy
 
 logger = logging.getLogger("eval_fid")
 
@@ -153,8 +153,8 @@ def resolve_weights_once_per_machine(processes: PartialState, metrics: list[str]
 
 def load_pipeline(model_folder: Path, device: torch.device, args) -> SDTPipeline:
     """The pipeline on ``device`` in --dtype, with the --attention-backend and --scheduler asked."""
-    # Cast after loading: diffusers renamed from_pretrained's torch_dtype to dtype (0.42 warns on every load).
-    pipe = SDTPipeline.from_pretrained(model_folder).to(device, getattr(torch, args.dtype))
+    # Loaded in --dtype: a cast after loading makes diffusers warn about modules kept in float32, even when none are.
+    pipe = SDTPipeline.from_pretrained(model_folder, dtype=getattr(torch, args.dtype)).to(device)
     pipe.transformer.set_attention_backend(args.attention_backend)
     pipe.scheduler = chosen_scheduler(pipe.scheduler, args.scheduler, args.flow_shift)
     return pipe
@@ -285,6 +285,8 @@ def main(args):
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     processes = PartialState(cpu=args.device == "cpu")
     device = torch.device(args.device) if args.device and processes.num_processes == 1 else processes.device
+    if processes.is_local_main_process:
+        warn_if_cpu_busy(device, processes.num_processes)
     metrics = list(dict.fromkeys(args.metrics))
     out_dir = Path(args.out) if args.out else default_out_dir(args)
 

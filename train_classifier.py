@@ -32,9 +32,10 @@ from sdt_gen.cli import (
     positive_float,
     positive_int,
     run_main,
+    warn_if_cpu_busy,
 )
 from sdt_gen.data import BUNDLED_DATASETS
-from sdt_gen.layers import ATTENTION_BACKENDS, DECAY_MODES
+from sdt_gen.layers import ATTENTION_BACKENDS, DECAY_MODES, check_backend_trains
 from sdt_gen.models.configuration_sdt import SDT_CLASSIFIER_PRESETS
 from sdt_gen.models.processing_sdt import default_normalization, save_classifier
 from sdt_gen.training import (
@@ -156,8 +157,14 @@ def build_model(args, id2label: dict) -> SDTForImageClassification:
     return SDTForImageClassification(config)
 
 
-def build_optimizer(args, model, batches_per_epoch: int):
-    """AdamW (no weight decay where ``model.no_weight_decay()`` says), its warm-up cosine schedule, steps per epoch."""
+def build_optimizer(args, model, steps_per_epoch: int, num_processes: int):
+    """AdamW (no weight decay where ``model.no_weight_decay()`` says) and its warm-up cosine schedule.
+
+    Args:
+        steps_per_epoch: optimizer steps of one epoch on every process.
+        num_processes: accelerate's prepared schedule steps once per process at every optimizer step, so its
+            length counts ``num_processes`` per optimizer step.
+    """
     decay, no_decay = [], []
     skip = model.no_weight_decay()
     for name, param in model.named_parameters():
@@ -166,11 +173,10 @@ def build_optimizer(args, model, batches_per_epoch: int):
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=args.lr
     )
-    steps_per_epoch = math.ceil(batches_per_epoch / args.gradient_accumulation_steps)
     scheduler = get_cosine_schedule_with_warmup(
-        optimizer, args.warmup_epochs * steps_per_epoch, args.epochs * steps_per_epoch
+        optimizer, args.warmup_epochs * steps_per_epoch * num_processes, args.epochs * steps_per_epoch * num_processes
     )
-    return optimizer, scheduler, steps_per_epoch
+    return optimizer, scheduler
 
 
 #################################################################################
@@ -207,7 +213,7 @@ def evaluate_ema(model, ema: DiTEMA | None, loader, accelerator) -> dict[str, fl
 # Flags a resume may change (the cadence, the machine) and those it may change with a recorded warning: more epochs
 # stretch the cosine schedule from the resumed step on. Anything else given with --resume must equal the run's own
 # setting (sdt_gen.training.resume).
-RESUME_FREE = {"log_every", "ckpt_every_epochs", "attention_backend"}
+RESUME_FREE = {"log_every", "ckpt_every_epochs", "attention_backend", "report_to"}
 RESUME_WARNED = {"epochs", "mixed_precision", "gradient_accumulation_steps"}
 
 
@@ -297,8 +303,12 @@ def finish(args, accelerator, model, ema, run_dir: Path, data_name: str, epoch: 
 def main(args):
     """Train the classifier (or denoiser probe) the flags describe; returns the run folder and the last val metrics."""
     changes, resumed_dir = apply_settings(args, apply_defaults, run_names, RESUME_FREE, RESUME_WARNED)
-    accelerator = create_accelerator(args.mixed_precision, args.gradient_accumulation_steps, args.cpu, args.seed)
+    accelerator = create_accelerator(args.mixed_precision, args.gradient_accumulation_steps, args.cpu, args.seed,
+                                     args.report_to)
     device = accelerator.device
+    check_backend_trains(args.attention_backend, device)
+    if accelerator.is_local_main_process:
+        warn_if_cpu_busy(device, accelerator.num_processes)
 
     # The model before the images: its config fixes their size and normalisation. Every check, then the run folder.
     id2label, data_name = class_names(args)
@@ -314,11 +324,12 @@ def main(args):
     logger.info(f"{model_name}: {sum(p.numel() for p in model.parameters()):,} parameters, decay {model.config.decay_mode}")
 
     train_loader, val_loader = make_loaders(args, train_set, val_set, len(id2label), accelerator.num_processes)
-    optimizer, scheduler, steps_per_epoch = build_optimizer(args, model, len(train_loader))
+    # Prepared, a loader yields this process's share of an epoch: its length counts the optimizer steps of every process.
+    train_loader, val_loader = accelerator.prepare(train_loader, val_loader)
+    steps_per_epoch = math.ceil(len(train_loader) / args.gradient_accumulation_steps)
+    optimizer, scheduler = build_optimizer(args, model, steps_per_epoch, accelerator.num_processes)
     ema = DiTEMA(model.parameters(), decay=args.ema_decay, warmup=True) if args.ema_decay else None
-    model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
-        model, optimizer, train_loader, val_loader, scheduler
-    )
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     state = TrainState()
     accelerator.register_for_checkpointing(state, *([ema] if ema else []))
     if checkpoint is not None:

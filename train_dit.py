@@ -41,7 +41,14 @@ from sdt_gen.data import (
 )
 from sdt_gen.diffusion import OBJECTIVES, TIME_SAMPLINGS, make_objective, objective_of, objective_rules
 from sdt_gen.hub import local_folder
-from sdt_gen.layers import ATTENTION_BACKENDS, DECAY_LAYOUTS, DECAY_MODES, POSITION_EMBEDDINGS, DecayConfig
+from sdt_gen.layers import (
+    ATTENTION_BACKENDS,
+    DECAY_LAYOUTS,
+    DECAY_MODES,
+    POSITION_EMBEDDINGS,
+    DecayConfig,
+    check_backend_trains,
+)
 from sdt_gen.pipelines import EXPORT_RECORD, SCHEDULERS, default_scheduler, exported_step, scheduler_by_name
 from sdt_gen.files import atomic_folder, write_manifest
 from sdt_gen.training import (
@@ -70,6 +77,7 @@ from sdt_gen.cli import (
     positive_float,
     positive_int,
     run_main,
+    warn_if_cpu_busy,
 )
 
 # What the bundled digits run needs instead of DiT's ImageNet recipe: a CPU-sized model, a larger
@@ -94,7 +102,7 @@ IMAGENET_DEFAULTS = dict(
 # --resume must equal the run's own setting (sdt_gen.training.resume).
 RESUME_FREE = {
     "max_steps", "ckpt_every", "log_every", "sample_every", "sample_classes", "samples_per_class", "sample_steps",
-    "sample_scheduler", "sample_guidance_scale", "attention_backend", "compile", "gradient_checkpointing",
+    "sample_scheduler", "sample_guidance_scale", "attention_backend", "compile", "gradient_checkpointing", "report_to",
     "extract_batch_size",
 }
 # Flags a resume may change that change the numbers, not the experiment: allowed, warned and recorded.
@@ -469,8 +477,12 @@ def finish(args, accelerator: Accelerator, run_dir: Path, data_name: str, step: 
 def main(args):
     """Train the denoiser the flags describe (``--extract-latents``: encode the data); returns the run folder."""
     changes, resumed_dir = apply_settings(args, apply_defaults, run_names, RESUME_FREE, RESUME_WARNED)
-    accelerator = create_accelerator(args.mixed_precision, args.gradient_accumulation_steps, args.cpu, args.seed)
+    accelerator = create_accelerator(args.mixed_precision, args.gradient_accumulation_steps, args.cpu, args.seed,
+                                     args.report_to)
     device = accelerator.device
+    check_backend_trains(args.attention_backend, device)
+    if accelerator.is_local_main_process:
+        warn_if_cpu_busy(device, accelerator.num_processes)
     if args.extract_latents:
         return extract(args, accelerator)
 
@@ -492,10 +504,10 @@ def main(args):
     loader, per_process = make_loader(args, dataset, accelerator)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     if args.compile:
-        # Inductor's own generator would drop other labels than eager does: keep eager's draws, so compiling
-        # changes float rounding only (and a resume stays exact).
-        torch._inductor.config.fallback_random = True
-        model = torch.compile(model)
+        # Regional compilation: one SDTBlock graph serves every depth, compiled in a fraction of the whole model's
+        # time and as fast (benchmarks/bench_training.py --compile-regions). The random draws (label dropout) stay
+        # eager, outside the blocks, so a compiled run draws what an eager one does and resumes exactly.
+        accelerator.unwrap_model(model).compile_repeated_blocks(fullgraph=True)
     state = TrainState()
     accelerator.register_for_checkpointing(ema, state)
     if checkpoint is not None:
@@ -542,7 +554,7 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--init-from-dit", help="start from DiT's weights: an original checkpoint (DiT-XL-2-256x256.pt, "
                        "a DiT train.py checkpoint) or a diffusers DiT pipeline (folder or Hub id; CAG starts at zero decay)")
     model.add_argument("--gradient-checkpointing", action="store_true", help="recompute block activations in backward")
-    model.add_argument("--compile", action="store_true", help="torch.compile the model")
+    model.add_argument("--compile", action="store_true", help="torch.compile the repeated transformer block (regional)")
 
     opt = p.add_argument_group("optimisation")
     opt.add_argument("--global-batch-size", type=positive_int, help="images per optimizer step over all processes (default: 256, digits: 64)")

@@ -9,12 +9,18 @@ Times full optimizer steps (DiT's hybrid loss, AdamW) in one run:
    MNIST-shaped batches at 64 tokens (SDT-Ti/4) and 256 tokens (SDT-Ti/2), every variant timed in turns
    (``--repeats`` rounds, median), in CPU time, so the ratios hold on a machine shared with other jobs;
 4. with ``--arms``: the 256-token decay study's arms (decay mode and position embedding, SDT-Ti/2 on 32 px,
-   SiT's flow loss, batch 32), eager, timed in turns in CPU time as the compile table.
+   SiT's flow loss, batch 32), eager, timed in turns in CPU time as the compile table;
+5. with ``--compile-regions``: what ``train_dit.py --compile`` costs, the whole model under ``torch.compile``
+   against its repeated blocks compiled one by one (``compile_repeated_blocks``, regional compilation), for
+   SDT-Ti/2 and SDT-B/2 at 256 tokens (cag): compile time (CPU seconds of the first step beyond a compiled
+   step; Inductor's caches off and its compile workers in-process, so every variant compiles from scratch in
+   this process's clock) and the step time after, timed in turns.
 
     python benchmarks/bench_training.py                     # CPU defaults (latent part at 128 px)
     python benchmarks/bench_training.py --image-size 256 --latent-batch 32
     OMP_NUM_THREADS=1 python benchmarks/bench_training.py --compile --only
     OMP_NUM_THREADS=1 python benchmarks/bench_training.py --arms none cag rope rope+cag --only
+    OMP_NUM_THREADS=1 python benchmarks/bench_training.py --compile-regions --only
 """
 
 import argparse
@@ -27,6 +33,8 @@ from diffusers import AutoencoderKL
 from sdt_gen import SDTTransformer2DModel
 from sdt_gen.data import encode_images
 from sdt_gen.diffusion import DiffusionLoss, make_objective, uniform_timesteps
+from sdt_gen.provenance import RunRecord
+from sdt_gen.tables import Column, Table
 
 from decay_study import parse_arm
 
@@ -34,7 +42,9 @@ DECAY_MODES = ("none", "fixed", "cag")
 
 
 def time_steps(model, batch_fn, steps: int, warmup: int = 2, autocast_dtype: torch.dtype | None = None) -> float:
-    """Seconds per optimizer step of ``model`` (ours or diffusers' DiT) on batches from ``batch_fn``."""
+    """Seconds per optimizer step of ``model`` (ours or diffusers' DiT) on batches from ``batch_fn``: wall time on a
+    GPU, this process's CPU time on the CPU (other jobs on the machine do not slow that clock down as much)."""
+    clock = time.perf_counter if next(model.parameters()).device.type == "cuda" else time.process_time
     # diffusers' DiT has no learn_sigma: it learns the variance when it outputs twice its input channels.
     learn_sigma = model.config.get("learn_sigma", model.config.get("out_channels") == 2 * model.config["in_channels"])
     loss_fn = DiffusionLoss(learn_sigma=learn_sigma)
@@ -44,7 +54,7 @@ def time_steps(model, batch_fn, steps: int, warmup: int = 2, autocast_dtype: tor
         if i == warmup:
             if device.type == "cuda":
                 torch.cuda.synchronize()
-            start = time.perf_counter()
+            start = clock()
         x, y = batch_fn()
         t = uniform_timesteps(x.shape[0], loss_fn.num_timesteps, x.device)
         with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
@@ -54,7 +64,7 @@ def time_steps(model, batch_fn, steps: int, warmup: int = 2, autocast_dtype: tor
         optimizer.zero_grad(set_to_none=True)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return (time.perf_counter() - start) / steps
+    return (clock() - start) / steps
 
 
 def flow_training_step(model, batch: int, size: int):
@@ -94,25 +104,26 @@ def median_cpu_seconds(steps: dict, repeats: int, steps_per_round: int) -> dict:
     return {key: statistics.median(values) for key, values in seconds.items()}
 
 
-def study_arms_cost(args) -> None:
+def study_arms_cost(args, record: RunRecord) -> Table:
     """CPU seconds per training step of each decay-study arm at 256 tokens, as ratios to the first arm."""
-    print(f"| tokens | model | arm | steps/s (CPU) | s/step (CPU) | time / {args.arms[0]} |")
-    print("|---|---|---|---|---|---|")
     steps = {}
     for arm in args.arms:
         steps[arm] = flow_training_step(mnist_model("SDT-Ti/2", **parse_arm(arm)), args.mnist_batch, 32)
         for _ in range(2):
             steps[arm]()
     median = median_cpu_seconds(steps, args.repeats, args.steps)
-    for arm in args.arms:
-        print(f"| 256 | SDT-Ti/2 | {arm} | {1 / median[arm]:.2f} | {median[arm]:.3f} | "
-              f"{median[arm] / median[args.arms[0]]:.2f}x |", flush=True)
+    rows = [dict(tokens=256, model="SDT-Ti/2", arm=arm, steps_per_second=1 / median[arm], seconds=median[arm],
+                 ratio=median[arm] / median[args.arms[0]]) for arm in args.arms]
+    columns = [Column("tokens", "tokens"), Column("model", "model"), Column("arm", "arm"),
+               Column("steps/s (CPU)", "steps_per_second", "{:.2f}"), Column("s/step (CPU)", "seconds", "{:.3f}"),
+               Column(f"time / {args.arms[0]}", "ratio", "{:.2f}x")]
+    return Table("arms-cost", columns, rows, record.finish(),
+                 f"CPU time per step, median of {args.repeats} rounds of {args.steps} steps, arms timed in turns.")
 
 
-def compiled_decay_cost(args) -> None:
+def compiled_decay_cost(args, record: RunRecord) -> Table:
     """CPU seconds per step of every decay mode, eager and compiled, as ratios to ``none`` of the same kind."""
-    print("| tokens | model | decay | eager / eager none | compiled / compiled none | compiled / eager |")
-    print("|---|---|---|---|---|---|")
+    rows = []
     for tokens, preset in ((64, "SDT-Ti/4"), (256, "SDT-Ti/2")):
         steps = {}
         for mode in DECAY_MODES:
@@ -123,27 +134,61 @@ def compiled_decay_cost(args) -> None:
                     step()
                 steps[mode, compiled] = step
         median = median_cpu_seconds(steps, args.repeats, args.steps)
-        for mode in DECAY_MODES:
-            print(f"| {tokens} | {preset} | {mode} | {median[mode, False] / median['none', False]:.2f}x | "
-                  f"{median[mode, True] / median['none', True]:.2f}x | {median[mode, True] / median[mode, False]:.2f}x |",
-                  flush=True)
+        rows += [dict(tokens=tokens, model=preset, decay=mode, eager=median[mode, False] / median["none", False],
+                      compiled=median[mode, True] / median["none", True],
+                      compiled_over_eager=median[mode, True] / median[mode, False]) for mode in DECAY_MODES]
+    columns = [Column("tokens", "tokens"), Column("model", "model"), Column("decay", "decay"),
+               Column("eager / eager none", "eager", "{:.2f}x"),
+               Column("compiled / compiled none", "compiled", "{:.2f}x"),
+               Column("compiled / eager", "compiled_over_eager", "{:.2f}x")]
+    return Table("compile", columns, rows, record.finish(),
+                 f"CPU time per step, median of {args.repeats} rounds of {args.steps} steps, variants timed in turns.")
 
 
-def main(args):
-    torch.manual_seed(0)
-    print(f"threads {torch.get_num_threads()}")
-    if args.compile:
-        compiled_decay_cost(args)
-    if args.arms:
-        study_arms_cost(args)
-    if args.only:
-        return
-    print("| setting | batch | steps/s | images/s | time / baseline |")
-    print("|---|---|---|---|---|")
+def compile_regions_cost(args, record: RunRecord) -> Table:
+    """CPU seconds to compile and per step after it, whole model against its repeated blocks."""
+    import torch._functorch.config as functorch_config
+    import torch._inductor.config as inductor_config
 
-    def report(name, batch, seconds, baseline):
-        print(f"| {name} | {batch} | {1 / seconds:.2f} | {batch / seconds:.1f} | {seconds / baseline:.2f}x |")
+    inductor_config.compile_threads = 1  # compile workers in other processes would escape this process's clock
+    # Each variant compiles from scratch, not from the graphs of the one before. (force_disable_caches would do it
+    # too, but it also recompiles the whole model at every call in torch 2.14.)
+    inductor_config.fx_graph_cache = functorch_config.enable_autograd_cache = False
+    rows = []
+    for preset in ("SDT-Ti/2", "SDT-B/2"):
+        steps, compile_seconds = {}, {}
+        for variant in ("eager", "whole model", "repeated blocks"):
+            torch._dynamo.reset()
+            model = mnist_model(preset, decay_mode="cag")
+            if variant == "whole model":
+                model = torch.compile(model)
+            elif variant == "repeated blocks":
+                model.compile_repeated_blocks()
+            step = flow_training_step(model, args.mnist_batch, 32)
+            start = time.process_time()
+            step()  # compiles forward and backward
+            first = time.process_time() - start
+            start = time.process_time()
+            step()
+            compile_seconds[variant] = first - (time.process_time() - start)
+            steps[variant] = step
+        median = median_cpu_seconds(steps, args.repeats, args.steps)
+        rows += [dict(tokens=256, model=preset, compiled=variant, compile_seconds=compile_seconds[variant],
+                      seconds=median[variant], step_ratio=median[variant] / median["eager"],
+                      compile_ratio=None if variant == "eager" else
+                      compile_seconds[variant] / compile_seconds["whole model"]) for variant in steps]
+    columns = [Column("tokens", "tokens"), Column("model", "model"), Column("compiled", "compiled"),
+               Column("compile (CPU s)", "compile_seconds", "{:.1f}"), Column("s/step (CPU)", "seconds", "{:.3f}"),
+               Column("step / eager", "step_ratio", "{:.2f}x"),
+               Column("compile / whole model", "compile_ratio", "{:.2f}x")]
+    return Table("compile-regions", columns, rows, record.finish(),
+                 f"Decay cag, batch {args.mnist_batch}, SiT's loss and AdamW; compile time is the first step's CPU "
+                 f"time beyond a compiled step; steps: median of {args.repeats} rounds of {args.steps}, in turns.")
 
+
+def default_shapes_cost(args, record: RunRecord) -> Table:
+    """Steps/s of the bundled data shapes by decay mode, and latents on the fly against pre-extracted."""
+    rows = []
     for data, preset, size, batch in (
         ("digits", "SDT-Ti/2", 16, args.digits_batch), ("MNIST 32px", "SDT-Ti/4", 32, args.mnist_batch),
         ("32px, 256 tokens", "SDT-Ti/2", 32, args.mnist_batch),
@@ -156,8 +201,8 @@ def main(args):
                 preset, sample_size=size, in_channels=1, num_classes=10, decay_mode=mode
             )
             results[mode] = time_steps(model, lambda: (images, labels), args.steps)
-        for mode, seconds in results.items():
-            report(f"{data} {preset}, decay {mode}", batch, seconds, results["none"])
+        rows += [dict(setting=f"{data} {preset}, decay {mode}", batch=batch, seconds=seconds,
+                      ratio=seconds / results["none"]) for mode, seconds in results.items()]
 
     vae = AutoencoderKL(
         block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
@@ -170,8 +215,28 @@ def main(args):
     labels = torch.randint(0, 1000, (args.latent_batch,))
     on_the_fly = time_steps(model, lambda: (encode_images(vae, images), labels), args.steps)
     extracted = time_steps(model, lambda: (latents, labels), args.steps)
-    report(f"SDT-S/2 {args.image_size}px, VAE on the fly", args.latent_batch, on_the_fly, on_the_fly)
-    report(f"SDT-S/2 {args.image_size}px, pre-extracted latents", args.latent_batch, extracted, on_the_fly)
+    rows += [dict(setting=f"SDT-S/2 {args.image_size}px, VAE on the fly", batch=args.latent_batch, seconds=on_the_fly,
+                  ratio=1.0),
+             dict(setting=f"SDT-S/2 {args.image_size}px, pre-extracted latents", batch=args.latent_batch,
+                  seconds=extracted, ratio=extracted / on_the_fly)]
+    for row in rows:
+        row.update(steps_per_second=1 / row["seconds"], images_per_second=row["batch"] / row["seconds"])
+    columns = [Column("setting", "setting"), Column("batch", "batch"), Column("steps/s", "steps_per_second", "{:.2f}"),
+               Column("images/s", "images_per_second", "{:.1f}"), Column("time / baseline", "ratio", "{:.2f}x")]
+    return Table("training-steps", columns, rows, record.finish(),
+                 f"CPU time (wall time on a GPU) of {args.steps} steps after 2 warm-up steps; the baseline is decay none of the same "
+                 "shape, and the VAE on the fly for the latent rows.")
+
+
+def main(args):
+    torch.manual_seed(0)
+    print(f"threads {torch.get_num_threads()}")
+    tables = {"compile": compiled_decay_cost, "compile_regions": compile_regions_cost, "arms": study_arms_cost}
+    for flag, measure in tables.items():
+        if getattr(args, flag):
+            measure(args, RunRecord.start()).publish(args.out)
+    if not args.only:
+        default_shapes_cost(args, RunRecord.start()).publish(args.out)
 
 
 if __name__ == "__main__":
@@ -184,11 +249,15 @@ if __name__ == "__main__":
     parser.add_argument("--compile", action="store_true", help="also the decay's cost eager vs torch.compile")
     parser.add_argument("--arms", nargs="+", metavar="ARM",
                         help="also the 256-token decay study's arms (none, cag, rope, rope+cag, ...), against the first")
-    parser.add_argument("--only", action="store_true", help="only the tables of --compile and --arms")
+    parser.add_argument("--compile-regions", action="store_true",
+                        help="also compile time and step time, whole model against repeated blocks")
+    parser.add_argument("--only", action="store_true", help="only the tables of --compile, --compile-regions and --arms")
     parser.add_argument("--repeats", type=int, default=5, help="rounds of the compile and arms tables (median)")
+    parser.add_argument("--out", help="folder to write each table as <name>.json with its provenance (the docs' "
+                        "tables: docs/measurements)")
     args = parser.parse_args()
-    if args.only and not (args.compile or args.arms):
-        parser.error("--only needs --compile or --arms")
+    if args.only and not (args.compile or args.compile_regions or args.arms):
+        parser.error("--only needs --compile, --compile-regions or --arms")
     for name in args.arms or ():
         try:
             parse_arm(name)

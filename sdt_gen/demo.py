@@ -24,6 +24,7 @@ from PIL import Image
 from sdt_gen.cli import positive_int, run_main
 from sdt_gen.data.vae import encode_images
 from sdt_gen.diffusion import make_objective, objective_of
+from sdt_gen.extras import require
 from sdt_gen.hub import local_folder
 from sdt_gen.layers import ATTENTION_BACKENDS
 from sdt_gen.pipelines import SCHEDULERS, SDTPipeline, chosen_scheduler, image_seed, scheduler_names
@@ -320,10 +321,7 @@ def build_demo(model: DemoModel, compare: DemoModel | None = None):
 
 
 def main(args):
-    try:
-        import gradio  # noqa: F401
-    except ImportError:
-        raise SystemExit('error: the demo needs Gradio: pip install -e ".[demo]" (or pip install gradio)') from None
+    require("gradio", "the demo", extra="demo")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = DemoModel.load(args.model, device, args.max_work, args.attention_backend)
     compare = DemoModel.load(args.compare, device, args.max_work, args.attention_backend) if args.compare else None

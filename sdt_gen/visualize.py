@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from .extras import require
+
 # --------------------------------------------------------------------------------------
 #                                    Sample grids
 # --------------------------------------------------------------------------------------
@@ -124,7 +126,7 @@ def save_decay_maps(
         colormap: a matplotlib colormap name; 0 and 1 map to its ends, so layers compare by colour.
         scale: nearest-neighbour magnification (default: token grids enlarged to about 96 px).
     """
-    from matplotlib import colormaps
+    colormaps = require("matplotlib", "decay-map pictures", extra="plots").colormaps
 
     if maps.dim() != 5:
         raise ValueError(f"maps must be (depth, B, H, h, w), got shape {tuple(maps.shape)}")

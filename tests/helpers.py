@@ -1,5 +1,11 @@
 """Helpers shared by the test modules (on the path through pytest's ``pythonpath = ["tests"]``)."""
 
+import contextlib
+import copy
+import logging
+import warnings
+
+import pytest
 import torch
 
 
@@ -9,6 +15,39 @@ def perturbed(model, scale=0.05, seed=0):
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn(p.shape, generator=g) * scale)
+    return model
+
+
+# What a stored output is compared within. Its numbers came from another machine: other CPUs sum matmuls in another
+# order and vectorise exp / erf / tanh differently, which moves float32 results by a few ulps (eps 1.2e-7).
+# One forward pass: 1e-5 of the output's largest magnitude, ~80 ulps at that scale. Cross-CPU differences
+# measured (AMD EPYC against the Intel Xeon that wrote the *_v0 fixtures) are at most 1.6e-7 of it.
+ONE_PASS = 1e-5
+
+
+# Four guided sampler steps, images in [0, 1]. DDPM: the step that predicts x0 divides the model's output by
+# sqrt(alphas_cumprod) (by 156 at t = 999), so rounding grows; 1e-4 is 1/40 of an 8-bit level (measured across
+# CPUs: 6.4e-6). Flow (Euler): each step adds dt times the velocity, nothing grows: 1e-5 (measured: 1.2e-7).
+SAMPLED = {"ddpm": 1e-4, "flow": 1e-5}
+
+
+def assert_as_saved(actual: torch.Tensor, saved: torch.Tensor, relative: float = ONE_PASS, atol: float = 0.0):
+    """``actual`` equals ``saved`` within ``relative`` times the saved output's largest magnitude (plus ``atol``)."""
+    torch.testing.assert_close(actual, saved, rtol=0, atol=atol + relative * saved.abs().max().item())
+
+
+def assert_not_as_saved(actual: torch.Tensor, saved: torch.Tensor, relative: float = ONE_PASS, atol: float = 0.0):
+    """The same tolerance misses a real change: a test that cannot fail would prove nothing."""
+    with pytest.raises(AssertionError):
+        assert_as_saved(actual, saved, relative, atol)
+
+
+def nudged(model, name: str, delta: float = 1e-3):
+    """A copy of ``model`` with the first entry of parameter ``name`` moved by ``delta``: the smallest real change
+    (a changed default, a swapped weight changes far more) that a comparison with a saved output must notice."""
+    model = copy.deepcopy(model)
+    with torch.no_grad():
+        model.get_parameter(name).view(-1)[0] += delta
     return model
 
 
@@ -147,3 +186,36 @@ def refuse_network(monkeypatch):
     monkeypatch.setattr(socket.socket, "connect", connect)
     monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)
     monkeypatch.setattr(socket, "getaddrinfo", refuse)
+
+
+LIBRARY_LOGGERS = ("", "diffusers", "transformers", "accelerate", "torch", "huggingface_hub")
+PROJECT_LOGGERS = ("sdt_gen", "eval_fid", "__main__")
+
+
+@contextlib.contextmanager
+def library_warnings():
+    """The warnings a user would see raised (``warnings``) and logged (diffusers and transformers log theirs to their
+    own handlers) while the block runs, as messages; the project's own loggers (``sdt_gen``, the scripts') are not
+    listened to."""
+    caught = []
+    catcher = logging.Handler(logging.WARNING)
+    catcher.emit = lambda record: (
+        None if record.name.split(".")[0] in PROJECT_LOGGERS else caught.append(f"{record.name}: {record.getMessage()}")
+    )
+    loggers = [logging.getLogger(name) for name in LIBRARY_LOGGERS]
+    for logger in loggers:
+        logger.addHandler(catcher)
+    try:
+        with warnings.catch_warnings(record=True) as raised:
+            # What a user sees: Python's default filters, which show deprecations only from __main__ (a library's
+            # use of a deprecated numpy path is the library's to fix, and hidden from its users).
+            warnings.resetwarnings()
+            for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
+                warnings.simplefilter("ignore", category)
+            warnings.filterwarnings("default", category=DeprecationWarning, module="__main__")
+            yield caught
+    finally:
+        for logger in loggers:
+            logger.removeHandler(catcher)
+        caught += [f"{w.category.__name__}: {w.message} ({w.filename}:{w.lineno})" for w in raised
+                   if "site-packages" in w.filename or "dist-packages" in w.filename]  # raised by a library

@@ -199,6 +199,32 @@ def test_interrupted_run_continues_in_the_same_folder(single_run: dict, model_di
     assert {n: (out / "samples" / n).stat().st_mtime_ns for n in first} == stamps  # the first two untouched
 
 
+def test_a_rerun_draws_the_missing_sample_and_other_settings_are_refused_in_one_line(
+    single_run: dict, model_dir, tmp_path, monkeypatch, capsys
+):
+    out = tmp_path / "eval"
+    shutil.copytree(single_run["out"] / "samples", out / "samples")
+    missing = sorted((out / "samples").glob("*.png"))[3]
+    missing.unlink()
+    stamps = {p.name: p.stat().st_mtime_ns for p in (out / "samples").glob("*.png")}
+    run("--model", model_dir, *SAMPLING, "--metrics", "--out", out)
+    assert pngs(out / "samples") == single_run["pngs"]
+    assert {n: (out / "samples" / n).stat().st_mtime_ns for n in stamps} == stamps  # only the missing one drawn
+
+    # The script ends a run with other settings in one line and status 2, before drawing anything.
+    capsys.readouterr()
+    argv = ["--model", model_dir, *SAMPLING, "--guidance-scale", 4, "--metrics", "--out", out]
+    monkeypatch.setattr(sys, "argv", [str(SCRIPT), *map(str, argv)])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(SCRIPT), run_name="__main__")
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"error: {out / 'samples'} holds images drawn with guidance_scale 1.5; this run asks for 4.0. Rerun with the "
+        f"settings in {out / 'samples' / 'sampling.json'} or write to another folder"
+    )
+    assert pngs(out / "samples") == single_run["pngs"]
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))

@@ -53,7 +53,7 @@ def test_sample_and_eval_fid_take_a_repo_id(hf_home, tmp_path):
     result = run([ROOT / "sample.py", "--model", "me/tiny-sdt", "--classes", "3", "--steps", 1,
                   "--out-dir", tmp_path / "samples"], hf_home, tmp_path)
     assert result.returncode == 0, result.stderr
-    assert [p.name for p in (tmp_path / "samples").iterdir()] == ["000000_3_class_3.png"]
+    assert [p.name for p in (tmp_path / "samples").glob("*.png")] == ["000000_3_class_3.png"]
     result = run([ROOT / "eval_fid.py", "--model", "me/tiny-sdt", "--num-samples", 2, "--steps", 1,
                   "--metrics", "--out", tmp_path / "eval", "--device", "cpu"], hf_home, tmp_path)
     assert result.returncode == 0, result.stderr

@@ -35,13 +35,24 @@ import torch
 from accelerate.state import AcceleratorState
 from PIL import Image
 
-from helpers import cache_in_hub, random_inception_weights, random_vgg16_weights, refuse_network, tiny_dit, tiny_vae
+from helpers import (
+    cache_in_hub,
+    library_warnings,
+    random_inception_weights,
+    random_vgg16_weights,
+    refuse_network,
+    tiny_dit,
+    tiny_vae,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 WORDNET_IDS = [f"n{i:08d}" for i in range(1000)]
 TINY_DENOISER = dict(depth=1, hidden_size=32, num_heads=2)
 TINY_CLASSIFIER = dict(dims=[16, 32, 48, 64], depths=[1, 1, 1, 1], heads=[2, 2, 4, 4], head_hidden_size=32)
 RUN_PATH = re.compile(r"results/\d{3}-([\w.-]+)")
+# Library warnings a README command may print here and not on a user's machine: the ImageNet recipe's 4 data
+# loader workers on this 2-core machine.
+MACHINE_WARNINGS = re.compile(r"This DataLoader will create \d+ worker processes in total")
 
 
 class ReadmeCommandSkipped(UserWarning):
@@ -241,21 +252,25 @@ def run_command(block: Block, words: list[str], workspace: Path) -> None:
     sys.path = [str((ROOT / argv[0]).parent) if words[1] != "-m" else str(workspace), *sys.path]  # as python puts it
     AcceleratorState._reset_state(reset_partial_state=True)  # each command is a new process
     try:
-        call()
+        with library_warnings() as caught:
+            call()
     except SystemExit as done:
         assert done.code in (0, None), f"README.md:{block.line}: {shlex.join(words)} exited with {done.code}"
     finally:
         sys.argv, sys.path = old_argv, old_path
+    return [f"README.md:{block.line}: {shlex.join(words)}: {message}" for message in caught
+            if not MACHINE_WARNINGS.search(message)]
 
 
-def run_block(block: Block, workspace: Path, made: set[str]) -> None:
+def run_block(block: Block, workspace: Path, made: set[str]) -> list[str]:
+    """Runs the block's commands; returns the library warnings they printed."""
     code = resolve_runs(block.code, workspace)
     make_stand_ins(code, workspace, made)
     if block.language == "python":
-        exec(compile(code, f"README.md:{block.line}", "exec"), {"__name__": "__main__"})
-        return
-    for words in shell_commands(code):
-        run_command(block, words, workspace)
+        with library_warnings() as caught:
+            exec(compile(code, f"README.md:{block.line}", "exec"), {"__name__": "__main__"})
+        return [f"README.md:{block.line}: {message}" for message in caught]
+    return [line for words in shell_commands(code) for line in run_command(block, words, workspace) or []]
 
 
 @pytest.fixture
@@ -293,7 +308,7 @@ def test_readme_is_read_whole():
 def test_every_readme_block_runs_in_order(workspace):
     folder, launched = workspace
     made: set[str] = set()
-    for block in readme_blocks():
-        run_block(block, folder, made)
+    noise = [line for block in readme_blocks() for line in run_block(block, folder, made)]
+    assert noise == [], "README commands printed library warnings:\n" + "\n".join(noise)
     assert (folder / "results" / "000-SDT-Ti-2-digits" / "pipeline" / "model_index.json").is_file()  # quick start
     assert len(launched) == 3 and launched[-1]["share"] is True  # the demo's three commands built their app

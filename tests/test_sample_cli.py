@@ -2,6 +2,7 @@ import runpy
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from diffusers import AutoencoderKL
@@ -9,7 +10,7 @@ from PIL import Image
 
 from sdt_gen import SDTPipeline, SDTTransformer2DModel
 
-from helpers import perturbed
+from helpers import library_warnings, perturbed
 
 SCRIPT = Path(__file__).resolve().parents[1] / "sample.py"
 ID2LABEL = {i: f"class {i}" for i in range(10)}
@@ -38,6 +39,10 @@ def model_dir(tmp_path_factory):
 def run_cli(monkeypatch, *argv):
     monkeypatch.setattr(sys, "argv", [str(SCRIPT), *map(str, argv)])
     runpy.run_path(str(SCRIPT), run_name="__main__")
+
+
+def pngs(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.glob("*.png"))}
 
 
 def test_grid_png_one_row_per_class(model_dir, tmp_path, monkeypatch, capsys):
@@ -79,17 +84,16 @@ def test_missing_model_is_an_error(tmp_path, monkeypatch, capsys):
     assert err.startswith("error: ") and "does not exist" in err and err.count("\n") == 1
 
 
-def test_sampling_prints_no_deprecation_noise_and_the_variance_note_once(model_dir, monkeypatch, tmp_path):
-    import warnings
-
+def test_sampling_prints_no_library_warning_and_the_variance_note_once(model_dir, monkeypatch, tmp_path):
     from sdt_gen.pipelines import pipeline_sdt, scheduler_by_name
 
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        run_cli(monkeypatch, "--model", model_dir, "--classes", "0", "--steps", "2", "--dtype", "bfloat16",
-                "--out", tmp_path / "grid.png")
-    assert not [w for w in caught if "torch_dtype" in str(w.message)]
-    assert (tmp_path / "grid.png").is_file()
+    with library_warnings() as caught:
+        for dtype in ("bfloat16", "float32"):  # loaded in another dtype than saved, and as saved
+            run_cli(monkeypatch, "--model", model_dir, "--classes", "0", "--steps", "2", "--dtype", dtype,
+                    "--out", tmp_path / f"{dtype}.png")
+        run_cli(monkeypatch, "--model", model_dir, "--classes", "0", "--steps", "2", "--out-dir", tmp_path / "dir")
+    assert caught == []
+    assert (tmp_path / "bfloat16.png").is_file() and (tmp_path / "float32.png").is_file()
 
     # DiT's learned-variance scheduler config under DPM-Solver: a copy without it, said once, not once per batch
     # (eval_fid.py and the training grids call the pipeline batch after batch).
@@ -123,7 +127,8 @@ def test_sigterm_keeps_the_written_images_exits_75_and_a_rerun_finishes_them(mod
     _, stderr = process.communicate(timeout=240)
     assert process.returncode == 75, stderr[-2000:]
     line = stderr.strip().splitlines()[-1]
-    assert line.startswith("stopped by a signal: ") and "of 40 images are in" in line and "run the same command again" in line
+    assert line.startswith("stopped by a signal: ") and "of 40 samples are written in" in line
+    assert "run the same command again" in line and line.endswith("(exit status 75)")
     kept = sorted(stopped.glob("*.png"))
     assert 0 < len(kept) < 40
     for path in kept:
@@ -152,3 +157,71 @@ def test_guidance_interval_and_attention_backend_options(model_dir, tmp_path, mo
     with pytest.raises(SystemExit):
         run_cli(monkeypatch, *common, "--out-dir", tmp_path / "bad", "--flow-shift", 3)
     assert "a flow shift (3.0) applies to the flow schedulers" in capsys.readouterr().err
+
+
+def test_grid_images_are_the_folder_images_at_any_batch_size(model_dir, tmp_path, monkeypatch):
+    common = ["--model", model_dir, "--classes", 7, "otter", "--per-class", 3, "--steps", 2, "--seed", 5, "--device", "cpu"]
+    run_cli(monkeypatch, *common, "--out", tmp_path / "grid.png", "--batch-size", 2)
+    run_cli(monkeypatch, *common, "--out-dir", tmp_path / "samples", "--batch-size", 6)
+    grid, files = np.asarray(Image.open(tmp_path / "grid.png")), sorted((tmp_path / "samples").glob("*.png"))
+    padding, scale, size = 2, 4, 16 * 4  # 16 px samples are shown at 4x, the row labels on the left
+    for i, path in enumerate(files):
+        row, col = divmod(i, 3)
+        left, top = grid.shape[1] - (3 - col) * (size + padding), padding + row * (size + padding)
+        np.testing.assert_array_equal(grid[top : top + size : scale, left : left + size : scale], np.asarray(Image.open(path)))
+
+
+def test_out_dir_rerun_draws_only_the_missing_images_as_a_fresh_run(model_dir, tmp_path, monkeypatch, capsys):
+    argv = ["--model", model_dir, "--classes", "all", "--steps", 2, "--batch-size", 4, "--device", "cpu"]
+    run_cli(monkeypatch, *argv, "--out-dir", tmp_path / "fresh")
+    folder = tmp_path / "resumed"
+    run_cli(monkeypatch, *argv, "--out-dir", folder, "--batch-size", 3)
+    stamps = {p.name: p.stat().st_mtime_ns for p in folder.glob("*.png")}
+    (folder / "000004_4_otter.png").unlink()
+    capsys.readouterr()
+    run_cli(monkeypatch, *argv, "--out-dir", folder)
+    assert capsys.readouterr().out.startswith(f"wrote 10 PNGs in {folder} (9 from an earlier run); sampling 1 images")
+    assert {p.name: p.stat().st_mtime_ns for p in folder.glob("*.png") if p.name != "000004_4_otter.png"} == {
+        name: stamp for name, stamp in stamps.items() if name != "000004_4_otter.png"}  # untouched
+    assert pngs(folder) == pngs(tmp_path / "fresh")
+
+
+@pytest.mark.parametrize("change, named", [
+    (["--guidance-scale", 2], "guidance_scale 4.0; this run asks for 2.0"),
+    (["--steps", 3], "num_inference_steps 2; this run asks for 3"),
+    (["--seed", 1], "seed 0; this run asks for 1"),
+    (["--scheduler", "ddim"], "scheduler 'DDPMScheduler'; this run asks for 'DDIMScheduler'"),
+    (["--dtype", "bfloat16"], "dtype 'torch.float32'; this run asks for 'torch.bfloat16'"),
+    (["--per-class", 2], "labels [7, 4]; this run asks for [7, 7, 4, 4]"),
+])
+def test_out_dir_of_another_run_is_refused_in_one_line_naming_the_setting(model_dir, tmp_path, monkeypatch, capsys,
+                                                                          change, named):
+    folder = tmp_path / "samples"
+    argv = ["--model", model_dir, "--classes", 7, "otter", "--steps", 2, "--device", "cpu", "--out-dir", folder]
+    run_cli(monkeypatch, *argv)
+    before = pngs(folder)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(monkeypatch, *argv, *change)
+    assert exit_info.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.err.splitlines()[-1] == (
+        f"error: {folder} holds images drawn with {named}. Rerun with the settings in {folder / 'sampling.json'} or "
+        f"write to another folder"
+    )
+    assert "wrote" not in captured.out and pngs(folder) == before  # never mixed
+
+
+def test_out_dir_written_before_sample_py_recorded_its_settings_is_refused(model_dir, tmp_path, monkeypatch, capsys):
+    folder = tmp_path / "samples"
+    argv = ["--model", model_dir, "--classes", 7, "otter", "--steps", 2, "--device", "cpu", "--out-dir", folder]
+    run_cli(monkeypatch, *argv)
+    (folder / "sampling.json").unlink()  # as the sample.py of before wrote its folders
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(monkeypatch, *argv)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"error: {folder} holds 2 sample PNGs but no sampling.json, so the settings that drew them are unknown "
+        f"(sample.py wrote such folders before it recorded them); move them away or write to another folder"
+    )

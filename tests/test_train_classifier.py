@@ -111,3 +111,19 @@ def test_sigterm_checkpoints_exits_75_and_resume_is_exact(tmp_path, monkeypatch,
     run(tmp_path / "stopped", "--epochs", "2", "--resume", "latest")
     a, b = (load_file(str(d / "model" / "model.safetensors")) for d in (straight, run_dir))
     assert a.keys() == b.keys() and all((a[k] - b[k]).abs().max() <= 1e-6 for k in a)
+
+
+def test_two_processes_show_one_progress_bar_of_the_steps_they_take(tmp_path):
+    """On N processes the loader is sharded by ``accelerator.prepare``: the bar counts the steps every process takes."""
+    import re
+    import subprocess
+
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
+           "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(ROOT / "train_classifier.py"), "--cpu",
+           "--epochs", "1", "--results-dir", str(tmp_path / "results"), "--report-to", "none"]
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    counts = re.findall(r"train: +\d+%\|[^|]*\| *(\d+)/(\d+)", result.stderr)
+    assert counts and counts[-1] == ("25", "25"), counts[-3:]  # 1617 digits / 64 a step, on 2 processes as on 1
+    assert (tmp_path / "results" / "000-SDT-H-XT-digits" / "checkpoints" / "step-0000025").is_dir()

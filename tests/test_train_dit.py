@@ -333,3 +333,13 @@ def test_compiled_training_exports_what_eager_training_does(tmp_path):
     compiled = run(tmp_path / "compiled", *flags, "--compile", "--resume", "latest")
     a, b = (load_file(str(d / "pipeline" / "transformer" / "diffusion_pytorch_model.safetensors")) for d in (eager, compiled))
     assert a.keys() == b.keys() and max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+
+
+@pytest.mark.parametrize("report_to", ["tensorboard", "none"])
+def test_report_to_picks_the_tracker(tmp_path, report_to):
+    run_dir = run(tmp_path, "--max-steps", "1", "--report-to", report_to)
+    events = list((run_dir / "tensorboard").rglob("events.out.tfevents.*"))
+    assert bool(events) == (report_to == "tensorboard")
+    assert json.loads((run_dir / "config.json").read_text())["report_to"] == report_to
+    if events:
+        assert events[0].parent == run_dir / "tensorboard" / "sdt-gen"

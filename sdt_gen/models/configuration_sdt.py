@@ -13,6 +13,7 @@ isotropic config whose ``denoiser_config`` holds the denoiser's own config.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from transformers import PretrainedConfig
@@ -30,6 +31,9 @@ POOL_TYPES = ("mean",)
 HIERARCHICAL_STRIDE = 32  # stem 4 x three 2x patch mergings
 ISOTROPIC_HIDDEN_SIZE = 384  # the isotropic width when none is given (SDT-ViT-S)
 _STAGE_KEYS = ("dims", "depths", "heads", "mlp_ratios", "heads_ranges", "decay_layouts", "layer_scale_init_values")
+_DERIVED_KEYS = ("hidden_size", "num_attention_heads", "num_hidden_layers")  # SDT-H's standard names
+
+logger = logging.getLogger(__name__)
 
 
 class DerivedKeyError(ValueError, NotImplementedError):
@@ -114,6 +118,11 @@ class SDTConfig(PretrainedConfig):
     - ``num_attention_heads``: isotropic: ``num_heads``. SDT-H: the heads of the last stage ``heads[-1]``,
       so that ``hidden_size // num_attention_heads`` is that stage's head width; setting it raises
       ``DerivedKeyError``.
+
+    What is refused is a value a user gives: to the constructor, as a keyword of ``from_pretrained``, or set. A
+    saved SDT-H ``config.json`` whose derived name disagrees with its stages was written by an earlier version
+    (before the configs were strict every SDT-H folder saved the isotropic default ``hidden_size: 384``): loading
+    it (``from_pretrained``, ``from_dict``) drops that key, derives it from the stages and logs one info line.
     """
 
     model_type = "sdt"
@@ -201,7 +210,8 @@ class SDTConfig(PretrainedConfig):
 
     @classmethod
     def from_dict(cls, config_dict: dict[str, Any], **kwargs) -> "SDTConfig":
-        """transformers' ``from_dict``; new labels passed to a load replace the saved label set.
+        """transformers' ``from_dict``; new labels passed to a load replace the saved label set, and a saved SDT-H
+        ``hidden_size``, ``num_attention_heads`` or ``num_hidden_layers`` is derived again from the stages.
 
         ``from_pretrained(path, num_labels=N)`` (a new head on a pretrained backbone) gets ``N`` labels
         named ``LABEL_i`` when ``N`` differs from the saved count; an ``id2label`` or ``label2id`` passed in
@@ -214,7 +224,21 @@ class SDTConfig(PretrainedConfig):
         if new_labels or (num_labels is not None and saved is not None and len(saved) != num_labels):
             config_dict = {k: v for k, v in config_dict.items() if k not in ("id2label", "label2id")}
             config_dict.update(new_labels)
-        return super().from_dict(config_dict, **kwargs)
+        derived_saved = {}
+        if config_dict.get("architecture", cls.architecture) == "hierarchical":
+            # Derived from the stages: a saved value is recomputed, never refused (earlier versions wrote 384).
+            # Keywords given to the load are not in config_dict; they are set afterwards and still checked.
+            derived_saved = {key: config_dict[key] for key in _DERIVED_KEYS if key in config_dict}
+            config_dict = {k: v for k, v in config_dict.items() if k not in _DERIVED_KEYS}
+        loaded = super().from_dict(config_dict, **kwargs)
+        config = loaded[0] if isinstance(loaded, tuple) else loaded  # (config, unused kwargs) when asked for
+        for key, value in derived_saved.items():
+            if value is not None and value != getattr(config, key):
+                logger.info(
+                    f"the saved {key}={value!r} disagrees with the stages of this SDT-H config (written by an earlier "
+                    f"version); using the derived {key}={getattr(config, key)!r}"
+                )
+        return loaded
 
     # ------------------------------------------------------------------ standard names
 

@@ -18,6 +18,7 @@ from .model_card import classifier_card, denoiser_card, push_folder_to_hub, save
 from .preemption import PREEMPTED_EXIT_CODE, PreemptionHandler
 from .resume import RESUMES_RECORD, restore_run_settings, warned_changes
 from .setup import (
+    REPORT_TO,
     apply_settings,
     batch_per_process,
     create_accelerator,
@@ -34,6 +35,7 @@ __all__ = [
     "DiTEMA",
     "PREEMPTED_EXIT_CODE",
     "PreemptionHandler",
+    "REPORT_TO",
     "RESUMES_RECORD",
     "TrainState",
     "apply_settings",

@@ -4,6 +4,7 @@ the training data loader."""
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import os
 import warnings
@@ -21,6 +22,7 @@ from accelerate.utils import (
 )
 from torch.utils.data import DataLoader, Dataset
 
+from ..extras import MissingExtraError, install_hint
 from .checkpoint import resolve_resume
 from .fsdp import check_checkpoint_sharding
 from .resume import RESUMES_RECORD, record_resume, restore_run_settings, warned_changes
@@ -55,10 +57,33 @@ def apply_settings(
     return changes, run_dir
 
 
+# ``--report-to``: accelerate's trackers by name (the package each needs), ``all`` (every one installed) or ``none``.
+TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "comet_ml": "comet_ml", "mlflow": "mlflow"}
+REPORT_TO = (*TRACKER_PACKAGES, "all", "none")
+TRACKING_PROJECT = "sdt-gen"  # the wandb / comet_ml / mlflow project; TensorBoard's folder under the run's tensorboard/
+
+
+def trackers_for(report_to: str) -> list[str]:
+    """accelerate's ``log_with`` for ``--report-to``; a tracker whose package is missing is refused here, before any
+    run folder exists (accelerate would drop it silently and train unlogged)."""
+    if report_to not in REPORT_TO:
+        raise ValueError(f"unknown --report-to {report_to!r}; expected one of {', '.join(REPORT_TO)}")
+    if report_to in ("all", "none"):
+        return [report_to] if report_to == "all" else []
+    package = TRACKER_PACKAGES[report_to]
+    if importlib.util.find_spec(package) is None:
+        raise MissingExtraError(
+            f"--report-to {report_to} needs the package {package!r}: {install_hint(package, None)} "
+            "(or choose another tracker, or --report-to none)"
+        )
+    return [report_to]
+
+
 def create_accelerator(
-    mixed_precision: str | None = None, gradient_accumulation_steps: int = 1, cpu: bool = False, seed: int = 0
+    mixed_precision: str | None = None, gradient_accumulation_steps: int = 1, cpu: bool = False, seed: int = 0,
+    report_to: str = "tensorboard",
 ) -> Accelerator:
-    """An ``Accelerator`` set up for exact resume, with TensorBoard logging and TF32 on CUDA.
+    """An ``Accelerator`` set up for exact resume, with the trackers of ``report_to`` and TF32 on CUDA.
 
     Args:
         mixed_precision: ``"no"``, ``"fp16"`` or ``"bf16"``; ``None`` leaves it to the launch configuration
@@ -67,11 +92,12 @@ def create_accelerator(
         gradient_accumulation_steps: micro-batches per optimizer step.
         cpu: stay on the CPU even when a GPU is present.
         seed: global seed; each process adds its rank, so processes draw different noise.
+        report_to: one of ``REPORT_TO`` (``trackers_for``); trackers start in ``open_run``.
     """
     accelerator = Accelerator(
         mixed_precision=mixed_precision,
         gradient_accumulation_steps=gradient_accumulation_steps,
-        log_with="tensorboard",
+        log_with=trackers_for(report_to) or None,
         project_config=ProjectConfiguration(project_dir="."),  # moved into the run folder by ``open_run``
         # The shuffle order of epoch e depends only on (seed, e), so a resumed run sees the same batches.
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
@@ -152,7 +178,8 @@ def open_run(
 
     Call it after every check that can refuse the start: a new run's number is taken here. A new run gets
     ``config.json`` (every argument); a resumed one keeps it and gets a line in ``resumes.jsonl`` with ``changes``.
-    Points logging and TensorBoard into the folder.
+    Points logging into the folder and starts the trackers: TensorBoard's events go to ``tensorboard/``, the
+    others log to project ``sdt-gen`` under the run folder's name, with the run's settings.
 
     Returns:
         ``(run_dir, checkpoint to load or None, logger)``.
@@ -166,9 +193,24 @@ def open_run(
         if accelerator.is_main_process:
             save_config(run_dir, args)
     logger = create_logger(run_dir, accelerator.is_main_process)
-    accelerator.project_configuration.project_dir = accelerator.project_configuration.logging_dir = str(run_dir)
-    accelerator.init_trackers("tensorboard")
+    accelerator.project_configuration.project_dir = str(run_dir)
+    accelerator.project_configuration.logging_dir = str(run_dir / "tensorboard")
+    if accelerator.log_with:
+        accelerator.init_trackers(TRACKING_PROJECT, config=tracker_config(args), init_kwargs=run_named(run_dir.name))
     return run_dir, checkpoint, logger
+
+
+def tracker_config(args: argparse.Namespace) -> dict[str, bool | int | float | str]:
+    """The run's settings as the scalars every tracker stores (TensorBoard's hyperparameters take no lists)."""
+    return {
+        key: value if isinstance(value, (bool, int, float, str)) else str(value)
+        for key, value in sorted(vars(args).items()) if key != "given_options"
+    }
+
+
+def run_named(name: str) -> dict[str, dict]:
+    """The trackers' keywords naming a run, so runs of one project tell apart by their folder's name."""
+    return {"wandb": {"name": name}, "mlflow": {"run_name": name}}
 
 
 def start_run(

@@ -29,3 +29,10 @@ def test_the_arms_table_has_one_row_per_arm_against_the_first():
 def test_a_bad_arm_is_refused_by_name():
     result = bench("--arms", "none", "rope+bogus", "--only")
     assert result.returncode == 2 and "unknown arm 'rope+bogus'" in result.stderr
+
+
+def test_out_writes_the_printed_table_as_json_with_its_provenance(publish):
+    _, tables = publish("bench_training.py", "--arms", "none", "cag", "--only", "--steps", "1", "--repeats", "1")
+    assert list(tables) == ["arms-cost"]
+    record = tables["arms-cost"].provenance
+    assert record["cpu_seconds"] > 0 and "--arms none cag" in record["command"]

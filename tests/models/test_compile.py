@@ -58,3 +58,21 @@ def test_a_fullgraph_compiled_training_step_equals_eager(mode):
     torch.testing.assert_close(compiled_loss, eager_loss, rtol=1e-5, atol=1e-5)
     for name, grad in eager_grads.items():
         torch.testing.assert_close(compiled_grads[name], grad, rtol=1e-5, atol=1e-5, msg=name)
+
+
+def test_compile_compiles_each_repeated_block_and_the_blocks_draw_no_random_numbers():
+    """``train_dit.py --compile`` compiles the blocks only; they draw nothing from torch's generator in training, so
+    compiled code cannot draw other numbers than eager (the label dropout stays outside the blocks, eager)."""
+    model = tiny_model("cag", position_embedding="sincos+rope").train()
+    drawn = []
+    for block in model.blocks:
+        block.register_forward_pre_hook(lambda module, args: drawn.append(torch.get_rng_state()))
+        block.register_forward_hook(lambda module, args, out: drawn.append(torch.get_rng_state()))
+    x, t, y, _ = batch()
+    model(x, t, y)
+    assert len(drawn) == 2 * len(model.blocks)
+    assert all(torch.equal(before, after) for before, after in zip(drawn[::2], drawn[1::2]))
+
+    model.compile_repeated_blocks(fullgraph=True)
+    assert all(block._compiled_call_impl is not None for block in model.blocks)
+    assert model._compiled_call_impl is None  # the embeddings, label dropout and output stay eager

@@ -14,7 +14,7 @@ from sdt_gen.models.denoiser_probe import SDTProbeEncoder
 from sdt_gen.models.modeling_sdt_h import SDTHierarchicalEncoder
 from sdt_gen.models.modeling_sdt_vit import SDTIsotropicEncoder
 
-from helpers import tiny_classifier_config, tiny_vae
+from helpers import assert_as_saved, tiny_classifier_config, tiny_vae
 
 CLASSIFIER_FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "classifiers_v0"
 NAMES = ["hierarchical", "isotropic", "probe"]
@@ -48,7 +48,8 @@ def test_a_state_dict_saved_before_the_split_loads_with_load_state_dict(name):
     io = load_file(folder / "io.safetensors")
     with torch.no_grad():
         logits = model.eval()(pixel_values=io["pixel_values"]).logits
-    torch.testing.assert_close(logits, io["logits"], rtol=0, atol=1e-6)
+    # One forward pass, written on another CPU (test_sdt_checkpoint_format shows this tolerance misses a 1e-3 change).
+    assert_as_saved(logits, io["logits"])
 
 
 @pytest.mark.parametrize("name", NAMES)
