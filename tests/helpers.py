@@ -51,6 +51,27 @@ def nudged(model, name: str, delta: float = 1e-3):
     return model
 
 
+def assert_pipeline_samples_as_saved(folder, objective: str) -> torch.Tensor:
+    """A saved pipeline fixture draws its ``io.safetensors`` images (2 images, 4 guided steps) within ``SAMPLED``,
+    and a ``nudged`` patch embedding falls outside it; returns the saved images."""
+    from safetensors.torch import load_file
+
+    from sdt_gen import SDTPipeline
+
+    pipe = SDTPipeline.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+
+    def sample():
+        return pipe(class_labels=[0, "two"], num_inference_steps=4, guidance_scale=2.0,
+                    generator=torch.Generator().manual_seed(0), output_type="pt").images
+
+    saved = load_file(folder / "io.safetensors")["images"]
+    assert_as_saved(sample(), saved, relative=0, atol=SAMPLED[objective])  # written on another CPU: see SAMPLED
+    pipe.transformer = nudged(pipe.transformer, "x_embedder.proj.weight")
+    assert_not_as_saved(sample(), saved, relative=0, atol=SAMPLED[objective])
+    return saved
+
+
 def tiny_vae(seed=0, levels=2, sample_size=16):
     """A random ``AutoencoderKL`` of ``levels`` levels: images <-> 4-channel latents ``2 ** (levels - 1)`` times smaller.
 

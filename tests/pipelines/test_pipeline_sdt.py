@@ -16,7 +16,7 @@ import sdt_gen
 from sdt_gen import SDTPipeline
 from sdt_gen.pipelines import chosen_scheduler, dit_scheduler, flow_scheduler, scheduler_by_name
 
-from helpers import SAMPLED, assert_as_saved, assert_not_as_saved, nudged
+from helpers import assert_pipeline_samples_as_saved
 
 STEPS = 3
 
@@ -629,17 +629,5 @@ def test_pipelines_saved_before_the_objective_table_sample_as_then(objective):
     the objective's rules moved into ``sdt_gen.diffusion.OBJECTIVE_RULES``."""
     from pathlib import Path
 
-    from safetensors.torch import load_file
-
     folder = Path(__file__).resolve().parents[1] / "fixtures" / "pipelines_v0" / objective
-    pipe = SDTPipeline.from_pretrained(folder)
-    pipe.set_progress_bar_config(disable=True)
-
-    def sample():
-        return pipe(class_labels=[0, "two"], num_inference_steps=4, guidance_scale=2.0,
-                    generator=torch.Generator().manual_seed(0), output_type="pt").images
-
-    saved = load_file(folder / "io.safetensors")["images"]
-    assert_as_saved(sample(), saved, relative=0, atol=SAMPLED[objective])  # written on another CPU: see SAMPLED
-    pipe.transformer = nudged(pipe.transformer, "x_embedder.proj.weight")
-    assert_not_as_saved(sample(), saved, relative=0, atol=SAMPLED[objective])
+    assert_pipeline_samples_as_saved(folder, objective)
