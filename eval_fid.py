@@ -51,7 +51,10 @@ from sdt_gen.metrics import (
     write_adm_npz,
     write_results,
 )
+from sdt_gen.metrics.datasets import bundled_images
+from sdt_gen.metrics.memorization import MEMORIZATION, dataset_memorization
 from sdt_gen.metrics.sampling import MANIFEST
+from sdt_gen.data import BUNDLED_DATASETS
 from sdt_gen.data.vae import vae_downsampling
 from sdt_gen.files import file_sha256
 from sdt_gen.hub import local_folder
@@ -75,12 +78,16 @@ def image_size(pipe: SDTPipeline) -> tuple[int, int]:
     return height * factor, width * factor
 
 
-def open_reference(args, size: tuple[int, int]) -> ImageDataset:
-    """The --ref images at the samples' size; another size is an error unless --resize-ref."""
-    reference = as_image_dataset(args.ref)
+def open_reference(args, size: tuple[int, int], path: str | None = None, split: str = "train") -> ImageDataset:
+    """The --ref images (or those of ``path``) at the samples' size; another size is an error unless --resize-ref.
+    ``path`` may name a bundled data set, whose ``split`` it then is (train_dit.py trains on all the digits)."""
+    path = path or args.ref
+    if path in BUNDLED_DATASETS:
+        return bundled_images(path, "all" if (path, split) == ("digits", "train") else split, size[0])
+    reference = as_image_dataset(path)
     if reference.size != tuple(size) and not args.resize_ref:
         raise ValueError(
-            f"the reference {args.ref} holds {reference.size[0]}x{reference.size[1]} images but the samples are "
+            f"the reference {path} holds {reference.size[0]}x{reference.size[1]} images but the samples are "
             f"{size[0]}x{size[1]}; pass --resize-ref to resize (shorter side, bicubic) and center-crop the "
             f"reference to the samples' size, as ADM prepares its reference batches"
         )
@@ -127,11 +134,25 @@ def check_inputs(args, metrics: list[str]) -> Path | None:
         raise FileNotFoundError(
             f"reference {args.ref} does not exist (--ref): expected a folder of images or an ADM-style .npz"
         )
-    if any(m != "isc" for m in metrics) and args.ref is None and args.ref_cache is None:
+    fidelity = [m for m in metrics if m != MEMORIZATION]
+    if any(m != "isc" for m in fidelity) and args.ref is None and args.ref_cache is None:
         raise ValueError(
-            f"--metrics {' '.join(m for m in metrics if m != 'isc')} compare against a reference: pass --ref "
+            f"--metrics {' '.join(m for m in fidelity if m != 'isc')} compare against a reference: pass --ref "
             f"(a folder of images or an .npz) or --ref-cache NAME (statistics cached by an earlier run)"
         )
+    if MEMORIZATION in metrics:
+        if args.train_ref is None:
+            raise ValueError("--metrics memorization compares samples with the training images: pass --train-ref "
+                             "(a folder of images or an .npz)")
+        if args.memorization_space == "classifier" and args.classifier is None:
+            raise ValueError("--memorization-space classifier measures distances in a classifier's features: "
+                             "pass --classifier")
+    if args.heldout_ref == "digits":
+        raise ValueError("--heldout-ref digits: train_dit.py trains on all 1,797 bundled digits, so none is held out; "
+                         "pass a folder of real images the model did not see (or --heldout-ref mnist for MNIST models)")
+    for flag, path in (("--train-ref", args.train_ref), ("--heldout-ref", args.heldout_ref)):
+        if path is not None and path not in BUNDLED_DATASETS and not Path(path).exists():
+            raise FileNotFoundError(f"{flag} {path} does not exist: expected a folder of images or an .npz")
     return model_folder
 
 
@@ -212,11 +233,12 @@ def score(
 ) -> dict:
     """torch-fidelity's metrics and the classifier's, with ``num_samples`` and ``notes``."""
     results = {"num_samples": len(samples), "notes": []}
-    if metrics:
+    fidelity = [m for m in metrics if m != MEMORIZATION]
+    if fidelity:
         results = compute_metrics(
             samples,
             reference,
-            metrics,
+            fidelity,
             inception_weights=args.inception_weights,
             vgg16_weights=args.vgg16_weights,
             device=device,
@@ -232,6 +254,13 @@ def score(
             classifier_metrics(classifier, samples, labels_from_file_names(samples.files), reference=reference,
                                batch_size=args.batch_size, resize=args.resize_ref)
         )
+    if MEMORIZATION in metrics:
+        results.update(dataset_memorization(
+            samples, open_reference(args, samples.size, args.train_ref),
+            open_reference(args, samples.size, args.heldout_ref, split="val") if args.heldout_ref else None,
+            features=classifier if args.memorization_space == "classifier" else None,
+            side=args.memorization_size, device=device, batch_size=args.batch_size,
+        ))
     return results
 
 
@@ -292,8 +321,8 @@ def main(args):
 
     # 1. Check every input before anything is sampled (on every process, so an error stops them all)
     model_folder = check_inputs(args, metrics)
-    if metrics:  # the weights first: the cheapest check, and the one offline users hit
-        resolve_weights_once_per_machine(processes, metrics, args)
+    if any(m != MEMORIZATION for m in metrics):  # the weights first: the cheapest check, and the one offline users hit
+        resolve_weights_once_per_machine(processes, [m for m in metrics if m != MEMORIZATION], args)
     pipe, samples = None, None
     if model_folder is not None:
         pipe = load_pipeline(model_folder, device, args)
@@ -303,10 +332,15 @@ def main(args):
         size = samples.size
     classifier = open_classifier(args, device, pipe)
     reference = None
-    if args.ref is not None and (any(m != "isc" for m in metrics) or classifier is not None):
+    fidelity = [m for m in metrics if m != MEMORIZATION]
+    if args.ref is not None and (any(m != "isc" for m in fidelity) or classifier is not None):
         reference = open_reference(args, size)
-    if metrics:
-        preflight(metrics, reference, args.inception_weights, args.vgg16_weights, cache_name=args.ref_cache,
+    if MEMORIZATION in metrics:  # sizes checked before sampling
+        for path, split in ((args.train_ref, "train"), (args.heldout_ref, "val")):
+            if path is not None:
+                open_reference(args, size, path, split)
+    if fidelity:
+        preflight(fidelity, reference, args.inception_weights, args.vgg16_weights, cache_name=args.ref_cache,
                   cache_root=args.cache_root, sample_size=size, resize=args.resize_ref)
 
     # 2. Sample on every process; SIGTERM / SIGINT stop after the batch, keeping every image written
@@ -349,9 +383,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--labels", choices=LABEL_MODES, default="random",
                         help="class labels: uniform at random (as DiT) or balanced (i %% num_classes)")
     parser.add_argument("--seed", type=non_negative_int, default=0, help="base seed: labels and image i's noise (seed*1000003+i)")
-    parser.add_argument("--metrics", nargs="*", choices=METRICS, default=["fid", "isc"],
-                        help="torch-fidelity metrics (prc: precision/recall, with VGG16); none: sampling and "
-                        "--classifier only")
+    parser.add_argument("--metrics", nargs="*", choices=(*METRICS, MEMORIZATION), default=["fid", "isc"],
+                        help="torch-fidelity metrics (prc: precision/recall, with VGG16), and memorization (copies of "
+                        "--train-ref images); none: sampling and --classifier only")
+    parser.add_argument("--train-ref", help="memorization: the training images (folder or .npz) at the samples' size, "
+                        "or digits / mnist: what train_dit.py --dataset NAME trains on")
+    parser.add_argument("--heldout-ref", help="memorization: real images the model did not train on (folder, .npz, or "
+                        "mnist: its 500 held-out digits); adds how close they sit to the training set, the scale a copy "
+                        "is judged against")
+    parser.add_argument("--memorization-space", choices=("pixels", "classifier"), default="pixels",
+                        help="distances between pixels on [0, 1], or in --classifier's pre-logit features")
+    parser.add_argument("--memorization-size", type=positive_int, metavar="SIDE",
+                        help="pixels: area-downsample to SIDE x SIDE first (cost / (H/SIDE)^2; ImageNet 256 px: 32)")
     parser.add_argument("--kid-subset-size", type=positive_int, default=1000,
                         help="KID subset size (lowered, and said so, for fewer images)")
     parser.add_argument("--inception-weights", help="local weights-inception-2015-12-05-6726825d.pth (default: "

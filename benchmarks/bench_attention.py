@@ -7,15 +7,20 @@ to decay mode `none`, so the numbers compare across machines.
 
     python benchmarks/bench_attention.py                    # CPU defaults
     python benchmarks/bench_attention.py --backend flex --tokens 256 1024 4096   # on CUDA: FlexAttention
+    OMP_NUM_THREADS=1 python benchmarks/bench_attention.py --iters 3 --out docs/measurements   # the docs' table
+    OMP_NUM_THREADS=1 python benchmarks/bench_attention.py --clock process   # steadier on a busy, shared CPU
 """
 
 import argparse
 import math
 import time
+from collections.abc import Callable
 
 import torch
 
 from sdt_gen.layers import DecayConfig, SpatialDecayAttention
+from sdt_gen.provenance import RunRecord
+from sdt_gen.tables import Column, Table
 
 SHAPES = {"S/2": (384, 6), "XL/2": (1152, 16)}
 
@@ -34,7 +39,7 @@ def saved_bytes(fn) -> int:
     return total, out
 
 
-def measure(layer, x, grid, iters: int):
+def measure(layer, x, grid, iters: int, clock: Callable[[], float] = time.perf_counter):
     def step():
         return layer(x, grid)
 
@@ -43,18 +48,24 @@ def measure(layer, x, grid, iters: int):
     if x.is_cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
+    start = clock()
     for _ in range(iters):
         mem, out = saved_bytes(step)
         out.square().mean().backward()
     if x.is_cuda:
         torch.cuda.synchronize()
         mem = torch.cuda.max_memory_allocated()
-    return (time.perf_counter() - start) / iters, mem
+    return (clock() - start) / iters, mem
 
 
-def attention_rows(device, backend: str, dtype, tokens=(256, 1024), tokens_per_batch: int = 2048, iters: int = 5):
-    """Time and memory of one layer per width, token count and decay mode, with ratios to ``none``."""
+def attention_rows(device, backend: str, dtype, tokens=(256, 1024), tokens_per_batch: int = 2048, iters: int = 5,
+                   clock: Callable[[], float] = time.perf_counter):
+    """Time and memory of one layer per width, token count and decay mode, with ratios to ``none``.
+
+    Args:
+        clock: seconds as ``time.perf_counter`` (elapsed) or ``time.process_time`` (this process's CPU time: at one
+            thread, what other programs on the cores do not inflate).
+    """
     rows = []
     for shape, (dim, heads) in SHAPES.items():
         for count in tokens:
@@ -66,7 +77,7 @@ def attention_rows(device, backend: str, dtype, tokens=(256, 1024), tokens_per_b
             results = {}
             for mode in ("none", "fixed", "cag"):
                 layer = SpatialDecayAttention(dim, heads, DecayConfig(mode=mode), backend=backend)
-                results[mode] = measure(layer.to(device, dtype), x, (side, side), iters)
+                results[mode] = measure(layer.to(device, dtype), x, (side, side), iters, clock)
             base_time, base_mem = results["none"]
             rows += [
                 dict(shape=shape, tokens=count, batch=batch, mode=mode, time_ratio=seconds / base_time,
@@ -77,17 +88,21 @@ def attention_rows(device, backend: str, dtype, tokens=(256, 1024), tokens_per_b
 
 
 def main(args):
+    record = RunRecord.start()
     device = torch.device(args.device)
     torch.manual_seed(0)
     print(f"device {device}, backend {args.backend}, dtype {args.dtype}, threads {torch.get_num_threads()}")
-    print("| shape | tokens | batch | mode | time / none | memory / none | ms | MiB |")
-    print("|---|---|---|---|---|---|---|---|")
-    for row in attention_rows(device, args.backend, getattr(torch, args.dtype), args.tokens, args.tokens_per_batch,
-                              args.iters):
-        print(
-            f"| {row['shape']} | {row['tokens']} | {row['batch']} | {row['mode']} | {row['time_ratio']:.2f}x "
-            f"| {row['memory_ratio']:.2f}x | {row['ms']:.1f} | {row['mib']:.0f} |"
-        )
+    clock = time.process_time if args.clock == "process" else time.perf_counter
+    rows = attention_rows(device, args.backend, getattr(torch, args.dtype), args.tokens, args.tokens_per_batch,
+                          args.iters, clock)
+    # On the CPU the memory is what autograd keeps for backward; on CUDA the peak of the whole step.
+    memory = "saved-for-backward" if device.type == "cpu" else "peak memory"
+    columns = [Column("shape", "shape"), Column("tokens", "tokens"), Column("batch", "batch"), Column("mode", "mode"),
+               Column("time / none", "time_ratio", "{:.2f}x"), Column(f"{memory} / none", "memory_ratio", "{:.2f}x"),
+               Column("ms", "ms", "{:.1f}"), Column("MiB", "mib", "{:.0f}")]
+    notes = (f"One layer's forward + backward on {device.type}, backend {args.backend}, {args.dtype}, mean of "
+             f"{args.iters} iterations after 2 warm-up, {args.clock} time; ratios to decay none of the same shape.")
+    Table("attention-layer", columns, rows, record.finish(), notes).publish(args.out)
 
 
 if __name__ == "__main__":
@@ -98,4 +113,8 @@ if __name__ == "__main__":
     parser.add_argument("--tokens", type=int, nargs="+", default=[256, 1024], help="token counts (square grids)")
     parser.add_argument("--tokens-per-batch", type=int, default=2048, help="batch size * tokens at S/2 width")
     parser.add_argument("--iters", type=int, default=5, help="timed iterations per setting")
+    parser.add_argument("--clock", default="wall", choices=["wall", "process"],
+                        help="wall: elapsed time; process: this process's CPU time (CPU only; with one thread it "
+                        "ignores other programs competing for the cores)")
+    parser.add_argument("--out", help="folder to write the table as attention-layer.json with its provenance")
     main(parser.parse_args())

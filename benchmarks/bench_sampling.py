@@ -9,6 +9,7 @@ measured in one run. Target: decay `none` within 5% of DiTPipeline.
     python benchmarks/bench_sampling.py                                   # CPU default: S/2, 16x16 latents
     python benchmarks/bench_sampling.py --threads 1 --clock process       # steadier on a busy, shared CPU
     python benchmarks/bench_sampling.py --preset SDT-XL/2 --latent-size 32 --batch 32 --steps 50   # on a GPU
+    python benchmarks/bench_sampling.py --threads 1 --clock process --repeats 5 --out docs/measurements
 """
 
 import argparse
@@ -21,6 +22,8 @@ from diffusers import AutoencoderKL, DDIMScheduler, DiTPipeline, DiTTransformer2
 from sdt_gen import SDT_PRESETS, SDTPipeline, SDTTransformer2DModel
 from sdt_gen.diffusion import dit_schedule
 from sdt_gen.pipelines import dit_scheduler
+from sdt_gen.provenance import RunRecord
+from sdt_gen.tables import Column, Table
 
 
 def tiny_vae() -> AutoencoderKL:
@@ -50,6 +53,13 @@ def run_once(pipe, labels, args, device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize()
     return clock() - start
+
+
+def setting(args: argparse.Namespace) -> str:
+    """What every pipeline of the table ran: shape, batch, sampler, guidance, runs and clock."""
+    tokens = (args.latent_size // SDT_PRESETS[args.preset]["patch_size"]) ** 2
+    return (f"{args.preset} shape, {tokens} tokens, batch {args.batch}, {args.steps} {args.scheduler} steps, "
+            f"guidance {args.guidance_scale}, {args.repeats} interleaved runs, {args.clock} time")
 
 
 def sampling_rows(args) -> list[dict]:
@@ -82,12 +92,7 @@ def sampling_rows(args) -> list[dict]:
         pipe.set_progress_bar_config(disable=True)
 
     labels = [i % 1000 for i in range(args.batch)]
-    tokens = (args.latent_size // preset["patch_size"]) ** 2
-    print(
-        f"device {device}, dtype {args.dtype}, threads {torch.get_num_threads()}, {args.preset} shape, "
-        f"{tokens} tokens, batch {args.batch}, {args.steps} {args.scheduler} steps, guidance {args.guidance_scale}, "
-        f"{args.repeats} interleaved runs, {args.clock} time"
-    )
+    print(f"device {device}, dtype {args.dtype}, threads {torch.get_num_threads()}, {setting(args)}")
     times = {name: [] for name in pipes}
     for name, pipe in pipes.items():  # warm-up (and kernel selection / compilation on CUDA)
         run_once(pipe, labels, args, device)
@@ -105,14 +110,15 @@ def sampling_rows(args) -> list[dict]:
 
 
 def main(args):
+    record = RunRecord.start()
     rows = sampling_rows(args)
-    print("| pipeline | images/s (median) | time / DiTPipeline (median) | time / DiTPipeline (best run) | s per batch |")
-    print("|---|---|---|---|---|")
-    for row in rows:
-        print(
-            f"| {row['pipeline']} | {row['images_per_s']:.2f} | {row['time_ratio']:.3f}x "
-            f"| {row['best_time_ratio']:.3f}x | {row['seconds']:.3f} |"
-        )
+    columns = [Column("pipeline", "pipeline"), Column("images/s (median)", "images_per_s", "{:.2f}"),
+               Column("time / DiTPipeline (median)", "time_ratio", "{:.3f}x"),
+               Column("time / DiTPipeline (best run)", "best_time_ratio", "{:.3f}x"),
+               Column("s per batch", "seconds", "{:.3f}")]
+    Table("sampling", columns, rows, record.finish(),
+          f"On {args.device}, {args.dtype}: {setting(args)}; the same random DiT converted to SDT, the same "
+          "scheduler and VAE.").publish(args.out)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -132,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "ignores other programs competing for the cores)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="device to run on")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"], help="weights dtype")
+    parser.add_argument("--out", help="folder to write the table as sampling.json with its provenance")
     return parser
 
 

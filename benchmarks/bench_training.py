@@ -34,9 +34,8 @@ from sdt_gen import SDTTransformer2DModel
 from sdt_gen.data import encode_images
 from sdt_gen.diffusion import DiffusionLoss, make_objective, uniform_timesteps
 from sdt_gen.provenance import RunRecord
+from sdt_gen.studies.protocol import parse_arm
 from sdt_gen.tables import Column, Table
-
-from decay_study import parse_arm
 
 DECAY_MODES = ("none", "fixed", "cag")
 

@@ -15,6 +15,7 @@ everything measured before it:
 
     python benchmarks/gpu_report.py --out gpu-report        # writes gpu-report/report.md and report.json
 
+Both files carry the run's provenance (command, commit, versions, threads, CPU, times; ``sdt_gen.provenance``).
 Without CUDA it says so in one line and exits 0.
 """
 
@@ -32,6 +33,8 @@ from pathlib import Path
 import torch
 
 from sdt_gen.files import write_text_atomically
+from sdt_gen.provenance import RunRecord
+from sdt_gen.tables import provenance_line
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAINING_PRESETS = {"SDT-XL/2": 32, "SDT-B/2": 64}  # preset: batch
@@ -143,6 +146,8 @@ def write_report(out: Path, report: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     lines = [f"# GPU report: {report['device']}", "", f"torch {report['torch']}, CUDA {report['cuda']}, "
              f"{report['seconds']:.0f} s in all.", ""]
+    if "provenance" in report:
+        lines += [provenance_line(report["provenance"]), ""]
     if "note" in report:
         lines += [report["note"][0].upper() + report["note"][1:] + ".", ""]
     tests = report["sections"].get("cuda_tests")
@@ -166,12 +171,13 @@ def write_report(out: Path, report: dict) -> None:
 
 
 def main(args) -> int:
+    record = RunRecord.start()
     out = Path(args.out)
     if not torch.cuda.is_available():
         # Scripts that collect reports expect one: it says that nothing was measured, and why.
         note = "no CUDA device here; nothing measured (run it on a machine with a GPU)"
         write_report(out, {"device": "none (no CUDA)", "torch": torch.__version__, "cuda": torch.version.cuda,
-                           "seconds": 0.0, "sections": {}, "note": note})
+                           "seconds": 0.0, "sections": {}, "note": note, "provenance": record.finish()})
         print(f"gpu_report: {note}; wrote {out / 'report.md'}")
         return 0
     out.mkdir(parents=True, exist_ok=True)
@@ -191,6 +197,7 @@ def main(args) -> int:
         except Exception as error:  # one broken section must not cost the others their numbers
             report["sections"][name] = {"error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc()}
         report["seconds"] = time.perf_counter() - start
+        report["provenance"] = record.finish()  # renewed after each section: a stopped run's report is complete
         write_report(out, report)
     print(f"gpu_report: {out / 'report.md'} ({report['seconds']:.0f} s)")
     return 0

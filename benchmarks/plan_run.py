@@ -2,6 +2,10 @@
 
     python benchmarks/plan_run.py --model SDT-XL/2 --decay-mode cag --image-size 256
     python benchmarks/plan_run.py --model SDT-B/2 --batch 256 --steps 400000 --gpus 8 --mfu 0.4 --gpu h100
+    python benchmarks/plan_run.py --model SDT-XL/2 SDT-B/2 --decay-mode none cag --out docs/measurements
+
+One table compares every ``--model`` x ``--decay-mode`` (``plan-run``); with one of each, a second table gives that
+plan's items one by one (``plan-run-details``).
 
 Everything is counted on the meta device (no weights, no compute, a few seconds for XL): FLOPs with
 ``torch.utils.flop_counter.FlopCounterMode`` over one image's forward and one training step (forward and
@@ -20,17 +24,15 @@ training FLOPs of ``--steps`` steps of ``--batch`` images at ``--mfu`` of the GP
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from sdt_gen import SDT_PRESETS, SDTTransformer2DModel  # noqa: E402
-from sdt_gen.layers import DECAY_MODES  # noqa: E402
+from sdt_gen import SDT_PRESETS, SDTTransformer2DModel
+from sdt_gen.layers import DECAY_MODES
+from sdt_gen.provenance import RunRecord
+from sdt_gen.tables import Column, Table
 
 # Dense bf16 peak TFLOP/s (vendor data sheets, without sparsity).
 GPU_PEAK_TFLOPS = {"h100": 989.0, "h200": 989.0, "a100": 312.0, "l40s": 362.0}
@@ -96,69 +98,128 @@ def saved_activation_bytes(preset: str, decay_mode: str, image_size: int, checkp
     return sum(storages.values())
 
 
-def plan(args) -> dict:
-    """Every number of the table, for ``args`` (see ``build_parser``)."""
-    model = meta_model(args.model, args.decay_mode, args.image_size)
+def plan(model_name: str, decay_mode: str, args: argparse.Namespace) -> dict:
+    """Every number of the tables for one model and decay mode, under the run of ``args`` (see ``build_parser``)."""
+    model = meta_model(model_name, decay_mode, args.image_size)
     params = sum(p.numel() for p in model.parameters())
-    flops = count_flops(args.model, args.decay_mode, args.image_size)
-    plain = count_flops(args.model, "none", args.image_size)
-    full = saved_activation_bytes(args.model, args.decay_mode, args.image_size, checkpointing=False)
-    checkpointed = saved_activation_bytes(args.model, args.decay_mode, args.image_size, checkpointing=True)
+    flops = count_flops(model_name, decay_mode, args.image_size)
+    plain = count_flops(model_name, "none", args.image_size)
+    full = saved_activation_bytes(model_name, decay_mode, args.image_size, checkpointing=False)
+    checkpointed = saved_activation_bytes(model_name, decay_mode, args.image_size, checkpointing=True)
     # Recomputing a block makes its own activations alive again: the largest block's share, as an average.
     checkpointed += full // model.config.depth
     per_gpu_batch = args.batch / args.gpus
     state = {"parameters": BYTES_FP32, "gradients": BYTES_FP32, "AdamW": 2 * BYTES_FP32, "EMA": BYTES_FP32}
+    state_bytes = {name: size * params for name, size in state.items()}
+    activations = {"full": full * per_gpu_batch, "checkpointed": checkpointed * per_gpu_batch}
+    # DDP keeps all the state on every GPU, FSDP a 1/gpus shard of it; activations are per GPU under both.
+    memory = {strategy: {kind: sum(state_bytes.values()) / shards + held for kind, held in activations.items()}
+              for strategy, shards in (("DDP", 1), ("FSDP", args.gpus))}
     total_flops = flops["train_step"] * args.batch * args.steps
     seconds = total_flops / (args.gpus * GPU_PEAK_TFLOPS[args.gpu] * 1e12 * args.mfu)
     return {
         "params": params, "flops": flops, "decay_share": 1 - plain["forward"] / flops["forward"],
-        "state_bytes": {name: size * params for name, size in state.items()},
-        "activation_bytes": {"full": full * per_gpu_batch, "checkpointed": checkpointed * per_gpu_batch},
+        "state_bytes": state_bytes, "activation_bytes": activations, "memory_per_gpu": memory,
         "per_gpu_batch": per_gpu_batch, "total_flops": total_flops,
         "hours": seconds / 3600, "gpu_hours": seconds * args.gpus / 3600,
     }
 
 
-def main(args) -> None:
-    numbers = plan(args)
+def run_setting(args: argparse.Namespace) -> str:
+    """The run every row plans: image size, batch over GPUs, utilisation, steps."""
+    side = args.image_size // VAE_DOWNSAMPLING
+    return (f"{args.image_size} px ({side}x{side}x{LATENT_CHANNELS} latents), batch {args.batch} on {args.gpus} "
+            f"{args.gpu.upper()} ({args.mfu:.0%} MFU of {GPU_PEAK_TFLOPS[args.gpu]:g} TFLOP/s bf16), "
+            f"{args.steps:,} steps")
+
+
+def dit_gmacs(model_name: str, image_size: int) -> float | None:
+    """DiT's published forward GMACs of this shape, where Table 4 has it (256 px only)."""
+    return DIT_TABLE4_GMACS.get(model_name) if image_size == 256 else None
+
+
+def comparison_table(plans: dict[tuple[str, str], dict], args: argparse.Namespace, record: RunRecord) -> Table:
+    """One row per model and decay mode: size, FLOPs, memory per GPU, GPU-hours."""
     gib = 2**30
-    flops = numbers["flops"]
-    dit = DIT_TABLE4_GMACS.get(args.model) if args.image_size == 256 else None
-    print(f"{args.model}, decay {args.decay_mode}, {args.image_size} px ({args.image_size // VAE_DOWNSAMPLING}x"
-          f"{args.image_size // VAE_DOWNSAMPLING}x{LATENT_CHANNELS} latents), batch {args.batch} on {args.gpus} "
-          f"{args.gpu.upper()} ({args.mfu:.0%} MFU of {GPU_PEAK_TFLOPS[args.gpu]:g} TFLOP/s bf16), {args.steps:,} steps\n")
-    print("| quantity | value |\n|---|---|")
-    print(f"| parameters | {numbers['params'] / 1e6:.1f} M |")
-    print(f"| forward, one image | {flops['forward'] / 2e9:.2f} GMACs = {flops['forward'] / 1e9:.2f} GFLOPs"
-          + (f" (DiT's Table 4: {dit} GMACs)" if dit else "") + " |")
-    print(f"| training step, one image (forward + backward) | {flops['train_step'] / 2e9:.2f} GMACs = "
-          f"{flops['train_step'] / 1e9:.2f} GFLOPs |")
-    print(f"| decay's share of the forward FLOPs | {numbers['decay_share']:.2%} |")
-    state = numbers["state_bytes"]
+    rows = []
+    for (model_name, decay_mode), numbers in plans.items():
+        memory = numbers["memory_per_gpu"]
+        row = dict(
+            model=f"DiT-{model_name.removeprefix('SDT-')} ({model_name} `none`)" if decay_mode == "none"
+            else f"{model_name} `{decay_mode}`",
+            preset=model_name, decay_mode=decay_mode, params_m=numbers["params"] / 1e6,
+            forward_gmacs=numbers["flops"]["forward"] / 2e9, train_step_gmacs=numbers["flops"]["train_step"] / 2e9,
+            decay_share=numbers["decay_share"], gpu_hours=numbers["gpu_hours"],
+            **{f"{strategy}_{kind}_gib": memory[strategy][kind] / gib for strategy in memory
+               for kind in ("full", "checkpointed")},
+        )
+        # DiT's figure beside its own architecture only: the decayed rows differ from it by design.
+        dit = dit_gmacs(model_name, args.image_size) if decay_mode == "none" else None
+        row["forward"] = f"{row['forward_gmacs']:.2f}" + (f" (DiT: {dit})" if dit else "")
+        for strategy in memory:
+            row[strategy] = f"{row[f'{strategy}_full_gib']:.1f} ({row[f'{strategy}_checkpointed_gib']:.1f})"
+        rows.append(row)
+    columns = [Column("model", "model"), Column("params", "params_m", "{:.1f} M"),
+               Column("forward GMACs", "forward"), Column("train step GMACs", "train_step_gmacs", "{:.2f}"),
+               Column("decay share", "decay_share", "{:.2%}"), Column("GiB/GPU DDP (ckpt)", "DDP"),
+               Column("GiB/GPU FSDP (ckpt)", "FSDP"), Column("GPU-hours", "gpu_hours", "{:,.0f}")]
+    return Table("plan-run", columns, rows, record.finish(),
+                 f"{run_setting(args)}. GMACs: multiply-adds of one image, matmuls only (DiT's Table 4); memory: fp32 "
+                 "parameters, gradients, AdamW and EMA, bf16 activations; ckpt: with gradient checkpointing.")
+
+
+def details_table(model_name: str, decay_mode: str, numbers: dict, args: argparse.Namespace,
+                  record: RunRecord) -> Table:
+    """The items of one plan, one row each."""
+    gib = 2**30
+    flops, state, activations = numbers["flops"], numbers["state_bytes"], numbers["activation_bytes"]
+    dit = dit_gmacs(model_name, args.image_size)
     state_total = sum(state.values())
-    activations = numbers["activation_bytes"]
-    print(f"| {', '.join(state)} (fp32) | " + " + ".join(f"{v / gib:.2f}" for v in state.values())
-          + f" = {state_total / gib:.2f} GiB |")
-    print(f"| activations, {numbers['per_gpu_batch']:g} images per GPU (bf16) | {activations['full'] / gib:.1f} GiB; "
-          f"with gradient checkpointing {activations['checkpointed'] / gib:.1f} GiB |")
-    for strategy, shards in (("DDP", 1), ("FSDP", args.gpus)):
-        held = state_total / shards
-        print(f"| memory per GPU, {strategy} | {(held + activations['full']) / gib:.1f} GiB; with checkpointing "
-              f"{(held + activations['checkpointed']) / gib:.1f} GiB |")
-    print(f"| training FLOPs, {args.steps:,} steps | {numbers['total_flops']:.3g} |")
-    print(f"| time | {numbers['hours']:.1f} h on {args.gpus} GPUs = {numbers['gpu_hours']:,.0f} GPU-hours |")
+    rows = [
+        ("parameters", f"{numbers['params'] / 1e6:.1f} M"),
+        ("forward, one image", f"{flops['forward'] / 2e9:.2f} GMACs = {flops['forward'] / 1e9:.2f} GFLOPs"
+         + (f" (DiT's Table 4: {dit} GMACs)" if dit else "")),
+        ("training step, one image (forward + backward)",
+         f"{flops['train_step'] / 2e9:.2f} GMACs = {flops['train_step'] / 1e9:.2f} GFLOPs"),
+        ("decay's share of the forward FLOPs", f"{numbers['decay_share']:.2%}"),
+        (f"{', '.join(state)} (fp32)",
+         " + ".join(f"{v / gib:.2f}" for v in state.values()) + f" = {state_total / gib:.2f} GiB"),
+        (f"activations, {numbers['per_gpu_batch']:g} images per GPU (bf16)",
+         f"{activations['full'] / gib:.1f} GiB; with gradient checkpointing "
+         f"{activations['checkpointed'] / gib:.1f} GiB"),
+        *((f"memory per GPU, {strategy}",
+           f"{held['full'] / gib:.1f} GiB; with checkpointing {held['checkpointed'] / gib:.1f} GiB")
+          for strategy, held in numbers["memory_per_gpu"].items()),
+        (f"training FLOPs, {args.steps:,} steps", f"{numbers['total_flops']:.3g}"),
+        ("time", f"{numbers['hours']:.1f} h on {args.gpus} GPUs = {numbers['gpu_hours']:,.0f} GPU-hours"),
+    ]
+    return Table("plan-run-details", [Column("quantity", "quantity"), Column("value", "value")],
+                 [dict(quantity=quantity, value=value) for quantity, value in rows], record.finish(),
+                 f"{model_name}, decay {decay_mode}, {run_setting(args)}.")
+
+
+def main(args: argparse.Namespace) -> None:
+    record = RunRecord.start()
+    plans = {(model_name, decay_mode): plan(model_name, decay_mode, args)
+             for model_name in args.model for decay_mode in args.decay_mode}
+    comparison_table(plans, args, record).publish(args.out)
+    if len(plans) == 1:
+        [((model_name, decay_mode), numbers)] = plans.items()
+        details_table(model_name, decay_mode, numbers, args, record).publish(args.out)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="SDT-XL/2", choices=list(SDT_PRESETS), help="denoiser preset")
-    p.add_argument("--decay-mode", default="cag", choices=DECAY_MODES)
+    p.add_argument("--model", nargs="+", default=["SDT-XL/2"], choices=list(SDT_PRESETS), help="denoiser preset(s)")
+    p.add_argument("--decay-mode", nargs="+", default=["cag"], choices=DECAY_MODES, help="decay mode(s)")
     p.add_argument("--image-size", type=int, default=256, help="pixels (SD-VAE latents are 8x smaller)")
     p.add_argument("--batch", type=int, default=256, help="global batch (DiT: 256)")
     p.add_argument("--steps", type=int, default=400_000, help="training steps (DiT-XL/2's first table: 400K)")
     p.add_argument("--gpus", type=int, default=8)
     p.add_argument("--gpu", default="h100", choices=list(GPU_PEAK_TFLOPS), help="for its dense bf16 peak")
     p.add_argument("--mfu", type=float, default=0.4, help="model-FLOPs utilisation reached")
+    p.add_argument("--out", help="folder to write the tables as plan-run.json (and plan-run-details.json) with their "
+                   "provenance")
     return p
 
 

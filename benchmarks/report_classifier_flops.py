@@ -2,6 +2,7 @@
 
     python benchmarks/report_classifier_flops.py                       # every preset at 224px; SDT-H-T throughput
     python benchmarks/report_classifier_flops.py --presets SDT-H-T SDT-H-S --batch-size 8 --iters 10
+    python benchmarks/report_classifier_flops.py --out docs/measurements   # the docs' tables, as JSON
 
 FLOPs are counted with ``torch.utils.flop_counter.FlopCounterMode`` for one 224px image on the meta
 device (no weights, no compute), with attention forced onto SDPA's math path so that its matmuls are
@@ -25,6 +26,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from sdt_gen import SDT_CLASSIFIER_PRESETS, SDTConfig, SDTForImageClassification
+from sdt_gen.provenance import RunRecord
+from sdt_gen.tables import Column, Table
 
 DECAY_MODES = ("none", "fixed", "cag")
 
@@ -64,26 +67,33 @@ def throughput(preset: str, image_size: int, batch_size: int, iters: int, warmup
     return {mode: batch_size / sorted(t)[len(t) // 2] for mode, t in seconds.items()}
 
 
+def size_row(params: int, flops: int) -> dict[str, float]:
+    """The table values of a count: the raw numbers, and millions of parameters, GFLOPs and GMACs."""
+    return dict(params=params, flops=flops, params_m=params / 1e6, gflops=flops / 1e9, gmacs=flops / 2e9)
+
+
 def main(args: argparse.Namespace) -> None:
+    record = RunRecord.start()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, {args.image_size}px\n")
-    print("| preset | params (M) | GFLOPs | GMACs |")
-    print("|---|---|---|---|")
-    for preset in args.presets:
-        params, flops = count(preset, args.image_size)
-        print(f"| {preset} | {params / 1e6:.2f} | {flops / 1e9:.2f} | {flops / 2e9:.2f} |")
+    rows = [dict(preset=preset, **size_row(*count(preset, args.image_size))) for preset in args.presets]
+    columns = [Column("preset", "preset"), Column("params (M)", "params_m", "{:.2f}"),
+               Column("GFLOPs", "gflops", "{:.2f}"), Column("GMACs", "gmacs", "{:.2f}")]
+    Table("classifiers", columns, rows, record.finish(),
+          f"Forward of one {args.image_size}px image, counted on the meta device: matmuls and convolutions only; "
+          "GMACs = GFLOPs / 2 (what RMT and SDT call FLOPs).").publish(args.out)
 
     if not args.throughput_preset:
         return
+    record = RunRecord.start()
     preset = args.throughput_preset
-    print(f"\n{preset}, forward on CPU, batch {args.batch_size}, median of {args.iters} rounds "
-          f"after {args.warmup} warm-up:")
-    print("| decay | params (M) | GMACs | images/s | ratio to none |")
-    print("|---|---|---|---|---|")
     rates = throughput(preset, args.image_size, args.batch_size, args.iters, args.warmup)
-    for mode in DECAY_MODES:
-        params, flops = count(preset, args.image_size, decay_mode=mode)
-        ratio = rates[mode] / rates["none"]
-        print(f"| {mode} | {params / 1e6:.3f} | {flops / 2e9:.3f} | {rates[mode]:.2f} | {ratio:.3f} |")
+    rows = [dict(decay=mode, **size_row(*count(preset, args.image_size, decay_mode=mode)), images_per_s=rates[mode],
+                 ratio=rates[mode] / rates["none"]) for mode in DECAY_MODES]
+    columns = [Column("decay", "decay"), Column("params (M)", "params_m", "{:.3f}"), Column("GMACs", "gmacs", "{:.3f}"),
+               Column("images/s", "images_per_s", "{:.2f}"), Column("ratio to none", "ratio", "{:.3f}")]
+    Table("classifier-throughput", columns, rows, record.finish(),
+          f"{preset}, forward on CPU at {args.image_size}px, batch {args.batch_size}, median of {args.iters} rounds "
+          f"after {args.warmup} warm-up, the decay modes interleaved.").publish(args.out)
 
 
 if __name__ == "__main__":
@@ -95,4 +105,6 @@ if __name__ == "__main__":
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--out", help="folder to write the tables as classifiers.json and classifier-throughput.json "
+                        "with their provenance")
     main(parser.parse_args())

@@ -209,19 +209,18 @@ class SDTPipeline(DiffusionPipeline):
             path: the DiT pipeline folder or Hub repo id (the Hugging Face cache when offline).
             **overrides: SDT config keys, e.g. ``decay_mode="cag", decay_init="zero"``.
         """
-        from diffusers import DiTPipeline
+        import diffusers
 
         path = local_folder(path)
         index = check_pipeline_folder(path, required=("transformer", "vae", "scheduler"))
-        dit = DiTPipeline.from_pretrained(path)
-        transformer = SDTTransformer2DModel.from_dit(dit.transformer, **overrides).eval()
-        id2label = index.get("id2label") or getattr(dit, "id2label", None)
-        if not id2label and getattr(dit, "labels", None):
-            grouped: dict[int, list[str]] = {}
-            for name, class_id in dit.labels.items():
-                grouped.setdefault(int(class_id), []).append(name)
-            id2label = {k: ", ".join(v) for k, v in sorted(grouped.items())}
-        return cls(transformer=transformer, scheduler=dit.scheduler, vae=dit.vae, id2label=id2label or None)
+        # The components one by one: DiTPipeline.from_pretrained warns that the Hub's id2label (JSON, so string
+        # keys) is not dict[int, str], on every load of facebook/DiT-XL-2-256.
+        dit = diffusers.DiTTransformer2DModel.from_pretrained(path, subfolder="transformer")
+        transformer = SDTTransformer2DModel.from_dit(dit, **overrides).eval()
+        vae = AutoencoderKL.from_pretrained(path, subfolder="vae")
+        scheduler = getattr(diffusers, index["scheduler"][1]).from_pretrained(path, subfolder="scheduler")
+        id2label = {int(k): name for k, name in (index.get("id2label") or {}).items()}
+        return cls(transformer=transformer, scheduler=scheduler, vae=vae, id2label=id2label or None)
 
     @classmethod
     def from_dit_checkpoint(

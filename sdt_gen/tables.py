@@ -97,8 +97,8 @@ class Table:
 
 def provenance_line(record: dict[str, Any]) -> str:
     """One sentence of a provenance record: command, commit, versions, threads, CPU, date."""
-    if "transcribed" in record:  # a table measured before its run was recorded
-        return f"<sub>{record['transcribed']}</sub>"
+    if "command" not in record:  # measured before runs were recorded: the record says what is known
+        return f"<sub>{record['note']}</sub>"
     commit = (record.get("commit") or "unknown")[:10] + (" with uncommitted changes" if record.get("dirty") else "")
     versions = record.get("versions", {})
     return (

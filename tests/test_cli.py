@@ -13,7 +13,7 @@ SCRIPTS = {
     "sample.py": [ROOT / "sample.py", "--classes", "0"],
     "eval_fid.py": [ROOT / "eval_fid.py"],
     "convert": ["-m", "sdt_gen.convert", "absent.pt", "--out", "pipe"],
-    "decay_study.py": [ROOT / "benchmarks" / "decay_study.py"],
+    "decay_study.py": [ROOT / "experiments" / "decay_study.py"],
 }
 
 

@@ -431,3 +431,45 @@ def test_sigterm_keeps_the_written_samples_exits_75_and_a_rerun_finishes_them(mo
     straight = tmp_path / "straight"
     run(*argv, "--out", straight)
     assert pngs(stopped / "samples") == pngs(straight / "samples")
+
+
+def write_digits(folder: Path, images: np.ndarray) -> Path:
+    """uint8 (N, H, W) digits as grey PNGs, named as samples are (``<index>_<label>.png``)."""
+    folder.mkdir(parents=True)
+    for index, image in enumerate(images):
+        Image.fromarray(image).save(folder / f"{index:06d}_0.png")
+    return folder
+
+
+def test_memorization_of_a_samples_folder_against_training_and_held_out_folders(tmp_path, capsys):
+    from sdt_gen.data import DigitsDataset
+
+    digits = {split: ((DigitsDataset(split, image_size=16).images[:, 0].numpy() + 1) * 127.5).round().astype(np.uint8)
+              for split in ("train", "val")}
+    train = write_digits(tmp_path / "train", digits["train"])
+    heldout = write_digits(tmp_path / "heldout", digits["val"][:60])
+    copies = np.concatenate([digits["train"][:30], digits["val"][60:90]])  # half copies, half new digits
+    samples = write_digits(tmp_path / "samples", copies)
+    out = tmp_path / "eval"
+    results = run("--samples-dir", samples, "--metrics", "memorization", "--train-ref", train, "--heldout-ref", heldout,
+                  "--out", out)
+    assert results["memorized_fraction"] == pytest.approx(0.5, abs=0.05)
+    assert results["closer_than_heldout_fraction"] == pytest.approx(0.5, abs=0.05)
+    assert results["heldout_memorized_fraction"] < 0.05 and results["memorization_space"] == "pixels, 16 px"
+    assert "Memorized" in capsys.readouterr().out
+    assert json.loads((out / "results.json").read_text())["metrics"]["memorized_fraction"] == results["memorized_fraction"]
+
+    with pytest.raises(ValueError, match="pass --train-ref"):
+        run("--samples-dir", samples, "--metrics", "memorization", "--out", out)
+    with pytest.raises(FileNotFoundError, match="--train-ref .*nowhere does not exist"):
+        run("--samples-dir", samples, "--metrics", "memorization", "--train-ref", tmp_path / "nowhere", "--out", out)
+    with pytest.raises(ValueError, match="holds 8x8 images but the samples are 16x16"):
+        small = write_digits(tmp_path / "small", digits["train"][:4, ::2, ::2])
+        run("--samples-dir", samples, "--metrics", "memorization", "--train-ref", small, "--out", out)
+    with pytest.raises(ValueError, match="--heldout-ref digits: .* none is held out"):
+        run("--samples-dir", samples, "--metrics", "memorization", "--train-ref", "digits", "--heldout-ref", "digits")
+    bundled = run("--samples-dir", samples, "--metrics", "memorization", "--train-ref", "digits", "--out", out)
+    assert bundled["train_images"] == 1797 and bundled["memorized_fraction"] == pytest.approx(1.0, abs=0.05)
+    with pytest.raises(FileNotFoundError, match="no images .* found under .*empty"):
+        (tmp_path / "empty").mkdir()
+        run("--samples-dir", tmp_path / "empty", "--metrics", "memorization", "--train-ref", train, "--out", out)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPTS = {"train_dit", "train_classifier", "sample", "eval_fid", "benchmarks", "tests"}
+SCRIPTS = {"train_dit", "train_classifier", "sample", "eval_fid", "benchmarks", "experiments", "tests"}
 # What each sub-package must not import, by the order of the README's data flow.
 FORBIDDEN = {
     "layers": {"models", "diffusion", "data", "training", "metrics", "pipelines"},
@@ -15,6 +15,8 @@ FORBIDDEN = {
     "data": {"models", "training", "metrics", "pipelines"},
     "models": {"training", "metrics", "pipelines"},
     "training": {"metrics", "pipelines"},
+    # The studies sit on top of everything; nothing in the library imports them (test below).
+    "studies": set(),
 }
 
 
@@ -51,6 +53,14 @@ def test_library_imports_point_one_way(path: Path):
     assert not bad, f"{path} ({own}/) imports {bad}, against the direction of the layout"
 
 
+@pytest.mark.parametrize("path", library_files(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_nothing_in_the_library_imports_the_studies(path: Path):
+    if path.is_relative_to(ROOT / "sdt_gen" / "studies"):
+        return
+    studies = sorted(n for n in imported_modules(path) if subpackage(n) == "studies")
+    assert not studies, f"{path} imports {studies}: the studies sit on top of the library, nothing imports them"
+
+
 def test_layers_depend_on_torch_only():
     allowed = {"torch", "sdt_gen", "__future__"} | set(sys.stdlib_module_names)
     for path in ROOT.glob("sdt_gen/layers/*.py"):
@@ -60,7 +70,7 @@ def test_layers_depend_on_torch_only():
 
 def test_no_file_points_outside_the_project():
     outside = ("../" + "shared", "SDT_" + "METHOD.md")  # split, so this file does not match itself
-    folders = ("sdt_gen", "pipelines", "benchmarks", "tests", "docs", "configs", ".ci")
+    folders = ("sdt_gen", "pipelines", "benchmarks", "experiments", "tests", "docs", "configs", ".ci")
     files = [p for folder in folders for p in (ROOT / folder).rglob("*") if p.is_file() and p.suffix != ".pyc"]
     for path in files + [p for p in ROOT.iterdir() if p.is_file()]:
         text = path.read_text(errors="ignore")

@@ -35,7 +35,7 @@ class ObjectiveRules:
         samplers: every sampler that can sample its models.
         default_sampler: the few-step sampler used unless one is asked for: training's preview grids, the
             demo, the studies.
-        few_step_samplers: the samplers worth comparing at few steps (``benchmarks/objective_comparison.py``).
+        few_step_samplers: the samplers worth comparing at few steps (``experiments/objective_comparison.py``).
         exported_scheduler: the scheduler a pipeline is saved with (``"ddpm"``: DiT's, with its respacing).
     """
 

@@ -311,3 +311,18 @@ def write_adm_npz(images: ImageSource, path: str | os.PathLike) -> Path:
                 for index in range(len(dataset)):
                     member.write(dataset[index].permute(1, 2, 0).numpy().tobytes())  # (H, W, 3), C order
     return path
+
+
+def bundled_images(name: str, split: str, image_size: int) -> ArrayImageDataset:
+    """A bundled data set's split (``sdt_gen.data.BUNDLED_DATASETS``) as uint8 images at ``image_size``.
+
+    Args:
+        name: ``"digits"`` or ``"mnist"``.
+        split: ``"all"``, ``"train"`` or ``"val"`` (the held-out part).
+        image_size: the side of the images the compared models make.
+    """
+    from ..data import BUNDLED_DATASETS
+
+    images = BUNDLED_DATASETS[name](split, image_size=image_size).images[:, 0]  # (N, H, W) in [-1, 1]
+    grey = ((images.numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
+    return ArrayImageDataset(grey, source=f"the bundled {name} ({split} split)")

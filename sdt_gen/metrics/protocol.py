@@ -179,6 +179,11 @@ _TABLE_ROWS = (
     ("Classifier FD", "classifier_frechet_distance", None),
     ("Classifier precision", "classifier_precision", None),
     ("Classifier recall", "classifier_recall", None),
+    ("Memorized", "memorized_fraction", None),
+    ("Nearer than held-out", "closer_than_heldout_fraction", None),
+    ("Nearest-train median", "nearest_train_median", None),
+    ("Held-out nearest median", "heldout_nearest_train_median", None),
+    ("Held-out memorized", "heldout_memorized_fraction", None),
 )
 
 

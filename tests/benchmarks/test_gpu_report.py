@@ -12,6 +12,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import gpu_report  # noqa: E402
 
+from sdt_gen.provenance import RunRecord  # noqa: E402
+
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the no-GPU path: this machine has a GPU")
 def test_without_cuda_says_so_in_one_line_writes_a_report_that_says_so_and_exits_0(tmp_path):
@@ -24,6 +26,9 @@ def test_without_cuda_says_so_in_one_line_writes_a_report_that_says_so_and_exits
     assert "No CUDA device here; nothing measured" in (tmp_path / "r" / "report.md").read_text()
     report = json.loads((tmp_path / "r" / "report.json").read_text())
     assert report["sections"] == {} and report["device"] == "none (no CUDA)"
+    record = report["provenance"]
+    assert record["command"] == f"python {ROOT / 'benchmarks' / 'gpu_report.py'} --out {tmp_path / 'r'}"
+    assert len(record["commit"]) == 40 and record["threads"] >= 1 and record["versions"]["torch"]
 
 
 def test_report_writer_on_fake_numbers(tmp_path):
@@ -40,6 +45,7 @@ def test_report_writer_on_fake_numbers(tmp_path):
             ],
             "training": {"error": "RuntimeError: out of memory", "traceback": "Traceback ..."},
         },
+        "provenance": RunRecord.start(["benchmarks/gpu_report.py", "--out", "report"]).finish(),
     }
     out = tmp_path / "report"
     gpu_report.write_report(out, report)
@@ -47,6 +53,7 @@ def test_report_writer_on_fake_numbers(tmp_path):
     text = (out / "report.md").read_text()
     assert text.startswith("# GPU report: NVIDIA H100 80GB HBM3\n")
     assert "2 passed, 1 failed, 0 skipped." in text and "- FAILED a::z" in text
+    assert "Measured by `python benchmarks/gpu_report.py --out report` at commit" in text
     assert "| backend | shape | tokens | batch | mode | time_ratio | memory_ratio | ms | mib |" in text
     assert "| flex | S/2 | 4096 | 1 | cag | 1.06 | 1.01 | 3.45 | 121 |" in text
     assert "## Training, bf16 autocast, random 32x32x4 latents\n\nDid not run: RuntimeError: out of memory" in text

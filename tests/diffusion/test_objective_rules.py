@@ -10,7 +10,7 @@ from diffusers import EulerDiscreteScheduler
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT / "experiments"))
 import decay_study  # noqa: E402
 import train_dit  # noqa: E402
 
@@ -113,5 +113,5 @@ def test_training_previews_the_demo_and_the_study_use_the_default_sampler(rules,
     assert DemoModel(unnamed, "tiny").default_scheduler == rules.default_sampler
 
     study = decay_study.build_parser().parse_args(["--quick", "--objective", rules.name])
-    decay_study.apply_defaults(study)
+    decay_study.apply_study_defaults(study)
     assert study.scheduler == rules.default_sampler and study.time_sampling in rules.time_samplings

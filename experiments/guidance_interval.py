@@ -5,53 +5,43 @@ samples' variety) and useless at low noise; SiT, LightningDiT and EDM2 report th
 only inside an interval. This scores ``SDTPipeline(..., guidance_interval=(lo, hi))`` (noise levels: 0
 clean, 1 pure noise) for a DDPM and a flow model at a few guidance scales, in the evaluator classifier's
 features (FD to all bundled digits, conditional accuracy), the same labels and seeds in every row. With
-the models of ``benchmarks/objective_comparison.py``:
+the models of ``experiments/objective_comparison.py``:
 
-    python benchmarks/guidance_interval.py --ddpm results/objectives/000-SDT-Ti-2-digits/pipeline \\
+    python experiments/guidance_interval.py --ddpm results/objectives/000-SDT-Ti-2-digits/pipeline \\
         --flow results/objectives/001-SDT-Ti-2-digits-flow/pipeline --classifier classifiers/000-SDT-H-XT-digits/model
 
 and on a model of the decay study (32x32 MNIST, scored against MNIST's train split in the study's evaluator):
 
-    python benchmarks/guidance_interval.py --data mnist --flow studies/mnist-decay-256/runs/cag-s1/000-SDT-Ti-2-mnist32-flow/pipeline \\
+    python experiments/guidance_interval.py --data mnist --flow studies/mnist-decay-256/runs/cag-s1/000-SDT-Ti-2-mnist32-flow/pipeline \\
         --classifier studies/mnist-decay-256/evaluator/000-SDT-H-XT-mnist32/model --steps 10 --guidance-scales 1.5 3
 """
 
 import argparse
-import json
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sdt_gen import SDTPipeline
+from sdt_gen.diffusion import objective_of
+from sdt_gen.metrics import TransformersImageClassifier, sample_labels
+from sdt_gen.pipelines import check_guidance_interval, scheduler_by_name
+from sdt_gen.provenance import RunRecord
+from sdt_gen.tables import Column
+from sdt_gen.studies.comparisons import REAL_DATA, comparison_parser, real_reference, run_comparison, scored_samples
 
-from objective_comparison import digits_reference, scored_samples  # noqa: E402
-
-from sdt_gen import SDTPipeline  # noqa: E402
-from sdt_gen.data import MNISTDataset  # noqa: E402
-from sdt_gen.metrics import ArrayImageDataset, TransformersImageClassifier, sample_labels  # noqa: E402
-from sdt_gen.metrics.sampling import to_uint8  # noqa: E402
-from sdt_gen.diffusion import objective_of  # noqa: E402
-from sdt_gen.pipelines import check_guidance_interval, scheduler_by_name  # noqa: E402
 
 def interval(text: str) -> tuple[float, float]:
+    """``"LO,HI"`` -> ``(LO, HI)``, a valid guidance interval, for argparse."""
     try:
         return check_guidance_interval(text.split(","))
     except ValueError as error:
         raise argparse.ArgumentTypeError(f"{text!r}: {error}") from None
 
 
-def reference_of(data: str, image_size: int) -> ArrayImageDataset:
-    if data == "digits":
-        return digits_reference(image_size)
-    images = MNISTDataset("train", image_size=image_size).images
-    return ArrayImageDataset(to_uint8((images[:, 0].numpy() + 1) / 2), source="MNIST train split")
-
-
-def interval_rows(args) -> list[dict]:
+def interval_rows(args: argparse.Namespace) -> list[dict]:
+    """One row per model, guidance scale and interval (and unguided): FD, conditional accuracy and CPU seconds."""
     evaluator = TransformersImageClassifier(args.classifier, "cpu")
-    reference = reference_of(args.data, args.image_size)
+    reference = real_reference(args.data, args.image_size)
     rows = []
     for objective, path in (("ddpm", args.ddpm), ("flow", args.flow)):
         if path is None:
@@ -73,33 +63,29 @@ def interval_rows(args) -> list[dict]:
     return rows
 
 
-def main(args):
-    print(f"{args.num_samples} class-balanced samples per row, {args.steps} steps (ddpm: DPM-Solver++, flow: Euler), "
-          f"same seeds in every row, {torch.get_num_threads()} threads")
-    print("| objective | guidance | interval | classifier FD | cond. acc. | CPU s |")
-    print("|---|---|---|---|---|---|")
-    rows = interval_rows(args)
-    if args.out:
-        Path(args.out).write_text(json.dumps({"command": " ".join(sys.argv), "threads": torch.get_num_threads(),
-                                              "rows": rows}, indent=2))
+def main(args: argparse.Namespace, record: RunRecord) -> None:
+    reference = "all bundled digits" if args.data == "digits" else "MNIST's train split"
+    notes = (f"{args.num_samples} class-balanced samples per row, {args.steps} steps (ddpm: DPM-Solver++, flow: "
+             f"Euler), the same labels and seeds in every row, {torch.get_num_threads()} thread(s); classifier FD to "
+             f"{reference}.")
+    columns = [Column("objective", "objective"), Column("guidance", "guidance_scale", "{:g}"),
+               Column("interval", "interval", "[{0[0]:g}, {0[1]:g}]"), Column("classifier FD", "fd", "{:.1f}"),
+               Column("cond. acc.", "accuracy", "{:.3f}"), Column("CPU s", "cpu_seconds", "{:.0f}")]
+    run_comparison(args, record, f"guidance-interval-{args.data}", columns, notes, interval_rows)
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--ddpm", help="pipeline folder of a DDPM-trained model")
-    parser.add_argument("--flow", help="pipeline folder of a flow-trained model")
-    parser.add_argument("--data", choices=("digits", "mnist"), default="digits",
+    started = RunRecord.start()
+    parser = comparison_parser(__doc__, num_samples=300, models_required=False)
+    parser.add_argument("--data", choices=REAL_DATA, default="digits",
                         help="the real images of the FD: the bundled digits, or MNIST's train split")
-    parser.add_argument("--classifier", required=True, help="transformers classifier folder (the evaluator)")
     parser.add_argument("--guidance-scales", type=float, nargs="+", default=[2.0, 4.0], help="guidance scales")
     parser.add_argument("--intervals", type=interval, nargs="+", default=[(0.0, 1.0), (0.0, 0.7), (0.1, 0.7), (0.3, 1.0)],
                         help="noise-level intervals LO,HI (0: clean, 1: pure noise)")
     parser.add_argument("--steps", type=int, default=25, help="sampling steps")
-    parser.add_argument("--num-samples", type=int, default=300, help="class-balanced samples per row")
     parser.add_argument("--image-size", type=int, help="side of the images the models made (digits 16, mnist 32)")
-    parser.add_argument("--out", help="also write the rows to this JSON file")
     args = parser.parse_args()
     if args.ddpm is None and args.flow is None:
         parser.error("give --ddpm, --flow or both")
     args.image_size = args.image_size or {"digits": 16, "mnist": 32}[args.data]
-    main(args)
+    main(args, started)

@@ -1,4 +1,5 @@
-"""benchmarks/decay_study.py end to end on MNIST, in a temporary folder: results, pictures, caching, protocol."""
+"""experiments/decay_study.py end to end on MNIST, in a temporary folder: results, pictures, caching, protocol,
+provenance (the machinery: sdt_gen.studies)."""
 
 import json
 import shutil
@@ -8,12 +9,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from accelerate import PartialState
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT / "experiments"))
 import decay_study  # noqa: E402
 
 from sdt_gen import SDTConfig, SDTForImageClassification, save_classifier  # noqa: E402
+from sdt_gen.studies import driver, evaluation, protocol, runs  # noqa: E402
 
 PICTURES = ("fd_vs_step.png", "fd_vs_time.png", "samples.png", "decay_maps.png", "gates_vs_timestep.png")
 ARMS = ["none", "cag", "rope", "rope+cag"]
@@ -21,6 +24,7 @@ ARMS = ["none", "cag", "rope", "rope+cag"]
 TINY = [
     "--quick", "--steps", "4", "--num-samples", "12", "--sample-steps", "2", "--batch-size", "64", "--heldout-images", "20",
     "--reference-images", "100", "--bootstrap-replicates", "5", "--arms", *ARMS,
+    "--cost-ratios", "none=1", "cag=1.4", "rope=1.2", "rope+cag=1.5",
 ]
 
 
@@ -65,16 +69,17 @@ def test_every_run_and_evaluation_is_in_the_results(study):
     assert saved["protocol"]["sampling"]["num_samples"] == 12
     assert saved["protocol"]["threads"] == 1 and saved["protocol"]["arms"] == ARMS
     assert saved["protocol"]["primary"]["metric"] == "fd_last2"
-    assert set(saved["equal_time"]["fd"]) == set(ARMS)
+    assert set(saved["equal_time"]["clock"]["fd"]) == set(ARMS) and saved["equal_time"]["clock"]["flagged"] == {}
+    assert saved["equal_time"]["cost"]["ratios"]["rope+cag"] == pytest.approx(1.5)
     # Real digits on the same scale: the 500 held-out digits against the (reference subset of the) train split.
     real = saved["real_data"]
     assert real["images"] == 500 and real["fd"]["low"] < real["fd"]["fd"] < real["fd"]["high"]
     strength = saved["gates_vs_timestep"]["strength"]
     assert set(strength) == {"cag-s0", "cag-s1", "rope+cag-s0", "rope+cag-s1"}
-    assert len(strength["cag-s0"]) == len(decay_study.GATE_TIMESTEPS)
+    assert len(strength["cag-s0"]) == len(protocol.GATE_TIMESTEPS)
     # The rope arms trained with rotary positions, the others with DiT's sin-cos table.
     for arm, position in (("rope+cag", "rope"), ("none", "sincos")):
-        config = json.loads((decay_study.final_pipeline(out, f"{arm}-s0") / "transformer" / "config.json").read_text())
+        config = json.loads((runs.final_pipeline(out, f"{arm}-s0") / "transformer" / "config.json").read_text())
         assert config["position_embedding"] == position
 
 
@@ -94,10 +99,20 @@ def test_summary_and_pictures_are_written(study):
         assert (out / name).stat().st_size > 1000, name
 
 
+def test_the_results_and_summary_carry_their_provenance(study):
+    out, _, _ = study
+    record = json.loads((out / "results.json").read_text())["provenance"]["study"]
+    assert {"command", "commit", "dirty", "versions", "threads", "cpu", "started", "finished", "wall_seconds",
+            "cpu_seconds"} <= set(record)
+    assert torch.__version__.startswith(record["versions"]["torch"]) and record["wall_seconds"] > 0
+    summary = (out / "summary.md").read_text()
+    assert "## Provenance" in summary and f"at commit {record['commit']}" in summary and record["cpu"] in summary
+
+
 def test_a_second_call_retrains_nothing(study, evaluator, monkeypatch):
     out, results, first_seconds = study
     calls = []
-    monkeypatch.setattr(decay_study.train_dit, "main", lambda args: calls.append(args))
+    monkeypatch.setattr(runs, "run_script", lambda script, argv: calls.append(argv))
     start = time.perf_counter()
     again = decay_study.main(decay_study.build_parser().parse_args([*TINY, "--classifier", str(evaluator), "--out", str(out)]))
     assert calls == []
@@ -110,14 +125,15 @@ def test_a_run_stopped_before_its_first_checkpoint_starts_again(tmp_path, monkey
     (started / "checkpoints").mkdir(parents=True)
     (started / "config.json").write_text("{}")
     calls = []
-    monkeypatch.setattr(decay_study.train_dit, "main", lambda args: calls.append(args))
+    monkeypatch.setattr(runs, "run_script", lambda script, argv: calls.append((script, argv)))
     args = decay_study.build_parser().parse_args(TINY)
-    decay_study.apply_defaults(args)
-    decay_study.train_to(args, tmp_path, "cag", 0, 4)
-    assert not started.exists() and calls[0].resume is None
+    decay_study.apply_study_defaults(args)
+    runs.train_to(args, tmp_path, "cag", 0, 4, decay_study.TRAINERS.denoiser)
+    assert not started.exists() and "--resume" not in calls[0][1]
+    assert calls[0][0] == ROOT / "train_dit.py" and calls[0][1][-2:] == ["--results-dir", str(tmp_path / "runs" / "cag-s0")]
     (started / "checkpoints" / "step-0000002").mkdir(parents=True)
-    decay_study.train_to(args, tmp_path, "cag", 0, 4)
-    assert calls[1].resume == "latest"
+    runs.train_to(args, tmp_path, "cag", 0, 4, decay_study.TRAINERS.denoiser)
+    assert calls[1][1][-2:] == ["--resume", "latest"]
 
 
 def test_workers_split_the_runs_and_only_a_complete_study_is_analysed(study, evaluator, tmp_path, monkeypatch, capsys):
@@ -128,8 +144,8 @@ def test_workers_split_the_runs_and_only_a_complete_study_is_analysed(study, eva
     for name in ("rope-s0", "cag-s1"):  # runs 2 and 5 of (s0: none cag rope rope+cag, s1: ...): one per worker
         (copy / "evals" / name / "step-0000004" / "metrics.json").unlink()
     trained = []
-    monkeypatch.setattr(decay_study, "train_to", lambda args, out, arm, seed, step: trained.append((arm, seed)))
-    monkeypatch.setattr(decay_study, "evaluate", lambda *args: None)
+    monkeypatch.setattr(driver, "train_to", lambda args, out, arm, seed, step, trainer: trained.append((arm, seed)))
+    monkeypatch.setattr(driver, "evaluate", lambda *args: None)
     argv = [*TINY, "--classifier", str(evaluator), "--out", str(copy)]
     assert decay_study.main(decay_study.build_parser().parse_args([*argv, "--worker", "0/2"])) is None
     assert trained == [("rope", 0)] and not (copy / "results.json").exists()  # cag-s1 belongs to worker 1
@@ -155,17 +171,18 @@ def test_a_study_carried_to_another_machine_is_analysed_the_same(study, evaluato
 
 def test_a_carried_study_retrains_its_evaluator_and_refuses_another(tmp_path):
     args = decay_study.build_parser().parse_args(["--quick", "--evaluator-epochs", "1", "--out", str(tmp_path)])
-    decay_study.apply_defaults(args)
-    processes = decay_study.PartialState(cpu=True)
-    _, first = decay_study.prepare_evaluator(args, tmp_path, processes)
+    decay_study.apply_study_defaults(args)
+    processes = PartialState(cpu=True)
+    trainer = decay_study.TRAINERS.classifier
+    _, first = evaluation.prepare_evaluator(args, tmp_path, processes, trainer)
     shutil.rmtree(Path(first["path"]).parent)  # carried without the weights
-    _, again = decay_study.prepare_evaluator(args, tmp_path, processes)
+    _, again = evaluation.prepare_evaluator(args, tmp_path, processes, trainer)
     assert again["weights_sha256"] == first["weights_sha256"] and Path(again["path"]).is_dir()
     record = json.loads((tmp_path / "evaluator" / "evaluator.json").read_text())
     (tmp_path / "evaluator" / "evaluator.json").write_text(json.dumps({**record, "weights_sha256": "0" * 64}))
     shutil.rmtree(Path(first["path"]).parent)
     with pytest.raises(SystemExit, match=r"is not the one this study was scored with \(sha256 000000000000\)"):
-        decay_study.prepare_evaluator(args, tmp_path, processes)
+        evaluation.prepare_evaluator(args, tmp_path, processes, trainer)
 
 
 def test_another_protocol_in_the_same_folder_is_refused(study, evaluator):
@@ -184,16 +201,6 @@ def test_other_arms_in_the_same_folder_are_refused(study, evaluator):
         ))
 
 
-@pytest.mark.parametrize(
-    "arm, settings",
-    [("none", ("sincos", "none")), ("cag", ("sincos", "cag")), ("rope", ("rope", "none")),
-     ("rope+cag", ("rope", "cag")), ("sincos+rope+fixed", ("sincos+rope", "fixed")), ("sincos+rope", ("sincos+rope", "none"))],
-)
-def test_arms_parse(arm, settings):
-    assert decay_study.parse_arm(arm) == {"position_embedding": settings[0], "decay_mode": settings[1]}
-    assert decay_study.arm_name(*settings) == arm
-
-
 @pytest.mark.parametrize("arm", ["rope+gag", "alibi", "sincos+cag", "rope+none", "cag+rope", ""])
 def test_a_bad_arm_fails_clearly(arm, tmp_path):
     with pytest.raises(SystemExit, match=r"--arms: unknown arm .*; an arm is a decay mode"):
@@ -203,11 +210,11 @@ def test_a_bad_arm_fails_clearly(arm, tmp_path):
 
 def test_the_token_count_picks_the_default_set():
     args = decay_study.build_parser().parse_args(["--tokens", "256"])
-    decay_study.apply_defaults(args)
+    decay_study.apply_study_defaults(args)
     assert (args.model, args.arms, args.seeds, args.threads) == ("SDT-Ti/2", ["none", "cag", "rope", "rope+cag"], [0, 1, 2], 1)
     assert args.out == "studies/mnist-decay-256" and args.compare_with.endswith("docs/decay_study/results.json")
     args = decay_study.build_parser().parse_args([])
-    decay_study.apply_defaults(args)
+    decay_study.apply_study_defaults(args)
     assert (args.model, args.arms, args.out) == ("SDT-Ti/4", ["none", "fixed", "cag"], "studies/mnist-decay")
 
 

@@ -1,7 +1,7 @@
 """How far diffusers' DiT function is from the original DiT function, on the same weights.
 
-    python benchmarks/dit_timestep_convention.py DiT-XL-2-256x256.pt     # one of DiT's checkpoints
-    python benchmarks/dit_timestep_convention.py                         # random DiT-S/2 weights
+    python experiments/dit_timestep_convention.py DiT-XL-2-256x256.pt     # one of DiT's checkpoints
+    python experiments/dit_timestep_convention.py                         # random DiT-S/2 weights
 
 diffusers' ``DiTTransformer2DModel`` embeds timesteps with a frequency shift of 1 and normalises
 the MLP branch with eps 1e-5; DiT's checkpoints were trained with a shift of 0 and eps 1e-6.
@@ -10,15 +10,11 @@ timestep, the RMS of the difference between the two outputs over the RMS of the 
 """
 
 import argparse
-import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from sdt_gen import SDTTransformer2DModel  # noqa: E402
-from sdt_gen.models.dit_conversion import TIMESTEP_CONVENTIONS  # noqa: E402
+from sdt_gen import SDTTransformer2DModel
+from sdt_gen.models.dit_conversion import TIMESTEP_CONVENTIONS
 
 TIMESTEPS = (0, 10, 100, 250, 500, 750, 999)
 
