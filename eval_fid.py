@@ -51,10 +51,10 @@ from sdt_gen.metrics import (
     write_adm_npz,
     write_results,
 )
-from sdt_gen.metrics.datasets import bundled_images
+from sdt_gen.metrics.datasets import bundled_images, training_subset_images
 from sdt_gen.metrics.memorization import MEMORIZATION, dataset_memorization
 from sdt_gen.metrics.sampling import MANIFEST
-from sdt_gen.data import BUNDLED_DATASETS
+from sdt_gen.data import BUNDLED_DATASETS, SUBSET_FILE
 from sdt_gen.data.vae import vae_downsampling
 from sdt_gen.files import file_sha256
 from sdt_gen.hub import local_folder
@@ -80,11 +80,12 @@ def image_size(pipe: SDTPipeline) -> tuple[int, int]:
 
 def open_reference(args, size: tuple[int, int], path: str | None = None, split: str = "train") -> ImageDataset:
     """The --ref images (or those of ``path``) at the samples' size; another size is an error unless --resize-ref.
-    ``path`` may name a bundled data set, whose ``split`` it then is (train_dit.py trains on all the digits)."""
+    ``path`` may name a bundled data set, whose ``split`` it then is (train_dit.py trains on all the digits), or be
+    the run folder of a ``train_dit.py --train-size`` run: the images it trained on."""
     path = path or args.ref
     if path in BUNDLED_DATASETS:
         return bundled_images(path, "all" if (path, split) == ("digits", "train") else split, size[0])
-    reference = as_image_dataset(path)
+    reference = training_subset_images(path) if (Path(path) / SUBSET_FILE).is_file() else as_image_dataset(path)
     if reference.size != tuple(size) and not args.resize_ref:
         raise ValueError(
             f"the reference {path} holds {reference.size[0]}x{reference.size[1]} images but the samples are "
@@ -386,8 +387,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--metrics", nargs="*", choices=(*METRICS, MEMORIZATION), default=["fid", "isc"],
                         help="torch-fidelity metrics (prc: precision/recall, with VGG16), and memorization (copies of "
                         "--train-ref images); none: sampling and --classifier only")
-    parser.add_argument("--train-ref", help="memorization: the training images (folder or .npz) at the samples' size, "
-                        "or digits / mnist: what train_dit.py --dataset NAME trains on")
+    parser.add_argument("--train-ref", help="memorization: the training images (folder or .npz) at the samples' size; "
+                        "digits / mnist: what train_dit.py --dataset NAME trains on; a --train-size run's folder: its subset")
     parser.add_argument("--heldout-ref", help="memorization: real images the model did not train on (folder, .npz, or "
                         "mnist: its 500 held-out digits); adds how close they sit to the training set, the scale a copy "
                         "is judged against")

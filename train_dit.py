@@ -29,6 +29,8 @@ from tqdm.auto import tqdm
 from sdt_gen import SDT_PRESETS, SDTPipeline, SDTTransformer2DModel
 from sdt_gen.data import (
     BUNDLED_DATASETS,
+    SUBSET_FILE,
+    BalancedSubset,
     DigitsDataset,
     ImageFolderDataset,
     LatentDataset,
@@ -50,7 +52,7 @@ from sdt_gen.layers import (
     check_backend_trains,
 )
 from sdt_gen.pipelines import EXPORT_RECORD, SCHEDULERS, default_scheduler, exported_step, scheduler_by_name
-from sdt_gen.files import atomic_folder, write_manifest
+from sdt_gen.files import atomic_folder, write_json_atomically, write_manifest
 from sdt_gen.training import (
     DiTEMA,
     PreemptionHandler,
@@ -101,10 +103,12 @@ def data_name_of(args) -> str:
     """The data's name in run folders (``NNN-SDT-Ti-2-<data>``), read without loading the data."""
     if args.latents_path:
         meta = Path(args.latents_path) / "meta.json"
-        return f"latents{json.loads(meta.read_text())['latent_shape'][-1]}" if meta.is_file() else "latents"
-    if args.data_path:
-        return f"{Path(args.data_path).name}{args.image_size}"
-    return f"mnist{args.image_size}" if args.dataset == "mnist" else "digits"
+        name = f"latents{json.loads(meta.read_text())['latent_shape'][-1]}" if meta.is_file() else "latents"
+    elif args.data_path:
+        name = f"{Path(args.data_path).name}{args.image_size}"
+    else:
+        name = f"mnist{args.image_size}" if args.dataset == "mnist" else "digits"
+    return name if args.train_size is None else f"{name}-n{args.train_size}"
 
 
 def run_name_of(args, data_name: str) -> str:
@@ -274,6 +278,8 @@ def prepare_data(args, device: torch.device, patch_size: int):
     dataset, shape, data_name = build_dataset(args, patch_size)
     if len(dataset) == 0:
         raise ValueError(f"the training data ({data_name}) holds no items")
+    if args.train_size is not None:
+        dataset = BalancedSubset(dataset, args.train_size, args.subset_seed)
     vae = None
     if args.data_path:
         if not args.vae:
@@ -489,6 +495,14 @@ def main(args):
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     logger.info(f"{args.model}: {sum(p.numel() for p in model.parameters()):,} parameters, decay {args.decay_mode}")
 
+    if args.train_size is not None and accelerator.is_main_process:  # which images, for eval_fid.py --train-ref RUN
+        if args.data_path or args.latents_path:
+            source = {"data_path": args.data_path, "latents_path": args.latents_path}
+        else:
+            source = {"dataset": args.dataset, "split": dataset.dataset.split}
+        write_json_atomically(run_dir / SUBSET_FILE, {**source, "image_size": args.image_size, "size": args.train_size,
+                                                      "seed": args.subset_seed, "indices": dataset.indices})
+        logger.info(f"training on {len(dataset)} of the data's items, class-balanced ({run_dir / SUBSET_FILE})")
     loader, per_process = make_loader(args, dataset, accelerator)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     if args.compile:
@@ -526,6 +540,10 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--class-names", help="JSON file mapping class folder names to label names (id2label)")
     data.add_argument("--image-size", type=positive_int, help="image side in pixels (default: 256, digits: 16, mnist: 32)")
     data.add_argument("--num-workers", type=non_negative_int, help="data loader workers (default: 4, digits: 0)")
+    data.add_argument("--train-size", type=positive_int, help="train on a class-balanced subset of N items of the data "
+                      "(N // classes a class), drawn with --subset-seed; default: all of it")
+    data.add_argument("--subset-seed", type=non_negative_int, default=0, help="seed of --train-size's subset, apart "
+                      "from --seed: runs with other seeds train on the same images")
 
     model = p.add_argument_group("model")
     model.add_argument("--model", help=f"preset (default: SDT-XL/2, digits: SDT-Ti/2, mnist: SDT-Ti/4); one of {', '.join(SDT_PRESETS)}")

@@ -269,6 +269,34 @@ def test_mnist_run_trains_on_the_train_split_at_32_pixels(tmp_path):
     assert train_dit.exported_step(run_dir / "pipeline") == 2
 
 
+def test_train_size_trains_on_a_class_balanced_subset_named_in_the_run(tmp_path):
+    run_dir = run(tmp_path, "--dataset", "mnist", "--train-size", "40", "--max-steps", "1")
+    assert run_dir.name == "000-SDT-Ti-4-mnist32-n40"
+    config = json.loads((run_dir / "config.json").read_text())
+    assert (config["train_size"], config["subset_seed"]) == (40, 0)
+    subset = json.loads((run_dir / "train_subset.json").read_text())
+    from sdt_gen.data import MNISTDataset, balanced_indices
+
+    assert subset["indices"] == balanced_indices(MNISTDataset("train").targets, 40, seed=0)
+    # Another training seed trains on the same images.
+    other = run(tmp_path, "--dataset", "mnist", "--train-size", "40", "--max-steps", "1", "--seed", "1")
+    assert json.loads((other / "train_subset.json").read_text())["indices"] == subset["indices"]
+
+    # eval_fid.py reads the subset from the run folder: copies of its images are memorized, MNIST's held-out are not.
+    import eval_fid
+
+    images = MNISTDataset("train").images[subset["indices"], 0]  # (40, 32, 32) in [-1, 1]
+    samples = tmp_path / "copies"
+    samples.mkdir()
+    for index, image in enumerate(((images + 1) * 127.5).round().byte().numpy()):
+        Image.fromarray(image).save(samples / f"{index:06d}_0.png")
+    argv = ["--samples-dir", samples, "--metrics", "memorization", "--train-ref", run_dir, "--heldout-ref", "mnist",
+            "--out", tmp_path / "eval"]
+    scores = eval_fid.main(eval_fid.build_parser().parse_args(list(map(str, argv))))
+    assert scores["train_images"] == 40 and scores["memorized_fraction"] == 1.0
+    assert scores["heldout_memorized_fraction"] < 0.01  # 1 of the 500 when written: the test's false positives
+
+
 def test_resume_with_nothing_left_to_train_replaces_a_stale_or_missing_pipeline(tmp_path):
     run_dir = run(tmp_path, "--max-steps", "2")
     exported = (run_dir / "pipeline" / "transformer" / "diffusion_pytorch_model.safetensors").read_bytes()

@@ -13,6 +13,7 @@ reference batches.
 from __future__ import annotations
 
 import copy
+import json
 import os
 import struct
 import zipfile
@@ -326,3 +327,22 @@ def bundled_images(name: str, split: str, image_size: int) -> ArrayImageDataset:
     images = BUNDLED_DATASETS[name](split, image_size=image_size).images[:, 0]  # (N, H, W) in [-1, 1]
     grey = ((images.numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
     return ArrayImageDataset(grey, source=f"the bundled {name} ({split} split)")
+
+
+def training_subset_images(run_dir: str | os.PathLike) -> ImageDataset:
+    """The images a ``train_dit.py --train-size`` run trained on, from its ``train_subset.json``.
+
+    Args:
+        run_dir: the run folder (bundled data and ``--data-path`` runs; latents hold no images).
+    """
+    from ..data import SUBSET_FILE, ImageFolderDataset
+
+    record = json.loads((Path(run_dir) / SUBSET_FILE).read_text())
+    if record.get("dataset"):
+        everything = bundled_images(record["dataset"], record["split"], record["image_size"])
+        return ArrayImageDataset(everything.array[record["indices"]], source=f"{run_dir}'s training subset")
+    if record.get("data_path"):
+        folder = ImageFolderDataset(record["data_path"], record["image_size"], random_flip=False)
+        return ImageFilesDataset([folder.samples[i][0] for i in record["indices"]], source=f"{run_dir}'s training subset")
+    raise ValueError(f"{run_dir} trained on pre-extracted latents, which hold no images: pass the folder of images "
+                     "they were extracted from")
