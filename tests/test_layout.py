@@ -10,7 +10,7 @@ TOP_SCRIPTS = ("train_dit.py", "train_classifier.py", "sample.py", "eval_fid.py"
 MAX_LINES = 500
 # Over the limit today, in files this change does not own; each to be split by its owner, then removed here.
 LONG_FILES = {
-    "train_dit.py",  # 576 lines: the training script (its recipes live in sdt_gen/training/recipes.py)
+    "train_dit.py",  # 594 lines: the training script (its recipes live in sdt_gen/training/recipes.py)
     "sdt_gen/models/transformer_sdt.py",  # 550 lines: the denoiser
     "sdt_gen/metrics/fidelity.py",  # 511 lines: torch-fidelity metrics
 }
