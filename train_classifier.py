@@ -27,6 +27,7 @@ from sdt_gen import SDTConfig, SDTForImageClassification
 from sdt_gen.cli import (
     OptionRecordingParser,
     add_run_arguments,
+    add_subset_arguments,
     non_negative_float,
     non_negative_int,
     positive_float,
@@ -34,7 +35,7 @@ from sdt_gen.cli import (
     run_main,
     warn_if_cpu_busy,
 )
-from sdt_gen.data import BUNDLED_DATASETS
+from sdt_gen.data import BUNDLED_DATASETS, BalancedSubset
 from sdt_gen.layers import ATTENTION_BACKENDS, DECAY_MODES, check_backend_trains
 from sdt_gen.models.configuration_sdt import SDT_CLASSIFIER_PRESETS
 from sdt_gen.models.processing_sdt import default_normalization, save_classifier
@@ -74,9 +75,10 @@ IMAGENET_DEFAULTS = dict(
 
 def class_names(args) -> tuple[dict[int, str], str]:
     """``(id2label, data name)``: the class folders of ``--data-path`` (ImageFolder's order), or the bundled digits."""
+    subset = "" if args.train_size is None else f"-n{args.train_size}"
     if not args.data_path:
         data_name = f"mnist{args.image_size}" if args.dataset == "mnist" else "digits"
-        return dict(BUNDLED_DATASETS[args.dataset].ID2LABEL), data_name
+        return dict(BUNDLED_DATASETS[args.dataset].ID2LABEL), data_name + subset
     root = Path(args.data_path)
     found = {split: sorted(d.name for d in (root / split).iterdir() if d.is_dir()) for split in ("train", "val")
              if (root / split).is_dir()}
@@ -84,7 +86,7 @@ def class_names(args) -> tuple[dict[int, str], str]:
         raise FileNotFoundError(f"--data-path {args.data_path!r} must hold train/<class>/ and val/<class>/ image folders")
     if found["train"] != found["val"]:
         raise ValueError(f"train/ and val/ of {args.data_path!r} hold different class folders")
-    return dict(enumerate(found["train"])), f"{root.name}{args.image_size}"
+    return dict(enumerate(found["train"])), f"{root.name}{args.image_size}{subset}"
 
 
 def model_name_of(args) -> str:
@@ -317,11 +319,17 @@ def main(args):
     train_set, val_set = build_datasets(args, model.config)
     if len(train_set) == 0 or len(val_set) == 0:
         raise ValueError(f"the data ({data_name}) has an empty train or val split")
+    if args.train_size is not None:
+        train_set = BalancedSubset(train_set, args.train_size, args.subset_seed)
     model_name = model_name_of(args)
     run_dir, checkpoint, logger = start_run(
         accelerator, args, model_name, data_name, resumed_dir, changes, RESUME_WARNED
     )
     logger.info(f"{model_name}: {sum(p.numel() for p in model.parameters()):,} parameters, decay {model.config.decay_mode}")
+    if args.train_size is not None and accelerator.is_main_process:
+        source = {"data_path": f"{args.data_path}/train"} if args.data_path else {"dataset": args.dataset, "split": "train"}
+        record = train_set.save_record(run_dir, **source, image_size=args.image_size)
+        logger.info(f"training on {len(train_set)} of the train split's items, class-balanced ({record})")
 
     train_loader, val_loader = make_loaders(args, train_set, val_set, len(id2label), accelerator.num_processes)
     # Prepared, a loader yields this process's share of an epoch: its length counts the optimizer steps of every process.
@@ -353,6 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-path", help="root with train/<class>/ and val/<class>/ image folders (none: bundled digits)")
     p.add_argument("--image-size", type=positive_int, help="input side in pixels (default: 224, digits: 32)")
     p.add_argument("--num-workers", type=non_negative_int, help="data loader workers (default: 8, digits: 0)")
+    add_subset_arguments(p)
     p.add_argument("--model", help=f"preset, one of {', '.join(SDT_CLASSIFIER_PRESETS)} (default: SDT-H-T, digits: SDT-H-XT)")
     p.add_argument("--decay-mode", default="cag", choices=DECAY_MODES, help="none = ViT, fixed = RMT, cag = SDT")
     p.add_argument("--attention-backend", default="auto", choices=ATTENTION_BACKENDS, help="auto = flex on CUDA, sdpa elsewhere (transformers' attn_implementation)")

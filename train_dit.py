@@ -29,7 +29,6 @@ from tqdm.auto import tqdm
 from sdt_gen import SDT_PRESETS, SDTPipeline, SDTTransformer2DModel
 from sdt_gen.data import (
     BUNDLED_DATASETS,
-    SUBSET_FILE,
     BalancedSubset,
     DigitsDataset,
     ImageFolderDataset,
@@ -52,7 +51,7 @@ from sdt_gen.layers import (
     check_backend_trains,
 )
 from sdt_gen.pipelines import EXPORT_RECORD, SCHEDULERS, default_scheduler, exported_step, scheduler_by_name
-from sdt_gen.files import atomic_folder, write_json_atomically, write_manifest
+from sdt_gen.files import atomic_folder, write_manifest
 from sdt_gen.training import (
     DiTEMA,
     PreemptionHandler,
@@ -75,6 +74,7 @@ from sdt_gen.visualize import make_grid_png
 from sdt_gen.cli import (
     OptionRecordingParser,
     add_run_arguments,
+    add_subset_arguments,
     non_negative_float,
     non_negative_int,
     positive_float,
@@ -500,9 +500,8 @@ def main(args):
             source = {"data_path": args.data_path, "latents_path": args.latents_path}
         else:
             source = {"dataset": args.dataset, "split": dataset.dataset.split}
-        write_json_atomically(run_dir / SUBSET_FILE, {**source, "image_size": args.image_size, "size": args.train_size,
-                                                      "seed": args.subset_seed, "indices": dataset.indices})
-        logger.info(f"training on {len(dataset)} of the data's items, class-balanced ({run_dir / SUBSET_FILE})")
+        record = dataset.save_record(run_dir, **source, image_size=args.image_size)
+        logger.info(f"training on {len(dataset)} of the data's items, class-balanced ({record})")
     loader, per_process = make_loader(args, dataset, accelerator)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     if args.compile:
@@ -540,10 +539,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--class-names", help="JSON file mapping class folder names to label names (id2label)")
     data.add_argument("--image-size", type=positive_int, help="image side in pixels (default: 256, digits: 16, mnist: 32)")
     data.add_argument("--num-workers", type=non_negative_int, help="data loader workers (default: 4, digits: 0)")
-    data.add_argument("--train-size", type=positive_int, help="train on a class-balanced subset of N items of the data "
-                      "(N // classes a class), drawn with --subset-seed; default: all of it")
-    data.add_argument("--subset-seed", type=non_negative_int, default=0, help="seed of --train-size's subset, apart "
-                      "from --seed: runs with other seeds train on the same images")
+    add_subset_arguments(data)
 
     model = p.add_argument_group("model")
     model.add_argument("--model", help=f"preset (default: SDT-XL/2, digits: SDT-Ti/2, mnist: SDT-Ti/4); one of {', '.join(SDT_PRESETS)}")

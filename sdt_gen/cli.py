@@ -104,6 +104,14 @@ def add_run_arguments(group, artifact: str, keep_checkpoints: int) -> None:
                        help=f"upload the final {artifact} (with its model card) to this Hub repository")
 
 
+def add_subset_arguments(group) -> None:
+    """``--train-size`` and ``--subset-seed``: train on a class-balanced subset (``sdt_gen.data.BalancedSubset``)."""
+    group.add_argument("--train-size", type=positive_int, help="train on a class-balanced subset of N items of the "
+                       "training data (N // classes a class), drawn with --subset-seed; default: all of it")
+    group.add_argument("--subset-seed", type=non_negative_int, default=0, help="seed of --train-size's subset, apart "
+                       "from --seed: runs with other seeds train on the same items")
+
+
 def add_sampling_arguments(group, guidance_scale: float, scheduler_names: Sequence[str], scheduler_default: str) -> None:
     """What ``sample.py`` and ``eval_fid.py`` take about sampling a pipeline.
 

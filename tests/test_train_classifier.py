@@ -18,6 +18,21 @@ def run(tmp_path, *extra):
     return train_classifier.main(args)
 
 
+def test_train_size_trains_on_a_class_balanced_subset_of_the_train_split(tmp_path):
+    import json
+    from collections import Counter
+
+    from sdt_gen.data import DigitsDataset
+
+    run_dir, _ = run(tmp_path, "--epochs", "1", "--train-size", "128", "--batch-size", "32")
+    assert run_dir.name == "000-SDT-H-XT-digits-n128"
+    assert (run_dir / "checkpoints" / "step-0000004").is_dir()  # 128 digits / 32 per batch
+    subset = json.loads((run_dir / "train_subset.json").read_text())
+    assert (subset["dataset"], subset["split"], subset["size"], subset["seed"]) == ("digits", "train", 128, 0)
+    targets = DigitsDataset("train").targets
+    assert sorted(Counter(targets[i] for i in subset["indices"]).values()) == [12] * 2 + [13] * 8
+
+
 def test_one_epoch_then_resume_writes_a_pipeline_ready_model(tmp_path):
     from transformers import pipeline
 

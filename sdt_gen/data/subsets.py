@@ -5,8 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import os
+from pathlib import Path
+
 import torch
 from torch.utils.data import Dataset, Subset
+
+from ..files import write_json_atomically
 
 SUBSET_FILE = "train_subset.json"  # in a run folder: the data, size, seed and indices of its subset
 
@@ -50,6 +55,14 @@ class BalancedSubset(Subset):
     def __init__(self, dataset: Dataset, size: int, seed: int) -> None:
         super().__init__(dataset, balanced_indices(dataset.targets, size, seed))
         self.targets = [dataset.targets[i] for i in self.indices]
+        self.seed = seed
+
+    def save_record(self, run_dir: str | os.PathLike, **source: Any) -> Path:
+        """Writes ``run_dir/train_subset.json``: ``source`` (where the full set comes from: ``dataset`` and
+        ``split``, or ``data_path``; ``image_size``), the size, the seed and the items chosen."""
+        path = Path(run_dir) / SUBSET_FILE
+        write_json_atomically(path, {**source, "size": len(self), "seed": self.seed, "indices": self.indices})
+        return path
 
     def __getattr__(self, name: str) -> Any:
         if name == "dataset":  # not set yet (unpickling in a DataLoader worker): no read-through
