@@ -231,8 +231,10 @@ def score(
     metrics: list[str],
     device: torch.device,
     args,
+    out_dir: Path,
 ) -> dict:
-    """torch-fidelity's metrics and the classifier's, with ``num_samples`` and ``notes``."""
+    """torch-fidelity's metrics, the classifier's and memorization (its picture, copies.png, in ``out_dir``), with
+    ``num_samples`` and ``notes``."""
     results = {"num_samples": len(samples), "notes": []}
     fidelity = [m for m in metrics if m != MEMORIZATION]
     if fidelity:
@@ -261,6 +263,7 @@ def score(
             open_reference(args, samples.size, args.heldout_ref, split="val") if args.heldout_ref else None,
             features=classifier if args.memorization_space == "classifier" else None,
             side=args.memorization_size, device=device, batch_size=args.batch_size,
+            picture=out_dir / "copies.png",
         ))
     return results
 
@@ -357,7 +360,7 @@ def main(args):
     if not metrics and classifier is None:
         print(f"wrote {len(samples)} samples to {samples.source}; no metric asked (--metrics, --classifier)")
         return {}
-    results = score(samples, reference, classifier, metrics, device, args)
+    results = score(samples, reference, classifier, metrics, device, args, out_dir)
 
     # 4. Record the metrics with the full protocol
     extra = protocol_extra(args, out_dir, processes, device, pipe, classifier)

@@ -457,6 +457,8 @@ def test_memorization_of_a_samples_folder_against_training_and_held_out_folders(
     assert results["closer_than_heldout_fraction"] == pytest.approx(0.5, abs=0.05)
     assert results["heldout_memorized_fraction"] < 0.05 and results["memorization_space"] == "pixels, 16 px"
     assert "Memorized" in capsys.readouterr().out
+    picture = Image.open(out / "copies.png")  # 16 rows: the most copy-like samples beside their nearest train image
+    assert picture.width < picture.height and picture.height >= 16 * 64
     assert json.loads((out / "results.json").read_text())["metrics"]["memorized_fraction"] == results["memorized_fraction"]
 
     with pytest.raises(ValueError, match="pass --train-ref"):

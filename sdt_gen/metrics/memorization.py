@@ -14,6 +14,10 @@ D values each.
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -68,29 +72,61 @@ def as_vectors(images: np.ndarray | torch.Tensor, name: str) -> torch.Tensor:
     return array.reshape(len(array), -1).double() / scale
 
 
-def memorization_metrics(
+def copied_share(distances: torch.Tensor) -> float:
+    """The share of rows of ``(N, 2)`` nearest distances that pass the ratio test for a copy."""
+    return (distances[:, 0] < COPY_RATIO * distances[:, 1]).double().mean().item()
+
+
+@dataclass
+class TrainingSetSearch:
+    """Where each sample (and held-out image) sits against the training set: its two nearest distances and the
+    index of the nearest training image. ``scores()`` reads the metric off it."""
+
+    samples: torch.Tensor  # (N, 2) distances, nearest first
+    nearest: torch.Tensor  # (N,) index of each sample's nearest training image
+    heldout: torch.Tensor | None  # (M, 2) distances of the held-out images, or None
+
+    def copy_ratios(self) -> torch.Tensor:
+        """``d1 / d2`` of every sample: below ``COPY_RATIO`` it is a copy."""
+        return self.samples[:, 0] / self.samples[:, 1]
+
+    def scores(self) -> dict[str, float]:
+        """``memorized_fraction`` (ratio test), ``nearest_train_median`` and ``nearest_train_p05`` (the samples'
+        nearest-training distances); with held-out images, the same two for them, their own
+        ``heldout_memorized_fraction``, and ``closer_than_heldout_fraction``: the share of samples nearer to the
+        training set than the nearest held-out image is."""
+        near, real = self.samples, self.heldout
+        results = {
+            "memorized_fraction": copied_share(near),
+            "nearest_train_median": near[:, 0].median().item(),
+            "nearest_train_p05": near[:, 0].quantile(0.05).item(),
+        }
+        if real is not None:
+            results |= {
+                "heldout_memorized_fraction": copied_share(real),
+                "heldout_nearest_train_median": real[:, 0].median().item(),
+                "heldout_nearest_train_p05": real[:, 0].quantile(0.05).item(),
+                "closer_than_heldout_fraction": (near[:, 0] < real[:, 0].min()).double().mean().item(),
+            }
+        return results
+
+
+def search_training_set(
     samples: np.ndarray | torch.Tensor,
     train: np.ndarray | torch.Tensor,
     heldout: np.ndarray | torch.Tensor | None = None,
     device: str | torch.device = "cpu",
     query_chunk: int = 1024,
     reference_chunk: int = 16384,
-) -> dict[str, float]:
-    """The share of ``samples`` that copy a ``train`` image, and how close the samples sit to the training set.
+) -> TrainingSetSearch:
+    """Each sample's (and held-out image's) two nearest training images.
 
     Args:
         samples: generated images ``(N, H, W[, C])`` as uint8, or features ``(N, D)``.
         train: the training images (or their features) in the same space, at least 2.
-        heldout: real images the model did not train on, in the same space; adds how the samples' nearest
-            distances compare to theirs.
+        heldout: real images the model did not train on, in the same space.
         device: where the search runs (float64 on CPU, float32 on an accelerator).
         query_chunk, reference_chunk: block sizes of the search (``two_nearest``).
-
-    Returns:
-        ``memorized_fraction`` (ratio test), ``nearest_train_median`` and ``nearest_train_p05`` (the samples'
-        nearest-training distances); with ``heldout``, the same two for the held-out images, their own
-        ``heldout_memorized_fraction``, and ``closer_than_heldout_fraction``: the share of samples nearer to
-        the training set than the nearest held-out image is.
     """
     dtype = torch.float64 if torch.device(device).type == "cpu" else torch.float32
     sets = {"samples": samples, "train": train} | ({"heldout": heldout} if heldout is not None else {})
@@ -101,24 +137,43 @@ def memorization_metrics(
     if len(vectors["train"]) < 2:
         raise ValueError(f"the ratio test needs at least 2 training images, got {len(vectors['train'])}")
 
-    def nearest(name: str) -> torch.Tensor:
-        return two_nearest(vectors[name], vectors["train"], query_chunk, reference_chunk)[0].cpu().double()
+    def nearest(name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        distances, index = two_nearest(vectors[name], vectors["train"], query_chunk, reference_chunk)
+        return distances.cpu().double(), index.cpu()
 
-    near = nearest("samples")
-    results = {
-        "memorized_fraction": (near[:, 0] < COPY_RATIO * near[:, 1]).double().mean().item(),
-        "nearest_train_median": near[:, 0].median().item(),
-        "nearest_train_p05": near[:, 0].quantile(0.05).item(),
-    }
-    if heldout is not None:
-        real = nearest("heldout")
-        results |= {
-            "heldout_memorized_fraction": (real[:, 0] < COPY_RATIO * real[:, 1]).double().mean().item(),
-            "heldout_nearest_train_median": real[:, 0].median().item(),
-            "heldout_nearest_train_p05": real[:, 0].quantile(0.05).item(),
-            "closer_than_heldout_fraction": (near[:, 0] < real[:, 0].min()).double().mean().item(),
-        }
-    return results
+    near, index = nearest("samples")
+    return TrainingSetSearch(near, index, nearest("heldout")[0] if heldout is not None else None)
+
+
+def memorization_metrics(
+    samples: np.ndarray | torch.Tensor,
+    train: np.ndarray | torch.Tensor,
+    heldout: np.ndarray | torch.Tensor | None = None,
+    device: str | torch.device = "cpu",
+) -> dict[str, float]:
+    """The share of ``samples`` that copy a ``train`` image, and how close the samples sit to the training set
+    (``TrainingSetSearch.scores``); arguments as ``search_training_set``'s."""
+    return search_training_set(samples, train, heldout, device).scores()
+
+
+def copies_picture(search: TrainingSetSearch, samples, train, path: str | os.PathLike, count: int = 16) -> Path:
+    """A PNG of the ``count`` samples most like a copy (lowest ``d1 / d2``), each beside its nearest training image,
+    labelled with its ratio (a copy: below 0.33).
+
+    Args:
+        search: the search of ``samples`` against ``train``.
+        samples, train: the images searched, indexable to uint8 ``(C, H, W)`` (tensors or ``ImageDataset``).
+        path: where to write it.
+        count: how many pairs.
+    """
+    from ..visualize import make_grid_png
+
+    ratios = search.copy_ratios()
+    order = ratios.argsort()[:count]
+    pairs = torch.stack([torch.stack([samples[i], train[search.nearest[i]]]) for i in order.tolist()])
+    labels = [f"{ratios[i]:.2f}" for i in order.tolist()]
+    make_grid_png(pairs.flatten(0, 1), nrow=2, path=path, row_labels=labels)
+    return Path(path)
 
 
 def image_vectors(images: torch.utils.data.Dataset, side: int | None = None, batch_size: int = 256) -> torch.Tensor:
@@ -139,6 +194,7 @@ def dataset_memorization(
     side: int | None = None,
     device: str | torch.device = "cpu",
     batch_size: int = 256,
+    picture: str | os.PathLike | None = None,
 ) -> dict[str, float | str | int]:
     """``memorization_metrics`` of image datasets (uint8 ``(3, H, W)``, as ``sdt_gen.metrics`` opens them).
 
@@ -150,6 +206,8 @@ def dataset_memorization(
             cost by ``(H / side)^2`` (64 for 256 px images at 32).
         device: where the search (and nothing else) runs.
         batch_size: images per load (and per classifier call).
+        picture: also write this PNG of the samples most like a copy beside their nearest training images
+            (``copies_picture``).
     """
     sets = {"samples": samples, "train": train} | ({"heldout": heldout} if heldout is not None else {})
     for name, images in sets.items():
@@ -161,6 +219,9 @@ def dataset_memorization(
         vectors = {name: image_vectors(images, side, batch_size) for name, images in sets.items()}
         if all((v[:, 1:] == v[:, :1]).all() for v in vectors.values()):
             vectors = {name: v[:, :1] for name, v in vectors.items()}  # grey images: one channel, not three alike
-    scores = memorization_metrics(vectors["samples"], vectors["train"], vectors.get("heldout"), device)
+    search = search_training_set(vectors["samples"], vectors["train"], vectors.get("heldout"), device)
+    if picture is not None:
+        copies_picture(search, samples, train, picture)
+    scores = search.scores()
     space = "classifier features" if features is not None else f"pixels, {vectors['train'].shape[-1]} px"
     return scores | {"memorization_space": space, "train_images": len(train)}

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from sdt_gen.data import DigitsDataset
-from sdt_gen.metrics.memorization import memorization_metrics, two_nearest
+from sdt_gen.metrics.memorization import copies_picture, memorization_metrics, search_training_set, two_nearest
 
 
 def uint8_images(split: str) -> np.ndarray:
@@ -59,3 +59,15 @@ def test_features_and_images_of_another_size_are_refused_by_name(digits):
         memorization_metrics(np.zeros((0, 16, 16), np.uint8), digits["train"])
     with pytest.raises(ValueError, match="at least 2 training images, got 1"):
         memorization_metrics(digits["heldout"], digits["train"][:1])
+
+
+def test_the_picture_shows_the_most_copy_like_samples_beside_the_training_image_they_copy(digits, tmp_path):
+    from PIL import Image
+
+    samples = np.concatenate([digits["heldout"][:6], digits["train"][[5, 9]]])  # two copies at the end
+    search = search_training_set(samples, digits["train"])
+    assert search.nearest[-2:].tolist() == [5, 9] and (search.copy_ratios()[-2:] == 0).all()
+    as_images = lambda a: torch.from_numpy(a)[:, None]  # noqa: E731  (N, 1, H, W) uint8
+    path = copies_picture(search, as_images(samples), as_images(digits["train"]), tmp_path / "copies.png", count=3)
+    grid = np.asarray(Image.open(path).convert("L"))
+    assert grid.shape[0] > grid.shape[1]  # three rows of two
