@@ -21,8 +21,6 @@ another protocol.
 
 import argparse
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
@@ -33,6 +31,7 @@ from sdt_gen.metrics import TransformersImageClassifier, holm, mean_std, paired_
 from sdt_gen.metrics.datasets import bundled_images
 from sdt_gen.provenance import RunRecord
 from sdt_gen.studies.protocol import check_protocol, read_json, write_json
+from sdt_gen.studies.runs import numbered_folders, resume_flags, run_script
 from sdt_gen.tables import Column, Table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,14 +52,11 @@ def trained(out: Path, arm: str, size: int, seed: int, steps: int) -> Path:
     """The saved model of one run, trained (or finished) first."""
     results = out / "runs" / f"n{size}" / f"{arm}-s{seed}"
     epochs = math.ceil(steps / (size // BATCH))
-    resume = ["--resume", "latest"] if any(results.glob("[0-9][0-9][0-9]-*")) else []
-    command = [ROOT / "train_classifier.py", "--dataset", "mnist", "--train-size", size, "--decay-mode", arm,
-               "--seed", seed, "--batch-size", BATCH, "--epochs", epochs, "--ckpt-every-epochs", max(1, epochs // 4),
-               "--results-dir", results, *resume]
-    done = subprocess.run([sys.executable, *map(str, command)], cwd=ROOT)
-    if done.returncode:
-        raise SystemExit(done.returncode)
-    return next(results.glob("[0-9][0-9][0-9]-*")) / "model"
+    run_script(ROOT / "train_classifier.py", list(map(str, [
+        "--dataset", "mnist", "--train-size", size, "--decay-mode", arm, "--seed", seed, "--batch-size", BATCH,
+        "--epochs", epochs, "--ckpt-every-epochs", max(1, epochs // 4), "--results-dir", results,
+        *resume_flags(results)])))
+    return numbered_folders(results)[0] / "model"
 
 
 def top1(model: Path, images: torch.Tensor, labels: torch.Tensor) -> float:

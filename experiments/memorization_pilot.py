@@ -15,12 +15,11 @@ writes the table as ``memorization-pilot.json`` with the provenance of the invoc
 
 import argparse
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 from sdt_gen.cli import positive_int, run_main
 from sdt_gen.provenance import RunRecord
+from sdt_gen.studies.runs import numbered_folders, resume_flags, run_script
 from sdt_gen.tables import Column, Table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,30 +36,23 @@ def setting(text: str) -> tuple[int, int]:
     return size, steps
 
 
-def run(*command) -> None:
-    """One of the project's scripts in a process of its own, as a user runs it; its output (and its one-line error,
-    whose exit status the pilot exits with) passes through."""
-    done = subprocess.run([sys.executable, *map(str, command)], cwd=ROOT)
-    if done.returncode:
-        raise SystemExit(done.returncode)
-
-
 def trained(work: Path, size: int, steps: int) -> Path:
     """The run folder of ``size`` images trained for ``steps``, trained (or finished) first."""
     results = work / f"n{size}-s{steps}"
-    resume = ["--resume", "latest"] if any(results.glob("[0-9][0-9][0-9]-*")) else []  # killed: continue it
-    run(ROOT / "train_dit.py", *RECIPE, "--train-size", size, "--max-steps", steps, "--ckpt-every", 1200,
-        "--sample-every", steps, "--results-dir", results, *resume)
-    return next(results.glob("[0-9][0-9][0-9]-*"))
+    run_script(ROOT / "train_dit.py", [*RECIPE, "--train-size", str(size), "--max-steps", str(steps),
+                                       "--ckpt-every", "1200", "--sample-every", str(steps), "--results-dir",
+                                       str(results), *resume_flags(results)])
+    return numbered_folders(results)[0]
 
 
 def scored(run_dir: Path, guidance: float, args: argparse.Namespace) -> dict:
     """The memorization scores of ``run_dir``'s samples at ``guidance`` (cached in ``run_dir/eval-g<guidance>``)."""
     out = run_dir / f"eval-g{guidance:g}"
     if not (out / "results.json").is_file():
-        run(ROOT / "eval_fid.py", "--model", run_dir / "pipeline", "--num-samples", args.num_samples, "--steps", 10,
-            "--scheduler", "euler", "--guidance-scale", guidance, "--labels", "balanced", "--metrics", "memorization",
-            "--train-ref", run_dir, "--heldout-ref", "mnist", "--out", out, "--device", "cpu")
+        run_script(ROOT / "eval_fid.py", list(map(str, [
+            "--model", run_dir / "pipeline", "--num-samples", args.num_samples, "--steps", 10, "--scheduler", "euler",
+            "--guidance-scale", guidance, "--labels", "balanced", "--metrics", "memorization", "--train-ref", run_dir,
+            "--heldout-ref", "mnist", "--out", out, "--device", "cpu"])))
     return json.loads((out / "results.json").read_text())["metrics"]
 
 

@@ -58,6 +58,22 @@ def run_script(script: Path, argv: list[str]) -> None:
         sys.argv = saved
 
 
+def resume_flags(results_dir: Path) -> list[str]:
+    """``--resume latest`` when ``results_dir`` holds a training run to continue, else nothing; a run stopped before
+    its first checkpoint is deleted (nothing in it to keep, and the training scripts refuse to resume it).
+
+    Args:
+        results_dir: the ``--results-dir`` of one study run, which holds at most one numbered run folder.
+    """
+    folder = next(iter(numbered_folders(results_dir)), None)
+    if folder is not None and not list_checkpoints(folder):
+        if PartialState().is_main_process:
+            shutil.rmtree(folder)
+        PartialState().wait_for_everyone()
+        folder = None
+    return [] if folder is None else ["--resume", "latest"]
+
+
 def train_to(args: argparse.Namespace, out: Path, arm: str, seed: int, step: int, trainer: Path) -> Path:
     """Train run (arm, seed) up to ``step`` with ``trainer`` (``train_dit.py``), resuming it, timing what it does.
 
@@ -82,15 +98,7 @@ def train_to(args: argparse.Namespace, out: Path, arm: str, seed: int, step: int
     settings = parse_arm(arm)
     argv = [*training_flags(args), "--decay-mode", settings["decay_mode"], "--position-embedding",
             settings["position_embedding"], "--seed", str(seed), "--max-steps", str(step), "--results-dir", str(root)]
-    folder = run_folder(out, name)
-    if folder is not None and not list_checkpoints(folder):
-        # Stopped before its first checkpoint: nothing in it to resume or keep, and train_dit would refuse to resume it.
-        if PartialState().is_main_process:
-            shutil.rmtree(folder)
-        PartialState().wait_for_everyone()
-        folder = None
-    if folder is not None:
-        argv += ["--resume", "latest"]
+    argv += resume_flags(root)
     wall, cpu = time.perf_counter(), time.process_time()
     run_script(trainer, argv)
     if PartialState().is_main_process and str(step) not in timing["segments"]:

@@ -38,3 +38,29 @@ def test_sizes_no_balanced_subset_can_have_are_refused_by_name(digits):
         balanced_indices(digits.targets, 5, seed=0)
     with pytest.raises(ValueError, match="class 1 has 1 items; a balanced subset of 20 needs 10"):
         balanced_indices([0] * 30 + [1], 20, seed=0)
+
+
+def test_a_data_path_runs_subset_reads_back_as_the_images_it_chose(tmp_path):
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from sdt_gen.data import SUBSET_FILE, ImageFolderDataset
+    from sdt_gen.metrics.datasets import training_subset_images
+
+    for label in ("cat", "dog"):
+        (tmp_path / "train" / label).mkdir(parents=True)
+        for i in range(4):
+            value = 20 * i + (0 if label == "cat" else 100)
+            Image.fromarray(np.full((8, 8, 3), value, np.uint8)).save(tmp_path / "train" / label / f"{i}.png")
+    folder = ImageFolderDataset(tmp_path / "train", image_size=8, random_flip=False)
+    subset = BalancedSubset(folder, 4, seed=0)
+    subset.save_record(tmp_path, data_path=str(tmp_path / "train"), image_size=8)
+    assert json.loads((tmp_path / SUBSET_FILE).read_text())["indices"] == subset.indices
+
+    images = training_subset_images(tmp_path)
+    assert len(images) == 4 and images.size == (8, 8)
+    chosen = [folder.samples[i][0] for i in subset.indices]
+    for index, path in enumerate(chosen):
+        assert images[index][0, 0, 0].item() == np.asarray(Image.open(path))[0, 0, 0]

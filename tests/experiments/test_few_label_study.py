@@ -38,6 +38,6 @@ def test_a_tiny_study_publishes_its_tables_and_refuses_another_protocol(tmp_path
     results = json.loads((tmp_path / "study" / "results.json").read_text())
     assert len(results["scores"]) == 6 and results["protocol"]["primary"][0] == "cag - fixed at 40 images"
     assert (tmp_path / "study" / "few-label-top1.json").is_file()
-    other = subprocess.run(list(map(str, [*argv[:-4], "2", "--out", tmp_path / "study"])), capture_output=True,
+    other = subprocess.run(list(map(str, [*argv[:-3], "2", "--out", tmp_path / "study"])), capture_output=True,
                            text=True, timeout=900)
     assert other.returncode != 0 and "another protocol (steps: 1 there, 2 now)" in other.stderr
