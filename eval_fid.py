@@ -123,7 +123,7 @@ def file_record(folder: Path, names: tuple[str, ...]) -> dict:
     }
 
 
-def check_inputs(args, metrics: list[str]) -> Path | None:
+def check_inputs(args, fidelity: list[str], memorization: bool) -> Path | None:
     """The model's local folder (``None`` for --samples-dir); raises for a missing input or a missing reference."""
     model_folder = None
     if args.model is not None:
@@ -135,13 +135,12 @@ def check_inputs(args, metrics: list[str]) -> Path | None:
         raise FileNotFoundError(
             f"reference {args.ref} does not exist (--ref): expected a folder of images or an ADM-style .npz"
         )
-    fidelity = [m for m in metrics if m != MEMORIZATION]
     if any(m != "isc" for m in fidelity) and args.ref is None and args.ref_cache is None:
         raise ValueError(
             f"--metrics {' '.join(m for m in fidelity if m != 'isc')} compare against a reference: pass --ref "
             f"(a folder of images or an .npz) or --ref-cache NAME (statistics cached by an earlier run)"
         )
-    if MEMORIZATION in metrics:
+    if memorization:
         if args.train_ref is None:
             raise ValueError("--metrics memorization compares samples with the training images: pass --train-ref "
                              "(a folder of images or an .npz)")
@@ -228,15 +227,15 @@ def score(
     samples: ImageDataset,
     reference: ImageDataset | None,
     classifier: TransformersImageClassifier | None,
-    metrics: list[str],
+    fidelity: list[str],
+    memorization_refs: tuple[ImageDataset, ImageDataset | None] | None,
     device: torch.device,
     args,
     out_dir: Path,
 ) -> dict:
-    """torch-fidelity's metrics, the classifier's and memorization (its picture, copies.png, in ``out_dir``), with
-    ``num_samples`` and ``notes``."""
+    """torch-fidelity's ``fidelity`` metrics, the classifier's and, given the training (and held-out) images,
+    memorization (its picture, copies.png, in ``out_dir``), with ``num_samples`` and ``notes``."""
     results = {"num_samples": len(samples), "notes": []}
-    fidelity = [m for m in metrics if m != MEMORIZATION]
     if fidelity:
         results = compute_metrics(
             samples,
@@ -257,10 +256,9 @@ def score(
             classifier_metrics(classifier, samples, labels_from_file_names(samples.files), reference=reference,
                                batch_size=args.batch_size, resize=args.resize_ref)
         )
-    if MEMORIZATION in metrics:
+    if memorization_refs is not None:
         results.update(dataset_memorization(
-            samples, open_reference(args, samples.size, args.train_ref),
-            open_reference(args, samples.size, args.heldout_ref, split="val") if args.heldout_ref else None,
+            samples, *memorization_refs,
             features=classifier if args.memorization_space == "classifier" else None,
             side=args.memorization_size, device=device, batch_size=args.batch_size,
             picture=out_dir / "copies.png",
@@ -324,9 +322,10 @@ def main(args):
     out_dir = Path(args.out) if args.out else default_out_dir(args)
 
     # 1. Check every input before anything is sampled (on every process, so an error stops them all)
-    model_folder = check_inputs(args, metrics)
-    if any(m != MEMORIZATION for m in metrics):  # the weights first: the cheapest check, and the one offline users hit
-        resolve_weights_once_per_machine(processes, [m for m in metrics if m != MEMORIZATION], args)
+    fidelity = [m for m in metrics if m != MEMORIZATION]  # what torch-fidelity computes
+    model_folder = check_inputs(args, fidelity, MEMORIZATION in metrics)
+    if fidelity:  # the weights first: the cheapest check, and the one offline users hit
+        resolve_weights_once_per_machine(processes, fidelity, args)
     pipe, samples = None, None
     if model_folder is not None:
         pipe = load_pipeline(model_folder, device, args)
@@ -336,13 +335,12 @@ def main(args):
         size = samples.size
     classifier = open_classifier(args, device, pipe)
     reference = None
-    fidelity = [m for m in metrics if m != MEMORIZATION]
     if args.ref is not None and (any(m != "isc" for m in fidelity) or classifier is not None):
         reference = open_reference(args, size)
-    if MEMORIZATION in metrics:  # sizes checked before sampling
-        for path, split in ((args.train_ref, "train"), (args.heldout_ref, "val")):
-            if path is not None:
-                open_reference(args, size, path, split)
+    memorization_refs = None
+    if MEMORIZATION in metrics:  # opened (and their sizes checked) before sampling
+        memorization_refs = (open_reference(args, size, args.train_ref),
+                             open_reference(args, size, args.heldout_ref, "val") if args.heldout_ref else None)
     if fidelity:
         preflight(fidelity, reference, args.inception_weights, args.vgg16_weights, cache_name=args.ref_cache,
                   cache_root=args.cache_root, sample_size=size, resize=args.resize_ref)
@@ -360,7 +358,7 @@ def main(args):
     if not metrics and classifier is None:
         print(f"wrote {len(samples)} samples to {samples.source}; no metric asked (--metrics, --classifier)")
         return {}
-    results = score(samples, reference, classifier, metrics, device, args, out_dir)
+    results = score(samples, reference, classifier, fidelity, memorization_refs, device, args, out_dir)
 
     # 4. Record the metrics with the full protocol
     extra = protocol_extra(args, out_dir, processes, device, pipe, classifier)
